@@ -1,0 +1,129 @@
+package config
+
+import (
+	"time"
+
+	"github.com/authgate/authgate/internal/tokens"
+)
+
+// Common is configuration both services read.
+type Common struct {
+	DatabaseURL string // DATABASE_URL, required
+	RedisURL    string // REDIS_URL, required; redis:// or rediss:// with optional AUTH
+	AdminAddr   string // ADMIN_ADDR
+	LogLevel    string // LOG_LEVEL: debug, info, warn, error
+	TTL         tokens.TTLPolicy
+
+	EnterpriseEnabled   bool   // ENTERPRISE_ENABLED
+	EnterpriseAPIURL    string // ENTERPRISE_API_URL
+	EnterpriseSecretKey string // ENTERPRISE_API_SECRET_KEY
+
+	OTLPEndpoint string // OTEL_EXPORTER_OTLP_ENDPOINT; empty disables trace export
+}
+
+func readCommon(r *reader) Common {
+	c := Common{
+		DatabaseURL:         r.Required("DATABASE_URL"),
+		RedisURL:            r.Required("REDIS_URL"),
+		AdminAddr:           r.String("ADMIN_ADDR", ":9090"),
+		LogLevel:            r.String("LOG_LEVEL", "info"),
+		EnterpriseEnabled:   r.Bool("ENTERPRISE_ENABLED", false),
+		EnterpriseAPIURL:    r.URL("ENTERPRISE_API_URL", ""),
+		EnterpriseSecretKey: r.String("ENTERPRISE_API_SECRET_KEY", ""),
+		OTLPEndpoint:        r.String("OTEL_EXPORTER_OTLP_ENDPOINT", ""),
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		r.fail("LOG_LEVEL", "must be one of debug, info, warn, error: %q", c.LogLevel)
+	}
+	if c.EnterpriseEnabled && c.EnterpriseAPIURL == "" {
+		r.fail("ENTERPRISE_API_URL", "required when ENTERPRISE_ENABLED=true")
+	}
+	raw, _ := r.raw("OAUTH_TTL_DAYS")
+	policy, warning, err := tokens.ParseTTLDays(raw)
+	if err != nil {
+		r.fail("OAUTH_TTL_DAYS", "%v", err)
+	}
+	if warning != "" {
+		r.warn("OAUTH_TTL_DAYS", warning)
+	}
+	c.TTL = policy
+	return c
+}
+
+// Extauthz is the configuration of cmd/extauthz.
+type Extauthz struct {
+	Common
+	GRPCAddr                   string        // EXTAUTHZ_GRPC_ADDR
+	RoutesFile                 string        // ROUTES_FILE; empty = the embedded default policy
+	EnableOAuthBearer          bool          // ENABLE_OAUTH_BEARER
+	RateLimitPerToken          int           // OPENAPI_RATE_LIMIT_PER_TOKEN; 0 disables
+	RateLimitFailOpen          bool          // RATE_LIMIT_FAIL_OPEN
+	InvalidBearerPerIPPerMin   int           // INVALID_BEARER_PER_IP_PER_MINUTE; 0 disables
+	TokenCacheTTL              time.Duration // TOKEN_CACHE_TTL
+	MembershipEnforcedUpstream bool          // MEMBERSHIP_ENFORCED_UPSTREAM
+	CheckTimeout               time.Duration // CHECK_TIMEOUT
+	ForwardAuthorization       bool          // FORWARD_AUTHORIZATION
+	MaxConnectionAge           time.Duration // GRPC_MAX_CONNECTION_AGE
+	ShutdownTimeout            time.Duration // SHUTDOWN_TIMEOUT
+}
+
+// LoadExtauthz reads the extauthz configuration. Warnings (clamped values) are for the caller to log.
+func LoadExtauthz(lookup Lookup) (Extauthz, []string, error) {
+	r := &reader{lookup: lookup}
+	c := Extauthz{
+		Common:                     readCommon(r),
+		GRPCAddr:                   r.String("EXTAUTHZ_GRPC_ADDR", ":9191"),
+		RoutesFile:                 r.String("ROUTES_FILE", ""),
+		EnableOAuthBearer:          r.Bool("ENABLE_OAUTH_BEARER", true),
+		RateLimitPerToken:          r.Int("OPENAPI_RATE_LIMIT_PER_TOKEN", 60, 0, 1_000_000),
+		RateLimitFailOpen:          r.Bool("RATE_LIMIT_FAIL_OPEN", true),
+		InvalidBearerPerIPPerMin:   r.Int("INVALID_BEARER_PER_IP_PER_MINUTE", 60, 0, 1_000_000),
+		TokenCacheTTL:              r.Duration("TOKEN_CACHE_TTL", 60*time.Second),
+		MembershipEnforcedUpstream: r.Bool("MEMBERSHIP_ENFORCED_UPSTREAM", false),
+		CheckTimeout:               r.Duration("CHECK_TIMEOUT", 150*time.Millisecond),
+		ForwardAuthorization:       r.Bool("FORWARD_AUTHORIZATION", true),
+		MaxConnectionAge:           r.Duration("GRPC_MAX_CONNECTION_AGE", 5*time.Minute),
+		ShutdownTimeout:            r.Duration("SHUTDOWN_TIMEOUT", 20*time.Second),
+	}
+	return c, r.warnings, r.err
+}
+
+// Deviceflow is the configuration of cmd/deviceflow.
+type Deviceflow struct {
+	Common
+	Addr             string        // DEVICEFLOW_ADDR
+	SecretKey        string        // SECRET_KEY, required (Dify's: signs console sessions, CSRF tokens and SSO envelopes)
+	ConsoleWebURL    string        // CONSOLE_WEB_URL
+	ConsoleAPIURL    string        // CONSOLE_API_URL
+	CookieDomain     string        // COOKIE_DOMAIN
+	KnownClientIDs   []string      // OPENAPI_KNOWN_CLIENT_IDS
+	ApprovePerHour   int           // DEVICE_FLOW_APPROVE_RATE_LIMIT_PER_HOUR
+	TrustedProxyHops int           // TRUSTED_PROXY_HOPS
+	RetentionDays    int           // OAUTH_ACCESS_TOKEN_RETENTION_DAYS
+	PruneInterval    time.Duration // PRUNE_INTERVAL
+	PruneEnabled     bool          // ENABLE_CLEAN_OAUTH_ACCESS_TOKENS_TASK
+	ShutdownTimeout  time.Duration // SHUTDOWN_TIMEOUT
+}
+
+// LoadDeviceflow reads the deviceflow configuration. Warnings (clamped values) are for the caller to log.
+func LoadDeviceflow(lookup Lookup) (Deviceflow, []string, error) {
+	r := &reader{lookup: lookup}
+	c := Deviceflow{
+		Common:           readCommon(r),
+		Addr:             r.String("DEVICEFLOW_ADDR", ":8080"),
+		SecretKey:        r.Required("SECRET_KEY"),
+		ConsoleWebURL:    r.URL("CONSOLE_WEB_URL", "http://localhost:3000"),
+		ConsoleAPIURL:    r.URL("CONSOLE_API_URL", "http://localhost:5001"),
+		CookieDomain:     r.String("COOKIE_DOMAIN", ""),
+		KnownClientIDs:   r.List("OPENAPI_KNOWN_CLIENT_IDS", []string{"difyctl"}),
+		ApprovePerHour:   r.Int("DEVICE_FLOW_APPROVE_RATE_LIMIT_PER_HOUR", 10, 1, 1_000_000),
+		TrustedProxyHops: r.Int("TRUSTED_PROXY_HOPS", 0, 0, 16),
+		RetentionDays:    r.Int("OAUTH_ACCESS_TOKEN_RETENTION_DAYS", 30, 1, 3650),
+		PruneInterval:    r.Duration("PRUNE_INTERVAL", 24*time.Hour),
+		PruneEnabled:     r.Bool("ENABLE_CLEAN_OAUTH_ACCESS_TOKENS_TASK", true),
+		ShutdownTimeout:  r.Duration("SHUTDOWN_TIMEOUT", 20*time.Second),
+	}
+	return c, r.warnings, r.err
+}

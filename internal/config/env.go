@@ -1,0 +1,136 @@
+// Package config turns environment variables into typed, validated configuration. A missing or invalid value is an *Error that
+// names the variable, so the process can stop with one readable line.
+package config
+
+import (
+	"fmt"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Lookup reads one variable; os.LookupEnv fits.
+type Lookup func(name string) (string, bool)
+
+// Error names the variable that stopped start-up.
+type Error struct {
+	Var    string
+	Reason string
+}
+
+func (e *Error) Error() string { return e.Var + ": " + e.Reason }
+
+// reader reads variables and keeps the first error, so loaders stay linear.
+type reader struct {
+	lookup   Lookup
+	err      error
+	warnings []string
+}
+
+func (r *reader) fail(name, format string, args ...any) {
+	if r.err == nil {
+		r.err = &Error{Var: name, Reason: fmt.Sprintf(format, args...)}
+	}
+}
+
+func (r *reader) raw(name string) (string, bool) {
+	v, ok := r.lookup(name)
+	v = strings.TrimSpace(v)
+	return v, ok && v != ""
+}
+
+func (r *reader) String(name, def string) string {
+	if v, ok := r.raw(name); ok {
+		return v
+	}
+	return def
+}
+
+func (r *reader) Required(name string) string {
+	v, ok := r.raw(name)
+	if !ok {
+		r.fail(name, "required but not set")
+	}
+	return v
+}
+
+func (r *reader) Bool(name string, def bool) bool {
+	v, ok := r.raw(name)
+	if !ok {
+		return def
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		r.fail(name, "not a boolean: %q", v)
+	}
+	return b
+}
+
+// Int reads an integer within [lo, hi].
+func (r *reader) Int(name string, def, lo, hi int) int {
+	v, ok := r.raw(name)
+	if !ok {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		r.fail(name, "not an integer: %q", v)
+		return def
+	}
+	if n < lo || n > hi {
+		r.fail(name, "%d is outside %d..%d", n, lo, hi)
+	}
+	return n
+}
+
+// Duration reads a Go duration (e.g. "150ms", "24h") that must be positive.
+func (r *reader) Duration(name string, def time.Duration) time.Duration {
+	v, ok := r.raw(name)
+	if !ok {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		r.fail(name, "not a duration (e.g. 150ms, 5m): %q", v)
+		return def
+	}
+	if d <= 0 {
+		r.fail(name, "must be positive: %q", v)
+	}
+	return d
+}
+
+// URL reads an absolute http(s) URL without a trailing slash.
+func (r *reader) URL(name, def string) string {
+	v := r.String(name, def)
+	if v == "" {
+		return ""
+	}
+	u, err := url.Parse(v)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		r.fail(name, "not an absolute http(s) URL: %q", v)
+		return v
+	}
+	return strings.TrimRight(v, "/")
+}
+
+// List reads a comma-separated list, dropping empty items.
+func (r *reader) List(name string, def []string) []string {
+	v, ok := r.raw(name)
+	if !ok {
+		return def
+	}
+	var out []string
+	for _, item := range strings.Split(v, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	if len(out) == 0 {
+		r.fail(name, "empty list")
+	}
+	return out
+}
+
+func (r *reader) warn(name, msg string) { r.warnings = append(r.warnings, name+": "+msg) }

@@ -1,0 +1,79 @@
+// Package directory reads Dify's own tables (apps, tenants, accounts, tenant_account_joins). authgate never writes them.
+package directory
+
+import (
+	"context"
+	"errors"
+)
+
+// ErrNotFound: no such row.
+var ErrNotFound = errors.New("directory: not found")
+
+// Status values of Dify's rows that authgate acts on.
+const (
+	AppStatusNormal     = "normal"
+	TenantStatusNormal  = "normal"
+	TenantStatusArchive = "archive"
+	AccountStatusActive = "active"
+	AccountStatusBanned = "banned"
+)
+
+type Tenant struct {
+	ID     string
+	Name   string
+	Status string
+}
+
+type App struct {
+	ID        string
+	TenantID  string
+	Name      string
+	Mode      string
+	Status    string
+	EnableAPI bool
+}
+
+type Account struct {
+	ID     string
+	Email  string
+	Name   string
+	Status string
+}
+
+// Workspace is a tenant as one account sees it.
+type Workspace struct {
+	ID      string
+	Name    string
+	Role    string
+	Current bool
+}
+
+// Directory reads the directory. Every method honours ctx; a missing row is ErrNotFound.
+type Directory interface {
+	// AppWithTenant returns the app and its tenant in one read; a missing tenant is reported as tenantFound = false.
+	AppWithTenant(ctx context.Context, appID string) (app App, tenant Tenant, tenantFound bool, err error)
+	Tenant(ctx context.Context, id string) (Tenant, error)
+	Account(ctx context.Context, id string) (Account, error)
+	// AccountByEmail matches case-insensitively.
+	AccountByEmail(ctx context.Context, email string) (Account, error)
+	// IsActiveMember reports whether the account is active and has a tenant_account_joins row for the tenant.
+	IsActiveMember(ctx context.Context, tenantID, accountID string) (bool, error)
+	// Workspaces lists the account's tenants with their names and the account's roles, in a stable order (name, then id).
+	Workspaces(ctx context.Context, accountID string) ([]Workspace, error)
+}
+
+// Fixture is directory content for tests and the embedded dev run; production never writes Dify's tables.
+type Fixture struct {
+	Tenants  []Tenant
+	Accounts []Account
+	Apps     []App
+	Joins    []Join
+}
+
+// Join is one tenant_account_joins row.
+type Join struct {
+	TenantID  string
+	AccountID string
+	Role      string
+	Current   bool
+}

@@ -1,0 +1,113 @@
+package tokens
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"time"
+)
+
+var (
+	// ErrNotFound: no live token matches (unknown hash, revoked, or owned by another subject).
+	ErrNotFound = errors.New("tokens: not found")
+	// ErrConflict: a write lost a race it cannot resolve by itself (e.g. a concurrent mint kept failing); retryable.
+	ErrConflict = errors.New("tokens: conflicting concurrent write")
+	// ErrPruneBusy: another replica holds the retention lock; this run did nothing.
+	ErrPruneBusy = errors.New("tokens: retention prune already running elsewhere")
+)
+
+// Subject identifies who owns tokens. An account owns the rows with its AccountID; an external subject owns the rows with its
+// (lower-cased Email, Issuer) and no account id.
+type Subject struct {
+	Type      SubjectType
+	AccountID string // accounts only
+	Email     string // stored lower-cased
+	Issuer    string // "dify:account" for accounts; the IdP issuer for external subjects
+}
+
+// AccountIssuer is subject_issuer for account tokens.
+const AccountIssuer = "dify:account"
+
+// AccountSubject builds the subject of a Dify account.
+func AccountSubject(accountID, email string) Subject {
+	return Subject{Type: SubjectAccount, AccountID: accountID, Email: NormalizeEmail(email), Issuer: AccountIssuer}
+}
+
+// ExternalSubject builds the subject of an external SSO identity.
+func ExternalSubject(email, issuer string) Subject {
+	return Subject{Type: SubjectExternalSSO, Email: NormalizeEmail(email), Issuer: issuer}
+}
+
+// NormalizeEmail is how emails are stored and compared.
+func NormalizeEmail(email string) string { return strings.ToLower(strings.TrimSpace(email)) }
+
+// Token is one row of oauth_access_tokens. Times are instants; compare them with Equal, not ==.
+type Token struct {
+	ID            string
+	SubjectEmail  string
+	SubjectIssuer string
+	AccountID     string // "" when NULL (external subjects)
+	ClientID      string
+	DeviceLabel   string
+	Prefix        string
+	TokenHash     string // "" when NULL (revoked or hard-expired)
+	CreatedAt     time.Time
+	LastUsedAt    *time.Time
+	ExpiresAt     time.Time
+	RevokedAt     *time.Time
+}
+
+// Subject returns the owner of the row.
+func (t Token) Subject() Subject {
+	if t.AccountID != "" {
+		return Subject{Type: SubjectAccount, AccountID: t.AccountID, Email: t.SubjectEmail, Issuer: t.SubjectIssuer}
+	}
+	return Subject{Type: SubjectExternalSSO, Email: t.SubjectEmail, Issuer: t.SubjectIssuer}
+}
+
+// Expired reports whether the token is past its expiry at now.
+func (t Token) Expired(now time.Time) bool { return !now.Before(t.ExpiresAt) }
+
+// MintRequest asks for a live token for one device of a subject.
+type MintRequest struct {
+	Subject     Subject
+	ClientID    string
+	DeviceLabel string
+	Prefix      string // the kind's prefix, e.g. "dfoa_"
+	TokenHash   string // Hash(plaintext); the plaintext never reaches a store
+	Now         time.Time
+	ExpiresAt   time.Time
+}
+
+// Minted is the outcome of a mint.
+type Minted struct {
+	Token Token
+	// RotatedHash is the hash the mint replaced ("" for a fresh row). Callers must tombstone it and publish its revocation.
+	RotatedHash string
+}
+
+// Page selects a slice of a listing; Page counts from 1.
+type Page struct {
+	Page  int
+	Limit int
+}
+
+// Store persists tokens. Every method honours ctx. Implementations must pass storetest's conformance suite.
+type Store interface {
+	// Mint creates the live token of (email, issuer, client, device label), or rotates the existing live row in place (new hash,
+	// new created/expiry, same id) in one atomic step, so there are never two live tokens for one device.
+	Mint(ctx context.Context, req MintRequest) (Minted, error)
+	// LookupByHash returns the live (not revoked) row with this hash, expired or not; ErrNotFound otherwise.
+	LookupByHash(ctx context.Context, hash string) (Token, error)
+	// HardExpire revokes an expired token by id with a compare-and-set (revoked_at = now, token_hash = NULL where still live).
+	// hit is true only for the one caller whose update changed the row.
+	HardExpire(ctx context.Context, id string, now time.Time) (hit bool, err error)
+	// Revoke revokes the live token id owned by s and returns it as it was before (with its hash, for the tombstone).
+	// A token of another subject, or none, is ErrNotFound.
+	Revoke(ctx context.Context, s Subject, id string, now time.Time) (Token, error)
+	// ListLive returns the subject's live, unexpired tokens, newest first, and how many there are in all.
+	ListLive(ctx context.Context, s Subject, now time.Time, p Page) (tokens []Token, total int, err error)
+	// Prune deletes rows revoked before cutoff, or unrevoked and expired before cutoff, in batches of batchSize, and returns how
+	// many it deleted. Only one replica prunes at a time: a concurrent call returns ErrPruneBusy.
+	Prune(ctx context.Context, cutoff time.Time, batchSize int) (deleted int, err error)
+}
