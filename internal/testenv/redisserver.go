@@ -1,0 +1,85 @@
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os/exec"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// RedisServer is a private redis-server process that a fault test may stop and start again on the same port.
+type RedisServer struct {
+	t    testing.TB
+	Addr string
+	cmd  *exec.Cmd
+}
+
+// StartRedisServer starts redis-server on a free loopback port; it is killed at cleanup.
+func StartRedisServer(t testing.TB) *RedisServer {
+	t.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		unavailable(t, "redis-server not installed: %v", err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("testenv: free port: %v", err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	s := &RedisServer{t: t, Addr: addr}
+	s.Start()
+	t.Cleanup(s.Stop)
+	return s
+}
+
+// URL is the server's redis:// URL (database 0).
+func (s *RedisServer) URL() string { return "redis://" + s.Addr + "/0" }
+
+// Client returns a new client for the server, closed at cleanup.
+func (s *RedisServer) Client() *redis.Client { return clientFor(s.t, s.URL()) }
+
+// Start (re)starts the server on its port and waits until it answers PING.
+func (s *RedisServer) Start() {
+	s.t.Helper()
+	if s.cmd != nil {
+		return
+	}
+	_, port, _ := net.SplitHostPort(s.Addr)
+	cmd := exec.Command("redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--daemonize", "no", "--loglevel", "warning")
+	if err := cmd.Start(); err != nil {
+		s.t.Fatalf("testenv: start redis-server: %v", err)
+	}
+	s.cmd = cmd
+	c := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1})
+	defer c.Close()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		err := c.Ping(ctx).Err()
+		cancel()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("testenv: redis-server on %s did not answer: %v", s.Addr, err)
+		}
+		time.Sleep(20 * time.Millisecond) // bounded wait for the process to listen
+	}
+}
+
+// Stop kills the server and waits for it to exit; the port is then refused until Start.
+func (s *RedisServer) Stop() {
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Kill()
+	_ = s.cmd.Wait()
+	s.cmd = nil
+}
+
+func (s *RedisServer) String() string { return fmt.Sprintf("redis-server %s", s.Addr) }
