@@ -1,0 +1,62 @@
+package deviceflow
+
+import (
+	"encoding/json"
+	"net/http"
+)
+
+// Error codes of the JSON error body. RFC 6749/8628 codes keep their registered spelling.
+const (
+	codeInvalidRequest       = "invalid_request"
+	codeInvalidClient        = "invalid_client"
+	codeInvalidGrant         = "invalid_grant"
+	codeUnsupportedGrantType = "unsupported_grant_type"
+	codeExpiredToken         = "expired_token"
+	codeAccessDenied         = "access_denied"
+	codeAuthorizationPending = "authorization_pending"
+	codeSlowDown             = "slow_down"
+	codeRateLimited          = "rate_limited"
+	codeRequestTooLarge      = "request_too_large"
+	codeLoginRequired        = "login_required"
+	codeCSRFInvalid          = "csrf_invalid"
+	codeAccountInactive      = "account_inactive"
+	codeExpiredOrUnknown     = "expired_or_unknown"
+	codeAlreadyResolved      = "already_resolved"
+	codeInvalidToken         = "invalid_token"
+	codeNotFound             = "not_found"
+	codeUnavailable          = "temporarily_unavailable"
+	codeServerError          = "server_error"
+)
+
+// apiError is an answer for the client; handlers return it and serve writes it in one place.
+type apiError struct {
+	Status  int
+	Code    string
+	Message string
+}
+
+func (e *apiError) Error() string { return e.Code + ": " + e.Message }
+
+func errorf(status int, code, message string) *apiError {
+	return &apiError{Status: status, Code: code, Message: message}
+}
+
+// writeError writes {"error": code, "message": message} with status.
+func writeError(w http.ResponseWriter, status int, code, message string) {
+	writeJSON(w, status, struct {
+		Error   string `json:"error"`
+		Message string `json:"message"`
+	}{code, message})
+}
+
+// writeJSON encodes v fully before writing anything, so an encoding failure never leaves a partial response.
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		status = http.StatusInternalServerError
+		body = []byte(`{"error":"server_error","message":"response encoding failed"}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(body, '\n'))
+}

@@ -1,0 +1,95 @@
+// Package deviceflow is the OAuth 2.0 Device Authorization Grant service (RFC 8628): device codes in Redis, approval by a
+// Dify console session or an enterprise SSO subject, minting at the poll, token self-service and revocation.
+package deviceflow
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/authgate/authgate/internal/directory"
+	"github.com/authgate/authgate/internal/enterprise"
+	"github.com/authgate/authgate/internal/ratelimit"
+	"github.com/authgate/authgate/internal/tokencache"
+	"github.com/authgate/authgate/internal/tokens"
+)
+
+// Deps are the adapters the server talks to.
+type Deps struct {
+	Tokens    tokens.Store
+	Directory directory.Directory
+	Redis     redis.UniversalClient
+	Limiter   *ratelimit.SlidingWindow
+	Revoker   *tokencache.Revoker
+	// Enterprise is the EE client; nil on CE (the SSO routes then answer 404).
+	Enterprise *enterprise.Client
+	Logger     *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Config is what the server needs from config.Deviceflow.
+type Config struct {
+	SecretKey         string // SECRET_KEY: console sessions, CSRF tokens, SSO envelopes
+	ConsoleWebURL     string // CONSOLE_WEB_URL, no trailing slash
+	ConsoleAPIURL     string // CONSOLE_API_URL, no trailing slash
+	CookieDomain      string // COOKIE_DOMAIN
+	KnownClientIDs    []string
+	ApprovePerHour    int // DEVICE_FLOW_APPROVE_RATE_LIMIT_PER_HOUR
+	TrustedProxyHops  int // TRUSTED_PROXY_HOPS
+	TTL               tokens.TTLPolicy
+	EnterpriseEnabled bool
+}
+
+// Server serves the device-flow HTTP API, the SSO branch and the /device page.
+type Server struct {
+	deps    Deps
+	cfg     Config
+	log     *slog.Logger
+	now     func() time.Time
+	state   *State
+	clients map[string]bool
+	handler http.Handler
+}
+
+// New validates cfg and builds the server.
+func New(deps Deps, cfg Config) (*Server, error) {
+	switch {
+	case deps.Tokens == nil || deps.Directory == nil || deps.Redis == nil || deps.Limiter == nil || deps.Revoker == nil:
+		return nil, errors.New("deviceflow: Tokens, Directory, Redis, Limiter and Revoker are required")
+	case cfg.SecretKey == "":
+		return nil, errors.New("deviceflow: SecretKey is required")
+	case len(cfg.KnownClientIDs) == 0:
+		return nil, errors.New("deviceflow: KnownClientIDs is empty")
+	case cfg.TTL.Days <= 0:
+		return nil, fmt.Errorf("deviceflow: TTL of %d days", cfg.TTL.Days)
+	case cfg.EnterpriseEnabled && deps.Enterprise == nil:
+		return nil, errors.New("deviceflow: EnterpriseEnabled without an Enterprise client")
+	}
+	if cfg.ApprovePerHour <= 0 {
+		cfg.ApprovePerHour = 10
+	}
+	s := &Server{deps: deps, cfg: cfg, log: deps.Logger, now: deps.Now, clients: map[string]bool{}}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	for _, id := range cfg.KnownClientIDs {
+		s.clients[id] = true
+	}
+	s.state = NewState(deps.Redis)
+	s.handler = securityHeaders(s.routes())
+	return s, nil
+}
+
+// Handler is the HTTP API, including the unprefixed /device page and RFC 8414 metadata.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// State exposes the device-authorization state, for the SSO branch and tests.
+func (s *Server) State() *State { return s.state }
