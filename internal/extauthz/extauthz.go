@@ -1,0 +1,187 @@
+// Package extauthz is the Envoy ext_authz v3 gRPC adapter: it maps a CheckRequest to a pipeline.Request and the pipeline's
+// Decision to a CheckResponse. Check never returns a gRPC error, so the server fails closed whatever Envoy's
+// failure_mode_allow says.
+package extauthz
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net/netip"
+	"runtime/debug"
+	"strings"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/authgate/authgate/internal/pipeline"
+)
+
+// Checker decides requests; *pipeline.Pipeline is one.
+type Checker interface {
+	Check(ctx context.Context, req pipeline.Request) pipeline.Decision
+}
+
+// Server implements envoy.service.auth.v3.Authorization.
+type Server struct {
+	authv3.UnimplementedAuthorizationServer
+	checker Checker
+	logger  *slog.Logger
+}
+
+// NewServer returns the gRPC service over checker.
+func NewServer(checker Checker, logger *slog.Logger) *Server {
+	return &Server{checker: checker, logger: logger}
+}
+
+// Check answers every request with a CheckResponse; even a bug in a step is a 503 deny rather than an error or a crash.
+func (s *Server) Check(ctx context.Context, in *authv3.CheckRequest) (resp *authv3.CheckResponse, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.logger.ErrorContext(ctx, "check panicked; denying 503", "panic", r, "stack", string(debug.Stack()))
+			resp = ToCheckResponse(pipeline.Decision{Status: 503, Code: pipeline.CodeAuthUnavailable,
+				Message: "authentication is temporarily unavailable; retry shortly"})
+		}
+	}()
+	return ToCheckResponse(s.checker.Check(ctx, ToRequest(in))), nil
+}
+
+// ToRequest maps Envoy's attributes.request.http and source address onto a pipeline.Request.
+func ToRequest(in *authv3.CheckRequest) pipeline.Request {
+	attrs := in.GetAttributes()
+	h := attrs.GetRequest().GetHttp()
+	headers := make(map[string]string, len(h.GetHeaders()))
+	for k, v := range h.GetHeaders() {
+		addHeader(headers, k, v)
+	}
+	// Envoy sends header_map instead of headers when encode_raw_headers is set.
+	for _, hv := range h.GetHeaderMap().GetHeaders() {
+		v := hv.GetValue()
+		if v == "" {
+			v = string(hv.GetRawValue())
+		}
+		addHeader(headers, hv.GetKey(), v)
+	}
+	path := h.GetPath()
+	if path == "" {
+		path = headers[":path"]
+	}
+	if q := h.GetQuery(); q != "" && !strings.Contains(path, "?") {
+		path += "?" + q
+	}
+	method := h.GetMethod()
+	if method == "" {
+		method = headers[":method"]
+	}
+	id := h.GetId()
+	if id == "" {
+		id = headers["x-request-id"]
+	}
+	return pipeline.Request{
+		Method:    method,
+		Path:      path,
+		Headers:   headers,
+		ClientIP:  sourceIP(attrs.GetSource()),
+		RequestID: id,
+	}
+}
+
+// addHeader lower-cases the name and joins repeats with commas, as Envoy does.
+func addHeader(headers map[string]string, name, value string) {
+	name = strings.ToLower(name)
+	if prev, ok := headers[name]; ok {
+		headers[name] = prev + "," + value
+		return
+	}
+	headers[name] = value
+}
+
+func sourceIP(peer *authv3.AttributeContext_Peer) netip.Addr {
+	sa := peer.GetAddress().GetSocketAddress()
+	if sa == nil {
+		return netip.Addr{}
+	}
+	a, err := netip.ParseAddr(sa.GetAddress())
+	if err != nil {
+		return netip.Addr{}
+	}
+	return a.Unmap()
+}
+
+// rpcCode is SPEC §3.3's mapping from HTTP status to the CheckResponse status.
+func rpcCode(httpStatus int) codes.Code {
+	switch httpStatus {
+	case 401:
+		return codes.Unauthenticated
+	case 429:
+		return codes.ResourceExhausted
+	case 503:
+		return codes.Unavailable
+	default:
+		return codes.PermissionDenied
+	}
+}
+
+type errorBody struct {
+	Error        pipeline.Code `json:"error"`
+	Message      string        `json:"message"`
+	RetryAfterMS *int64        `json:"retry_after_ms,omitempty"`
+}
+
+// ToCheckResponse maps a Decision onto Envoy's CheckResponse.
+func ToCheckResponse(d pipeline.Decision) *authv3.CheckResponse {
+	resp := &authv3.CheckResponse{DynamicMetadata: metadata(d.Metadata)}
+	if d.Allow {
+		resp.Status = &rpcstatus.Status{Code: int32(codes.OK)}
+		resp.HttpResponse = &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
+			Headers:              headerOptions(d.SetHeaders),
+			HeadersToRemove:      d.RemoveHeaders,
+			ResponseHeadersToAdd: headerOptions(d.ResponseHeaders),
+		}}
+		return resp
+	}
+	body := errorBody{Error: d.Code, Message: d.Message}
+	if d.Status == 429 {
+		ms := d.RetryAfter.Milliseconds()
+		body.RetryAfterMS = &ms
+	}
+	raw, _ := json.Marshal(body) // strings and an int: cannot fail
+	headers := append([]pipeline.Header{{Name: "content-type", Value: "application/json"}}, d.DenyHeaders...)
+	resp.Status = &rpcstatus.Status{Code: int32(rpcCode(d.Status)), Message: string(d.Code)}
+	resp.HttpResponse = &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
+		Status:  &typev3.HttpStatus{Code: typev3.StatusCode(d.Status)},
+		Headers: headerOptions(headers),
+		Body:    string(raw),
+	}}
+	return resp
+}
+
+// headerOptions sets every header with OVERWRITE_IF_EXISTS_OR_ADD: Envoy's default appends a duplicate.
+func headerOptions(hs []pipeline.Header) []*corev3.HeaderValueOption {
+	if len(hs) == 0 {
+		return nil
+	}
+	out := make([]*corev3.HeaderValueOption, len(hs))
+	for i, h := range hs {
+		out[i] = &corev3.HeaderValueOption{
+			Header:       &corev3.HeaderValue{Key: h.Name, Value: h.Value},
+			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+		}
+	}
+	return out
+}
+
+func metadata(m map[string]string) *structpb.Struct {
+	if len(m) == 0 {
+		return nil
+	}
+	fields := make(map[string]*structpb.Value, len(m))
+	for k, v := range m {
+		fields[k] = structpb.NewStringValue(v)
+	}
+	return &structpb.Struct{Fields: fields}
+}

@@ -1,0 +1,183 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/authgate/authgate/internal/directory"
+	"github.com/authgate/authgate/internal/tokens"
+)
+
+// appRecord is a directory read kept in memory for AppCacheTTL.
+type appRecord struct {
+	app         directory.App
+	tenant      directory.Tenant
+	tenantFound bool
+}
+
+// Web-app access modes of Dify's enterprise service.
+const (
+	accessPublic      = "public"
+	accessSSOVerified = "sso_verified"
+	accessPrivateAll  = "private_all"
+	accessPrivate     = "private"
+)
+
+// Dify caches web-app access verdicts: allow for 60 s, deny for 10 s.
+const (
+	aclAllowTTL = 60 * time.Second
+	aclDenyTTL  = 10 * time.Second
+)
+
+// checkLicense is step 10: an allow-list, so a status the service invents later is a deny.
+func (p *Pipeline) checkLicense(ctx context.Context) (Decision, bool) {
+	licensed := deny(403, CodeLicenseRequired, "this route needs an active enterprise license")
+	if p.deps.Enterprise == nil {
+		return licensed, false
+	}
+	status, err := p.deps.Enterprise.LicenseStatus(ctx)
+	if err != nil {
+		p.dependencyFailed(ctx, "enterprise", "license status", err)
+		return denyUnavailable(), false
+	}
+	if strings.EqualFold(status, "active") || strings.EqualFold(status, "expiring") {
+		return Decision{}, true
+	}
+	return licensed, false
+}
+
+// checkApp is step 11.
+func (p *Pipeline) checkApp(ctx context.Context, c *caller, appID string) (Decision, bool) {
+	notFound := deny(404, CodeAppNotFound, "no such app")
+	if !isUUID(appID) {
+		return notFound, false
+	}
+	appID = strings.ToLower(appID)
+	rec, ok := p.apps.get(appID)
+	if !ok {
+		app, tenant, tenantFound, err := p.deps.Directory.AppWithTenant(ctx, appID)
+		switch {
+		case errors.Is(err, directory.ErrNotFound):
+			return notFound, false
+		case err != nil:
+			p.dependencyFailed(ctx, "postgres", "app lookup", err)
+			return denyUnavailable(), false
+		}
+		rec = appRecord{app: app, tenant: tenant, tenantFound: tenantFound}
+		p.apps.put(appID, rec, p.opts.AppCacheTTL)
+	}
+	switch {
+	case rec.app.Status != directory.AppStatusNormal:
+		return notFound, false
+	case !rec.app.EnableAPI:
+		return deny(403, CodeServiceAPIDisabled, "the service API of this app is disabled"), false
+	case !rec.tenantFound || rec.tenant.Status == directory.TenantStatusArchive:
+		return deny(403, CodeWorkspaceUnavailable, "the app's workspace is unavailable"), false
+	}
+	c.appID = rec.app.ID
+	c.tenantID = rec.app.TenantID
+	return Decision{}, true
+}
+
+// checkMembership is step 12, for accounts: the tenant is the app's, else {workspace_id}, else ?workspace_id.
+func (p *Pipeline) checkMembership(ctx context.Context, c *caller, params map[string]string, workspaceQuery string) (Decision, bool) {
+	tenant := c.tenantID
+	if tenant == "" {
+		tenant = params["workspace_id"]
+		if tenant == "" {
+			tenant = workspaceQuery
+		}
+		if !isUUID(tenant) {
+			return deny(400, CodeInvalidQuery, "workspace_id must be a workspace id"), false
+		}
+		tenant = strings.ToLower(tenant)
+	}
+	member, known := c.entry.VerifiedTenants[tenant]
+	if !known {
+		var err error
+		member, err = p.deps.Directory.IsActiveMember(ctx, tenant, c.entry.AccountID)
+		if err != nil {
+			p.dependencyFailed(ctx, "postgres", "membership lookup", err)
+			return denyUnavailable(), false
+		}
+		if err := p.deps.Cache.RecordVerdict(ctx, c.hash, tenant, member); err != nil {
+			p.deps.Logger.DebugContext(ctx, "membership verdict not cached", "error", err)
+		}
+	}
+	if !member {
+		return deny(403, CodeWorkspaceMembershipRevoked, "the account is not an active member of this workspace"), false
+	}
+	c.tenantID = tenant
+	return Decision{}, true
+}
+
+// checkAppAccess is step 13.
+func (p *Pipeline) checkAppAccess(ctx context.Context, c *caller) (Decision, bool) {
+	noAccess := deny(403, CodeSubjectNoAppAccess, "this subject may not use this app")
+	account := c.kind.Subject == tokens.SubjectAccount
+	if !p.opts.EnterpriseEnabled || p.deps.Enterprise == nil {
+		if account {
+			return Decision{}, true
+		}
+		return noAccess, false
+	}
+	subject := c.entry.AccountID
+	if !account {
+		subject = c.entry.SubjectIssuer + "|" + c.entry.SubjectEmail
+	}
+	key := "acl:webapp:" + subject + ":" + c.appID
+	allowed, cached := p.acl.get(key)
+	if !cached {
+		mode, err := p.deps.Enterprise.WebAppAccessMode(ctx, c.appID)
+		if err != nil {
+			p.dependencyFailed(ctx, "enterprise", "web-app access mode", err)
+			return denyUnavailable(), false
+		}
+		switch mode {
+		case accessPublic, accessSSOVerified:
+			allowed = true
+		case accessPrivateAll:
+			allowed = account
+		case accessPrivate:
+			if account {
+				allowed, err = p.deps.Enterprise.IsUserAllowed(ctx, c.entry.AccountID, c.appID)
+				if err != nil {
+					p.dependencyFailed(ctx, "enterprise", "web-app user check", err)
+					return denyUnavailable(), false
+				}
+			}
+		}
+		ttl := aclDenyTTL
+		if allowed {
+			ttl = aclAllowTTL
+		}
+		p.acl.put(key, allowed, ttl)
+	}
+	if !allowed {
+		return noAccess, false
+	}
+	return Decision{}, true
+}
+
+// isUUID accepts the canonical 8-4-4-4-12 hex form only.
+func isUUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return false
+			}
+		default:
+			if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
+				return false
+			}
+		}
+	}
+	return true
+}

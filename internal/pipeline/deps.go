@@ -1,0 +1,80 @@
+package pipeline
+
+import (
+	"context"
+	"time"
+
+	"github.com/authgate/authgate/internal/directory"
+	"github.com/authgate/authgate/internal/tokens"
+)
+
+// The pipeline's dependencies, as small consumer-side interfaces; cmd/extauthz adapts the real packages to them.
+
+// RateLimiter is a sliding-window limiter shared by all replicas (internal/ratelimit).
+type RateLimiter interface {
+	// Allow checks and counts one request atomically; denied requests are not counted.
+	Allow(ctx context.Context, key string, limit int, window time.Duration) (RateDecision, error)
+	// Exceeded checks without counting.
+	Exceeded(ctx context.Context, key string, limit int, window time.Duration) (RateDecision, error)
+	// Add counts one event unconditionally.
+	Add(ctx context.Context, key string, window time.Duration) error
+}
+
+// RateDecision is a limiter's verdict.
+type RateDecision struct {
+	Allowed          bool
+	Limit, Remaining int
+	RetryAfter       time.Duration // >= 1 s when denied
+	Reset            time.Duration
+}
+
+// CacheStatus is the outcome of a token cache read.
+type CacheStatus int
+
+const (
+	CacheMiss    CacheStatus = iota
+	CacheHit                 // a live entry
+	CacheInvalid             // a tombstone or a negative entry
+)
+
+// TokenEntry is what the token cache keeps per token hash (Dify's auth:token:<hash> JSON).
+type TokenEntry struct {
+	SubjectEmail    string
+	SubjectIssuer   string
+	AccountID       string // "" for external subjects
+	ClientID        string
+	TokenID         string
+	ExpiresAt       time.Time
+	VerifiedTenants map[string]bool
+}
+
+// TokenCache is the Redis token cache with its optional in-process layer (internal/tokencache).
+type TokenCache interface {
+	Get(ctx context.Context, hash string) (TokenEntry, CacheStatus, error)
+	// Fill stores a live entry unless one (or a tombstone) is there already.
+	Fill(ctx context.Context, hash string, e TokenEntry) error
+	// MarkUnknown stores a short-lived negative entry.
+	MarkUnknown(ctx context.Context, hash string) error
+	// RecordVerdict merges a membership verdict into an existing live entry.
+	RecordVerdict(ctx context.Context, hash, tenantID string, member bool) error
+}
+
+// TokenStore is the part of tokens.Store the pipeline uses.
+type TokenStore interface {
+	LookupByHash(ctx context.Context, hash string) (tokens.Token, error)
+	HardExpire(ctx context.Context, id string, now time.Time) (hit bool, err error)
+}
+
+// Directory is the part of directory.Directory the pipeline uses.
+type Directory interface {
+	AppWithTenant(ctx context.Context, appID string) (directory.App, directory.Tenant, bool, error)
+	Account(ctx context.Context, id string) (directory.Account, error)
+	IsActiveMember(ctx context.Context, tenantID, accountID string) (bool, error)
+}
+
+// Enterprise is Dify's enterprise service (internal/enterprise); nil on CE.
+type Enterprise interface {
+	LicenseStatus(ctx context.Context) (string, error)
+	WebAppAccessMode(ctx context.Context, appID string) (string, error)
+	IsUserAllowed(ctx context.Context, userID, appID string) (bool, error)
+}

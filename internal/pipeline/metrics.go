@@ -1,0 +1,78 @@
+package pipeline
+
+import (
+	"context"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/metric/noop"
+)
+
+// metrics are the pipeline's instruments (exported as Prometheus by internal/telemetry).
+type metrics struct {
+	checks           metric.Int64Counter     // authgate_extauthz_checks_total{route, outcome}
+	duration         metric.Float64Histogram // authgate_extauthz_check_duration_seconds{route, outcome}
+	rateLimitSkipped metric.Int64Counter     // authgate_extauthz_ratelimit_skipped_total (RATE_LIMIT_FAIL_OPEN)
+	tokenCache       metric.Int64Counter     // authgate_extauthz_token_cache_total{result}
+	dependencyErrors metric.Int64Counter     // authgate_extauthz_dependency_errors_total{dependency}
+	hardExpired      metric.Int64Counter     // authgate_extauthz_tokens_hard_expired_total
+}
+
+func newMetrics(m metric.Meter) (*metrics, error) {
+	if m == nil {
+		m = noop.NewMeterProvider().Meter("extauthz")
+	}
+	var out metrics
+	var err error
+	if out.checks, err = m.Int64Counter("authgate_extauthz_checks",
+		metric.WithDescription("Check decisions by route and outcome (allow or the deny code).")); err != nil {
+		return nil, err
+	}
+	if out.duration, err = m.Float64Histogram("authgate_extauthz_check_duration", metric.WithUnit("s"),
+		metric.WithDescription("Time to decide a Check."),
+		metric.WithExplicitBucketBoundaries(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25)); err != nil {
+		return nil, err
+	}
+	if out.rateLimitSkipped, err = m.Int64Counter("authgate_extauthz_ratelimit_skipped",
+		metric.WithDescription("Rate-limit decisions skipped because Redis was unreachable (RATE_LIMIT_FAIL_OPEN).")); err != nil {
+		return nil, err
+	}
+	if out.tokenCache, err = m.Int64Counter("authgate_extauthz_token_cache",
+		metric.WithDescription("Token cache reads by result: hit, miss, invalid, error.")); err != nil {
+		return nil, err
+	}
+	if out.dependencyErrors, err = m.Int64Counter("authgate_extauthz_dependency_errors",
+		metric.WithDescription("Dependency failures that denied a Check with 503, by dependency.")); err != nil {
+		return nil, err
+	}
+	if out.hardExpired, err = m.Int64Counter("authgate_extauthz_tokens_hard_expired",
+		metric.WithDescription("Expired tokens revoked on presentation (oauth.token_expired).")); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+func (m *metrics) record(ctx context.Context, d Decision, elapsed time.Duration) {
+	outcome := "allow"
+	if !d.Allow {
+		outcome = string(d.Code)
+	}
+	route := d.Route
+	if route == "" {
+		route = "none"
+	}
+	attrs := metric.WithAttributes(attribute.String("route", route), attribute.String("outcome", outcome))
+	// The Check's own context may be past its deadline; the measurement must still be taken.
+	ctx = context.WithoutCancel(ctx)
+	m.checks.Add(ctx, 1, attrs)
+	m.duration.Record(ctx, elapsed.Seconds(), attrs)
+}
+
+func (m *metrics) cacheResult(ctx context.Context, result string) {
+	m.tokenCache.Add(ctx, 1, metric.WithAttributes(attribute.String("result", result)))
+}
+
+func dependencyAttr(dependency string) metric.AddOption {
+	return metric.WithAttributes(attribute.String("dependency", dependency))
+}

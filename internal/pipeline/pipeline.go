@@ -1,0 +1,124 @@
+package pipeline
+
+import (
+	"context"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"time"
+
+	"go.opentelemetry.io/otel/metric"
+)
+
+// Options are the pipeline's settings (from config.Extauthz).
+type Options struct {
+	EnableOAuthBearer          bool          // ENABLE_OAUTH_BEARER
+	RateLimitPerToken          int           // OPENAPI_RATE_LIMIT_PER_TOKEN; 0 disables
+	RateLimitFailOpen          bool          // RATE_LIMIT_FAIL_OPEN
+	InvalidBearerPerIPPerMin   int           // INVALID_BEARER_PER_IP_PER_MINUTE; 0 disables
+	MembershipEnforcedUpstream bool          // MEMBERSHIP_ENFORCED_UPSTREAM
+	CheckTimeout               time.Duration // CHECK_TIMEOUT
+	ForwardAuthorization       bool          // FORWARD_AUTHORIZATION
+	EnterpriseEnabled          bool          // ENTERPRISE_ENABLED
+	// AppCacheTTL is how long an app and its tenant are reused from memory, so warm Checks make no Postgres call.
+	AppCacheTTL time.Duration
+}
+
+// Deps are the pipeline's collaborators. Enterprise is nil on CE.
+type Deps struct {
+	Limiter    RateLimiter
+	Cache      TokenCache
+	Tokens     TokenStore
+	Directory  Directory
+	Enterprise Enterprise
+	// ClientBucket maps a client address to its rate-limit bucket (clientip.Bucket: IPv6 by /64).
+	ClientBucket func(netip.Addr) string
+	Logger       *slog.Logger
+	Meter        metric.Meter
+	Now          func() time.Time
+}
+
+// Pipeline runs SPEC §3.2 over a Request. It is safe for concurrent use.
+type Pipeline struct {
+	policy  *Policy
+	opts    Options
+	deps    Deps
+	metrics *metrics
+	apps    *ttlCache[appRecord]
+	acl     *ttlCache[bool]
+}
+
+// New builds a pipeline over a validated policy.
+func New(policy *Policy, opts Options, deps Deps) (*Pipeline, error) {
+	if deps.Now == nil {
+		deps.Now = time.Now
+	}
+	if deps.Logger == nil {
+		deps.Logger = slog.New(slog.DiscardHandler)
+	}
+	m, err := newMetrics(deps.Meter)
+	if err != nil {
+		return nil, err
+	}
+	if opts.AppCacheTTL <= 0 {
+		opts.AppCacheTTL = 5 * time.Second
+	}
+	return &Pipeline{
+		policy:  policy,
+		opts:    opts,
+		deps:    deps,
+		metrics: m,
+		apps:    newTTLCache[appRecord](10_000, deps.Now),
+		acl:     newTTLCache[bool](100_000, deps.Now),
+	}, nil
+}
+
+// Check decides one request. It never fails: a decision that cannot be made within CHECK_TIMEOUT, or with a dependency
+// down, is a 503 deny.
+func (p *Pipeline) Check(ctx context.Context, req Request) Decision {
+	start := time.Now()
+	if p.opts.CheckTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, p.opts.CheckTimeout)
+		defer cancel()
+	}
+	d := p.decide(ctx, &req)
+	if !d.Allow && ctx.Err() != nil && d.Code != CodeAuthUnavailable {
+		// A step that observed the deadline as "no such row" must not turn an outage into a definite answer.
+		d = denyUnavailable()
+	}
+	p.finish(&req, &d)
+	p.metrics.record(ctx, d, time.Since(start))
+	return d
+}
+
+// finish fills in what every decision carries: header removals on allow, metadata on both.
+func (p *Pipeline) finish(req *Request, d *Decision) {
+	if d.Metadata == nil {
+		d.Metadata = map[string]string{}
+	}
+	if d.Route != "" {
+		d.Metadata["route"] = d.Route
+	}
+	if req.RequestID != "" {
+		d.Metadata["request_id"] = req.RequestID
+	}
+	if !d.Allow {
+		d.Metadata["error"] = string(d.Code)
+		return
+	}
+	set := make(map[string]bool, len(d.SetHeaders))
+	for _, h := range d.SetHeaders {
+		set[h.Name] = true
+	}
+	for _, name := range IdentityHeaders {
+		if !set[name] {
+			d.RemoveHeaders = append(d.RemoveHeaders, name)
+		}
+	}
+	for name := range req.Headers {
+		if strings.HasPrefix(name, IdentityHeaderPrefix) && !set[name] && !isIdentityHeader(name) {
+			d.RemoveHeaders = append(d.RemoveHeaders, name)
+		}
+	}
+}
