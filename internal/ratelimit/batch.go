@@ -1,0 +1,155 @@
+package ratelimit
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+const (
+	// maxBatch bounds one pipeline, so a burst cannot build a reply large enough to stall every caller in it.
+	maxBatch = 128
+	// maxSenders bounds pipelines in flight; a second one starts only when a full batch is already waiting.
+	maxSenders = 4
+)
+
+// batcher coalesces limiter calls that arrive while a round trip is in flight into one pipeline of EVALSHAs. Callers wait
+// for their own reply or their own ctx, never for each other.
+type batcher struct {
+	rdb      redis.UniversalClient
+	instance string        // random per process, so members from different replicas never collide
+	seq      atomic.Uint64 // per request, so members within one microsecond never collide
+
+	mu      sync.Mutex
+	queue   []*call
+	senders int
+}
+
+type call struct {
+	ctx       context.Context
+	key       string
+	limit     int
+	windowSec int64
+	args      []any
+	done      chan result // buffered: the sender never blocks on a caller that gave up
+}
+
+type result struct {
+	d   Decision
+	err error
+}
+
+func newBatcher(rdb redis.UniversalClient) *batcher {
+	var b [6]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24+)
+	return &batcher{rdb: rdb, instance: hex.EncodeToString(b[:])}
+}
+
+func (b *batcher) do(ctx context.Context, key string, m mode, limit int, window time.Duration) (Decision, error) {
+	if err := ctx.Err(); err != nil {
+		return Decision{}, err
+	}
+	ws := windowSeconds(window)
+	c := &call{
+		ctx: ctx, key: key, limit: limit, windowSec: ws, done: make(chan result, 1),
+		args: []any{limit, ws, string(m), b.instance + "-" + strconv.FormatUint(b.seq.Add(1), 36)},
+	}
+	b.mu.Lock()
+	b.queue = append(b.queue, c)
+	if b.senders == 0 || (len(b.queue) >= maxBatch && b.senders < maxSenders) {
+		b.senders++
+		go b.send()
+	}
+	b.mu.Unlock()
+	select {
+	case r := <-c.done:
+		return r.d, r.err
+	case <-ctx.Done():
+		return Decision{}, ctx.Err()
+	}
+}
+
+// send drains the queue one pipeline at a time and exits when it is empty.
+func (b *batcher) send() {
+	for {
+		b.mu.Lock()
+		if len(b.queue) == 0 {
+			b.senders--
+			b.mu.Unlock()
+			return
+		}
+		n := min(len(b.queue), maxBatch)
+		batch := make([]*call, 0, n)
+		for _, c := range b.queue[:n] {
+			if c.ctx.Err() == nil { // its caller has gone: do not count a request nobody will send
+				batch = append(batch, c)
+			}
+		}
+		rest := copy(b.queue, b.queue[n:])
+		clear(b.queue[rest:])
+		b.queue = b.queue[:rest]
+		b.mu.Unlock()
+		if len(batch) > 0 {
+			b.roundTrip(batch)
+		}
+	}
+}
+
+// roundTrip sends one EVALSHA per call in one pipeline; calls answered NOSCRIPT (a restarted or flushed Redis) are sent
+// again with the script's body, which also reloads it. NOSCRIPT means the script did not run, so nothing is counted twice.
+func (b *batcher) roundTrip(batch []*call) {
+	ctx, cancel := batchContext(batch)
+	defer cancel()
+	cmds := make([]*redis.Cmd, len(batch))
+	pipe := b.rdb.Pipeline()
+	for i, c := range batch {
+		cmds[i] = slidingWindow.EvalSha(ctx, pipe, []string{c.key}, c.args...)
+	}
+	_, _ = pipe.Exec(ctx) // errors are per command
+
+	var retry []int
+	for i, cmd := range cmds {
+		if redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
+			retry = append(retry, i)
+		}
+	}
+	if len(retry) > 0 {
+		pipe := b.rdb.Pipeline()
+		for _, i := range retry {
+			cmds[i] = slidingWindow.Eval(ctx, pipe, []string{batch[i].key}, batch[i].args...)
+		}
+		_, _ = pipe.Exec(ctx)
+	}
+
+	for i, c := range batch {
+		reply, err := cmds[i].Result()
+		if err != nil {
+			c.done <- result{err: err}
+			continue
+		}
+		d, err := decide(reply, c.limit, c.windowSec)
+		c.done <- result{d: d, err: err}
+	}
+}
+
+// batchContext lives as long as the most patient caller in the batch: one caller's cancellation must not fail the others,
+// and once every caller has a deadline there is no point in waiting past the last one.
+func batchContext(batch []*call) (context.Context, context.CancelFunc) {
+	var latest time.Time
+	for _, c := range batch {
+		dl, ok := c.ctx.Deadline()
+		if !ok {
+			return context.WithCancel(context.Background())
+		}
+		if dl.After(latest) {
+			latest = dl
+		}
+	}
+	return context.WithDeadline(context.Background(), latest)
+}
