@@ -87,7 +87,7 @@ const (
 	fIssuer   = "subject_issuer"
 )
 
-var createScript = redis.NewScript(`
+var putScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
@@ -134,18 +134,24 @@ func userCodeInSlot(dcHash string) (string, error) {
 }
 
 func (s *State) create(ctx context.Context, a Authorization) error {
-	ttl := a.ExpiresAt.Sub(a.CreatedAt).Milliseconds()
-	args := []any{ttl, a.DeviceCodeHash,
-		fStatus, string(StatusPending), fUserCode, a.UserCode, fClient, a.ClientID, fLabel, a.DeviceLabel, fIP, a.CreatorIP,
-		fInterval, a.Interval.Milliseconds(), fCreated, a.CreatedAt.UnixMilli(), fExpires, a.ExpiresAt.UnixMilli()}
-	ok, err := createScript.Run(ctx, s.rdb, []string{deviceKey(a.DeviceCodeHash), userKey(a.UserCode)}, args...).Int()
-	if err != nil {
-		return fmt.Errorf("deviceflow: store device code: %w", err)
-	}
-	if ok == 0 {
+	ok, err := s.put(ctx, a, a.ExpiresAt.Sub(a.CreatedAt))
+	if err == nil && !ok {
 		return errUserCodeTaken
 	}
-	return nil
+	return err
+}
+
+// put writes a whole authorization unless either of its keys exists.
+func (s *State) put(ctx context.Context, a Authorization, ttl time.Duration) (bool, error) {
+	args := []any{ttl.Milliseconds(), a.DeviceCodeHash,
+		fStatus, string(a.Status), fUserCode, a.UserCode, fClient, a.ClientID, fLabel, a.DeviceLabel, fIP, a.CreatorIP,
+		fInterval, a.Interval.Milliseconds(), fCreated, a.CreatedAt.UnixMilli(), fExpires, a.ExpiresAt.UnixMilli(),
+		fSubType, string(a.Subject.Type), fAccount, a.Subject.AccountID, fEmail, a.Subject.Email, fIssuer, a.Subject.Issuer}
+	ok, err := putScript.Run(ctx, s.rdb, []string{deviceKey(a.DeviceCodeHash), userKey(a.UserCode)}, args...).Int()
+	if err != nil {
+		return false, fmt.Errorf("deviceflow: store device authorization: %w", err)
+	}
+	return ok == 1, nil
 }
 
 // PollOutcome is the answer to one token poll.
@@ -325,4 +331,11 @@ func parseAuthorization(dcHash string, kv []string) Authorization {
 		a.Subject = tokens.Subject{Type: t, AccountID: h[fAccount], Email: h[fEmail], Issuer: h[fIssuer]}
 	}
 	return a
+}
+
+// Reinstate puts back an approval that a poll consumed but could not turn into a token (Postgres unavailable), so the
+// client's next poll tries again instead of the user having to start over.
+func (s *State) Reinstate(ctx context.Context, a Authorization, now time.Time) error {
+	_, err := s.put(ctx, a, max(a.ExpiresAt.Sub(now), resolvedMinTTL))
+	return err
 }

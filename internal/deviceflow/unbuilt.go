@@ -7,8 +7,6 @@ func notYet(w http.ResponseWriter, r *http.Request) error {
 	return errorf(http.StatusNotImplemented, "not_implemented", "not implemented yet")
 }
 
-func (s *Server) handleDeviceCode(w http.ResponseWriter, r *http.Request) error  { return notYet(w, r) }
-func (s *Server) handleDeviceToken(w http.ResponseWriter, r *http.Request) error { return notYet(w, r) }
 func (s *Server) handleLookup(w http.ResponseWriter, r *http.Request) error      { return notYet(w, r) }
 func (s *Server) handleApprove(w http.ResponseWriter, r *http.Request) error     { return notYet(w, r) }
 func (s *Server) handleDeny(w http.ResponseWriter, r *http.Request) error        { return notYet(w, r) }

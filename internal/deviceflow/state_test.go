@@ -1,0 +1,171 @@
+package deviceflow
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/authgate/authgate/internal/testenv"
+	"github.com/authgate/authgate/internal/tokens"
+)
+
+func issueForTest(t *testing.T, st *State, now time.Time) (string, Authorization) {
+	t.Helper()
+	dc, a, err := st.Issue(context.Background(), Authorization{ClientID: "difyctl", DeviceLabel: "laptop", CreatorIP: "10.0.0.1",
+		Interval: 5 * time.Second, CreatedAt: now, ExpiresAt: now.Add(900 * time.Second)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dc, a
+}
+
+func TestStateKeysShareAHashTag(t *testing.T) {
+	rdb := testenv.Redis(t)
+	st := NewState(rdb)
+	now := time.Now()
+	dc, a := issueForTest(t, st, now)
+	dkey, ukey := deviceKey(hashDeviceCode(dc)), userKey(a.UserCode)
+	tag := func(k string) string { return k[strings.Index(k, "{") : strings.Index(k, "}")+1] }
+	if tag(dkey) != tag(ukey) {
+		t.Fatalf("keys %s and %s do not share a hash tag", dkey, ukey)
+	}
+	if !strings.HasPrefix(dkey, "device_code:") || !strings.HasSuffix(dkey, hashDeviceCode(dc)) || !strings.HasSuffix(ukey, a.UserCode) {
+		t.Fatalf("unexpected key names %s, %s", dkey, ukey)
+	}
+	ttl := rdb.PTTL(context.Background(), dkey).Val()
+	if ttl <= 890*time.Second || ttl > 900*time.Second {
+		t.Fatalf("device key TTL %v, want the remaining 900 s", ttl)
+	}
+	if got := rdb.Get(context.Background(), ukey).Val(); got != hashDeviceCode(dc) {
+		t.Fatalf("user_code key holds %q", got)
+	}
+	if rdb.Exists(context.Background(), "device_code:"+dc).Val() != 0 || strings.Contains(strings.Join(rdb.HVals(context.Background(), dkey).Val(), " "), dc) {
+		t.Fatal("the device code itself is stored")
+	}
+}
+
+func TestStatePollLifecycle(t *testing.T) {
+	ctx := context.Background()
+	rdb := testenv.Redis(t)
+	st := NewState(rdb)
+	now := time.Now()
+	dc, a := issueForTest(t, st, now)
+
+	step := func(at time.Duration, basic bool, want PollOutcome) Authorization {
+		t.Helper()
+		got, auth, err := st.Poll(ctx, dc, "difyctl", now.Add(at), basic)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Fatalf("poll at +%v (basic %v) = %v, want %v", at, basic, got, want)
+		}
+		return auth
+	}
+	step(0, false, PollPending)                     // the first poll is never slowed
+	step(4600*time.Millisecond, false, PollPending) // within the 500 ms slack
+	step(5*time.Second, true, PollSlowDown)         // Basic: answered, clock not moved
+	if auth := step(5*time.Second, false, PollSlowDown); auth.Interval != 10*time.Second {
+		t.Fatalf("interval after slow_down = %v, want 10s", auth.Interval)
+	}
+	step(14600*time.Millisecond, true, PollPending)  // a Basic poll that errs does not move the clock...
+	step(14700*time.Millisecond, false, PollPending) // ...so the retry without Basic is on time
+	if out, _, _ := st.Poll(ctx, dc, "other", now.Add(30*time.Second), false); out != PollWrongClient {
+		t.Fatalf("wrong client: %v", out)
+	}
+
+	sub := tokens.AccountSubject("8c1d4ba4-0c5e-4b3e-9b7e-1f0a4d8f3f11", "Ann@Example.com")
+	if _, err := st.LookupPending(ctx, a.UserCode, now); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Approve(ctx, a.UserCode, sub, now.Add(31*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Deny(ctx, a.UserCode, sub, now.Add(32*time.Second)); !errors.Is(err, ErrAlreadyResolved) {
+		t.Fatalf("deny after approve: %v", err)
+	}
+	if _, err := st.LookupPending(ctx, a.UserCode, now); !errors.Is(err, ErrAlreadyResolved) {
+		t.Fatalf("lookup after approve: %v", err)
+	}
+	got := step(33*time.Second, false, PollApproved)
+	if got.Subject != sub || got.DeviceLabel != "laptop" || got.ClientID != "difyctl" {
+		t.Fatalf("approved authorization %+v", got)
+	}
+	step(34*time.Second, false, PollExpired)
+	if n := rdb.DBSize(ctx).Val(); n != 0 {
+		t.Fatalf("%d keys left after consume", n)
+	}
+}
+
+func TestStateResolvedLivesAtLeastAMinute(t *testing.T) {
+	ctx := context.Background()
+	rdb := testenv.Redis(t)
+	st := NewState(rdb)
+	now := time.Now()
+	dc, a, err := st.Issue(ctx, Authorization{ClientID: "difyctl", DeviceLabel: "x", Interval: 5 * time.Second,
+		CreatedAt: now, ExpiresAt: now.Add(10 * time.Second)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Deny(ctx, a.UserCode, tokens.ExternalSubject("e@x.io", "https://idp"), now); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{deviceKey(hashDeviceCode(dc)), userKey(a.UserCode)} {
+		if ttl := rdb.PTTL(ctx, k).Val(); ttl < 59*time.Second {
+			t.Fatalf("%s TTL %v after denial, want >= 60s", k, ttl)
+		}
+	}
+	// Past the code's own expiry the denial still answers.
+	if out, _, _ := st.Poll(ctx, dc, "difyctl", now.Add(20*time.Second), false); out != PollDenied {
+		t.Fatalf("poll after denial = %v", out)
+	}
+}
+
+func TestStateExpiredAndUnknown(t *testing.T) {
+	ctx := context.Background()
+	st := NewState(testenv.Redis(t))
+	now := time.Now()
+	dc, a := issueForTest(t, st, now)
+	if out, _, _ := st.Poll(ctx, dc, "difyctl", now.Add(900*time.Second), false); out != PollExpired {
+		t.Fatalf("poll at expiry = %v", out)
+	}
+	if _, err := st.Approve(ctx, a.UserCode, tokens.AccountSubject("a", "b"), now.Add(901*time.Second)); !errors.Is(err, ErrUnknownCode) {
+		t.Fatalf("approve after expiry: %v", err)
+	}
+	if out, _, _ := st.Poll(ctx, "dc_unknown", "difyctl", now, false); out != PollExpired {
+		t.Fatalf("unknown code = %v", out)
+	}
+	if _, err := st.LookupPending(ctx, "BBBB-BBBB", now); !errors.Is(err, ErrUnknownCode) {
+		t.Fatalf("unknown user code: %v", err)
+	}
+}
+
+func TestStateApproveDenyRaceHasOneWinner(t *testing.T) {
+	ctx := context.Background()
+	st := NewState(testenv.Redis(t))
+	now := time.Now()
+	for range 20 {
+		_, a := issueForTest(t, st, now)
+		var wg sync.WaitGroup
+		errs := make([]error, 2)
+		for i, resolve := range []func(context.Context, string, tokens.Subject, time.Time) (Authorization, error){st.Approve, st.Deny} {
+			wg.Go(func() { _, errs[i] = resolve(ctx, a.UserCode, tokens.AccountSubject("a", "b"), now) })
+		}
+		wg.Wait()
+		wins := 0
+		for _, err := range errs {
+			switch {
+			case err == nil:
+				wins++
+			case !errors.Is(err, ErrAlreadyResolved):
+				t.Fatal(err)
+			}
+		}
+		if wins != 1 {
+			t.Fatalf("%d winners of approve vs deny", wins)
+		}
+	}
+}
