@@ -105,6 +105,8 @@ type Deviceflow struct {
 	PruneInterval    time.Duration // PRUNE_INTERVAL
 	PruneEnabled     bool          // ENABLE_CLEAN_OAUTH_ACCESS_TOKENS_TASK
 	ShutdownTimeout  time.Duration // SHUTDOWN_TIMEOUT
+	// TokenCacheTTL is extauthz's TOKEN_CACHE_TTL: revocation tombstones must outlive cached entries.
+	TokenCacheTTL time.Duration
 }
 
 // LoadDeviceflow reads the deviceflow configuration. Warnings (clamped values) are for the caller to log.
@@ -124,6 +126,25 @@ func LoadDeviceflow(lookup Lookup) (Deviceflow, []string, error) {
 		PruneInterval:    r.Duration("PRUNE_INTERVAL", 24*time.Hour),
 		PruneEnabled:     r.Bool("ENABLE_CLEAN_OAUTH_ACCESS_TOKENS_TASK", true),
 		ShutdownTimeout:  r.Duration("SHUTDOWN_TIMEOUT", 20*time.Second),
+		TokenCacheTTL:    r.Duration("TOKEN_CACHE_TTL", 60*time.Second),
 	}
 	return c, r.warnings, r.err
+}
+
+// Maintenance is what `deviceflow migrate` and `deviceflow prune` read: they need the database and nothing else.
+type Maintenance struct {
+	DatabaseURL   string // DATABASE_URL, required
+	RetentionDays int    // OAUTH_ACCESS_TOKEN_RETENTION_DAYS
+	LogLevel      string // LOG_LEVEL
+}
+
+// LoadMaintenance reads the configuration of deviceflow's maintenance subcommands.
+func LoadMaintenance(lookup Lookup) (Maintenance, error) {
+	r := &reader{lookup: lookup}
+	c := Maintenance{
+		DatabaseURL:   r.Required("DATABASE_URL"),
+		RetentionDays: r.Int("OAUTH_ACCESS_TOKEN_RETENTION_DAYS", 30, 1, 3650),
+		LogLevel:      r.String("LOG_LEVEL", "info"),
+	}
+	return c, r.err
 }
