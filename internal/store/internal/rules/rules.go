@@ -1,0 +1,154 @@
+// Package rules holds the input rules both token store adapters apply before touching storage, so that Postgres and the
+// in-memory store accept and reject exactly the same requests.
+package rules
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+	"time"
+
+	"github.com/authgate/authgate/internal/tokens"
+)
+
+// Precision is what a timestamptz keeps; the in-memory store truncates to it so both stores hand back the same instants.
+const Precision = time.Microsecond
+
+// CanonicalUUID returns s in Postgres's canonical text form (lower-case 8-4-4-4-12 hex) and whether s is a UUID in that
+// layout. Ids from clients are checked with it first, so a malformed id is "not found" rather than a SQL error.
+func CanonicalUUID(s string) (string, bool) {
+	if len(s) != 36 {
+		return "", false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return "", false
+			}
+		default:
+			if !isHex(c) {
+				return "", false
+			}
+		}
+	}
+	return strings.ToLower(s), true
+}
+
+// NewUUID returns a random (version 4) UUID.
+func NewUUID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on supported platforms
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	h := hex.EncodeToString(b[:])
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
+}
+
+func isHex(c byte) bool { return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F' }
+
+// ErrInvalidMint: a mint request that no caller should build (a programming error, not a client error).
+var ErrInvalidMint = errors.New("store: invalid mint request")
+
+// MintRow is a validated mint request with its subject normalised as stored.
+type MintRow struct {
+	Email, Issuer, AccountID string // AccountID "" for external subjects
+	ClientID, DeviceLabel    string
+	Prefix, TokenHash        string
+	CreatedAt, ExpiresAt     time.Time
+}
+
+// Mint validates req. An empty issuer is refused because the per-device unique index treats NULLs as distinct: a row without
+// an issuer could never be rotated.
+func Mint(req tokens.MintRequest) (MintRow, error) {
+	s := req.Subject
+	row := MintRow{
+		Email: tokens.NormalizeEmail(s.Email), Issuer: s.Issuer, ClientID: req.ClientID, DeviceLabel: req.DeviceLabel,
+		Prefix: req.Prefix, TokenHash: req.TokenHash,
+		CreatedAt: req.Now.Truncate(Precision), ExpiresAt: req.ExpiresAt.Truncate(Precision),
+	}
+	kind, ok := tokens.KindForPrefix(req.Prefix)
+	switch {
+	case !ok:
+		return MintRow{}, fmt.Errorf("%w: unknown prefix %q", ErrInvalidMint, req.Prefix)
+	case kind.Subject != s.Type:
+		return MintRow{}, fmt.Errorf("%w: prefix %q is not for subject type %q", ErrInvalidMint, req.Prefix, s.Type)
+	case row.Email == "" || row.Issuer == "" || row.ClientID == "" || row.DeviceLabel == "":
+		return MintRow{}, fmt.Errorf("%w: subject email, issuer, client id and device label are required", ErrInvalidMint)
+	case !isTokenHash(row.TokenHash):
+		return MintRow{}, fmt.Errorf("%w: token hash is not 64 lower-case hex characters", ErrInvalidMint)
+	case !row.ExpiresAt.After(row.CreatedAt):
+		return MintRow{}, fmt.Errorf("%w: expiry is not after creation", ErrInvalidMint)
+	}
+	if s.Type == tokens.SubjectAccount {
+		id, ok := CanonicalUUID(s.AccountID)
+		if !ok {
+			return MintRow{}, fmt.Errorf("%w: account subject without a UUID account id", ErrInvalidMint)
+		}
+		row.AccountID = id
+	} else if s.AccountID != "" {
+		return MintRow{}, fmt.Errorf("%w: external subject with an account id", ErrInvalidMint)
+	}
+	return row, nil
+}
+
+func isTokenHash(h string) bool {
+	if len(h) != 64 {
+		return false
+	}
+	for i := 0; i < len(h); i++ {
+		if c := h[i]; !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// Owner is the ownership test of a subject (SPEC §1): an account by its id; an external subject by its lower-cased email and
+// issuer, on rows without an account. ok is false for a subject that can own nothing (so every lookup is "not found").
+type Owner struct {
+	AccountID     string // set for accounts
+	Email, Issuer string // set for external subjects
+}
+
+// OwnerOf returns the ownership test for s.
+func OwnerOf(s tokens.Subject) (o Owner, ok bool) {
+	switch s.Type {
+	case tokens.SubjectAccount:
+		id, ok := CanonicalUUID(s.AccountID)
+		return Owner{AccountID: id}, ok
+	case tokens.SubjectExternalSSO:
+		email := tokens.NormalizeEmail(s.Email)
+		return Owner{Email: email, Issuer: s.Issuer}, email != "" && s.Issuer != ""
+	}
+	return Owner{}, false
+}
+
+// Owns reports whether the row belongs to o.
+func (o Owner) Owns(t tokens.Token) bool {
+	if o.AccountID != "" {
+		return t.AccountID == o.AccountID
+	}
+	return t.AccountID == "" && tokens.NormalizeEmail(t.SubjectEmail) == o.Email && t.SubjectIssuer == o.Issuer
+}
+
+// ErrInvalidPage: a listing page below 1 or a limit below 1.
+var ErrInvalidPage = errors.New("store: invalid page")
+
+// Window returns the offset and limit of a page; a page too far out to address yields an offset past any listing.
+func Window(p tokens.Page) (offset, limit int, err error) {
+	if p.Page < 1 || p.Limit < 1 {
+		return 0, 0, fmt.Errorf("%w: page %d, limit %d", ErrInvalidPage, p.Page, p.Limit)
+	}
+	if p.Page-1 > math.MaxInt32/p.Limit {
+		return math.MaxInt32, p.Limit, nil
+	}
+	return (p.Page - 1) * p.Limit, p.Limit, nil
+}
+
+// ErrInvalidBatch: a prune batch size below 1.
+var ErrInvalidBatch = errors.New("store: prune batch size must be at least 1")

@@ -1,0 +1,211 @@
+// Package memory is an in-process tokens.Store and directory.Directory for the embedded dev run. It passes the same
+// conformance suite as the Postgres adapter, so behaviour seen in dev is behaviour in production.
+package memory
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/authgate/authgate/internal/directory"
+	"github.com/authgate/authgate/internal/store/internal/rules"
+	"github.com/authgate/authgate/internal/tokens"
+)
+
+// Store keeps tokens and a directory fixture in memory. The zero value is not usable; call New.
+type Store struct {
+	mu     sync.Mutex
+	byID   map[string]*tokens.Token
+	byHash map[string]*tokens.Token // live rows only, as the unique token_hash column
+	dir    directory.Fixture
+
+	// pruning stands in for the Postgres advisory lock: one prune at a time, others get ErrPruneBusy.
+	pruning sync.Mutex
+}
+
+var (
+	_ tokens.Store        = (*Store)(nil)
+	_ directory.Directory = (*Store)(nil)
+)
+
+// New returns an empty store.
+func New() *Store {
+	return &Store{byID: map[string]*tokens.Token{}, byHash: map[string]*tokens.Token{}}
+}
+
+// Mint implements tokens.Store: the device's live row is rotated in place under the lock, which is what the partial unique
+// index and the single statement give Postgres.
+func (s *Store) Mint(ctx context.Context, req tokens.MintRequest) (tokens.Minted, error) {
+	row, err := rules.Mint(req)
+	if err != nil {
+		return tokens.Minted{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return tokens.Minted{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, taken := s.byHash[row.TokenHash]; taken {
+		return tokens.Minted{}, fmt.Errorf("memory: mint: token hash already in use: %w", tokens.ErrConflict)
+	}
+	if t := s.liveForDevice(row); t != nil {
+		replaced := t.TokenHash
+		delete(s.byHash, replaced)
+		t.TokenHash, t.Prefix, t.AccountID = row.TokenHash, row.Prefix, row.AccountID
+		t.CreatedAt, t.ExpiresAt, t.LastUsedAt = row.CreatedAt, row.ExpiresAt, nil
+		s.byHash[t.TokenHash] = t
+		return tokens.Minted{Token: *t, RotatedHash: replaced}, nil
+	}
+	t := &tokens.Token{
+		ID: rules.NewUUID(), SubjectEmail: row.Email, SubjectIssuer: row.Issuer, AccountID: row.AccountID,
+		ClientID: row.ClientID, DeviceLabel: row.DeviceLabel, Prefix: row.Prefix, TokenHash: row.TokenHash,
+		CreatedAt: row.CreatedAt, ExpiresAt: row.ExpiresAt,
+	}
+	s.byID[t.ID] = t
+	s.byHash[t.TokenHash] = t
+	return tokens.Minted{Token: *t}, nil
+}
+
+// liveForDevice is the row uq_oauth_active_per_device would collide with.
+func (s *Store) liveForDevice(row rules.MintRow) *tokens.Token {
+	for _, t := range s.byID {
+		if t.RevokedAt == nil && t.SubjectEmail == row.Email && t.SubjectIssuer == row.Issuer &&
+			t.ClientID == row.ClientID && t.DeviceLabel == row.DeviceLabel {
+			return t
+		}
+	}
+	return nil
+}
+
+// LookupByHash implements tokens.Store.
+func (s *Store) LookupByHash(ctx context.Context, hash string) (tokens.Token, error) {
+	if err := ctx.Err(); err != nil {
+		return tokens.Token{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, ok := s.byHash[hash]
+	if !ok {
+		return tokens.Token{}, tokens.ErrNotFound
+	}
+	return *t, nil
+}
+
+// HardExpire implements tokens.Store, with the same expiry condition as the Postgres compare-and-set.
+func (s *Store) HardExpire(ctx context.Context, id string, now time.Time) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	id, ok := rules.CanonicalUUID(id)
+	if !ok {
+		return false, nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, ok := s.byID[id]
+	if !ok || t.RevokedAt != nil || now.Before(t.ExpiresAt) {
+		return false, nil
+	}
+	s.revoke(t, now)
+	return true, nil
+}
+
+// Revoke implements tokens.Store.
+func (s *Store) Revoke(ctx context.Context, subject tokens.Subject, id string, now time.Time) (tokens.Token, error) {
+	if err := ctx.Err(); err != nil {
+		return tokens.Token{}, err
+	}
+	id, idOK := rules.CanonicalUUID(id)
+	owner, ownerOK := rules.OwnerOf(subject)
+	if !idOK || !ownerOK {
+		return tokens.Token{}, tokens.ErrNotFound
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, ok := s.byID[id]
+	if !ok || t.RevokedAt != nil || !owner.Owns(*t) {
+		return tokens.Token{}, tokens.ErrNotFound
+	}
+	before := *t
+	s.revoke(t, now)
+	return before, nil
+}
+
+func (s *Store) revoke(t *tokens.Token, now time.Time) {
+	delete(s.byHash, t.TokenHash)
+	at := now.Truncate(rules.Precision)
+	t.RevokedAt, t.TokenHash = &at, ""
+}
+
+// ListLive implements tokens.Store.
+func (s *Store) ListLive(ctx context.Context, subject tokens.Subject, now time.Time, p tokens.Page) ([]tokens.Token, int, error) {
+	offset, limit, err := rules.Window(p)
+	if err != nil {
+		return nil, 0, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, 0, err
+	}
+	owner, ok := rules.OwnerOf(subject)
+	if !ok {
+		return []tokens.Token{}, 0, nil
+	}
+	s.mu.Lock()
+	var live []tokens.Token
+	for _, t := range s.byID {
+		if t.RevokedAt == nil && t.ExpiresAt.After(now) && owner.Owns(*t) {
+			live = append(live, *t)
+		}
+	}
+	s.mu.Unlock()
+	slices.SortFunc(live, func(a, b tokens.Token) int {
+		return cmp.Or(b.CreatedAt.Compare(a.CreatedAt), cmp.Compare(b.ID, a.ID))
+	})
+	page := []tokens.Token{}
+	if offset < len(live) {
+		page = append(page, live[offset:min(offset+limit, len(live))]...)
+	}
+	return page, len(live), nil
+}
+
+// Prune implements tokens.Store, in batches like Postgres so a long prune does not hold the store lock throughout.
+func (s *Store) Prune(ctx context.Context, cutoff time.Time, batchSize int) (int, error) {
+	if batchSize < 1 {
+		return 0, rules.ErrInvalidBatch
+	}
+	if !s.pruning.TryLock() {
+		return 0, tokens.ErrPruneBusy
+	}
+	defer s.pruning.Unlock()
+	deleted := 0
+	for {
+		if err := ctx.Err(); err != nil {
+			return deleted, err
+		}
+		n := s.pruneBatch(cutoff, batchSize)
+		deleted += n
+		if n < batchSize {
+			return deleted, nil
+		}
+	}
+}
+
+func (s *Store) pruneBatch(cutoff time.Time, batchSize int) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for id, t := range s.byID {
+		if n == batchSize {
+			break
+		}
+		if t.RevokedAt != nil && t.RevokedAt.Before(cutoff) || t.RevokedAt == nil && t.ExpiresAt.Before(cutoff) {
+			delete(s.byHash, t.TokenHash)
+			delete(s.byID, id)
+			n++
+		}
+	}
+	return n
+}

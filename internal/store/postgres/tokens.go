@@ -1,0 +1,223 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/authgate/authgate/internal/store/internal/rules"
+	"github.com/authgate/authgate/internal/tokens"
+)
+
+// TokenStore is tokens.Store on oauth_access_tokens.
+type TokenStore struct {
+	pool *pgxpool.Pool
+}
+
+var _ tokens.Store = (*TokenStore)(nil)
+
+// NewTokenStore returns a token store on pool. The schema must be migrated (Migrate).
+func NewTokenStore(pool *pgxpool.Pool) *TokenStore { return &TokenStore{pool: pool} }
+
+// mintAttempts bounds the retries of the insert/insert race: two first mints of one device both find no live row, both insert,
+// and the loser's unique violation is retried, then finds the winner's row and rotates it.
+const mintAttempts = 5
+
+const tokenColumns = `id::text, subject_email, subject_issuer, account_id::text, client_id, device_label, prefix, token_hash,
+	created_at, last_used_at, expires_at, revoked_at`
+
+// mintSQL rotates the device's live row in place or inserts the first one, in one statement. FOR UPDATE makes concurrent
+// rotations of one row queue up, and returns the row as the previous rotation left it, so every replaced hash is reported to
+// exactly one caller.
+const mintSQL = `
+WITH old AS (
+	SELECT id, token_hash FROM oauth_access_tokens
+	WHERE subject_email = $1 AND subject_issuer = $2 AND client_id = $3 AND device_label = $4 AND revoked_at IS NULL
+	FOR UPDATE
+), rotated AS (
+	UPDATE oauth_access_tokens t
+	SET token_hash = $7, prefix = $6, account_id = $5, created_at = $8, expires_at = $9, last_used_at = NULL
+	FROM old WHERE t.id = old.id
+	RETURNING ` + `t.id::text, t.subject_email, t.subject_issuer, t.account_id::text, t.client_id, t.device_label, t.prefix,
+		t.token_hash, t.created_at, t.last_used_at, t.expires_at, t.revoked_at, old.token_hash AS replaced
+), inserted AS (
+	INSERT INTO oauth_access_tokens (subject_email, subject_issuer, account_id, client_id, device_label, prefix, token_hash,
+		created_at, expires_at)
+	SELECT $1, $2, $5, $3, $4, $6, $7, $8, $9
+	WHERE NOT EXISTS (SELECT 1 FROM old)
+	RETURNING ` + tokenColumns + `, NULL::varchar AS replaced
+)
+SELECT * FROM rotated UNION ALL SELECT * FROM inserted`
+
+// Mint implements tokens.Store.
+func (s *TokenStore) Mint(ctx context.Context, req tokens.MintRequest) (tokens.Minted, error) {
+	row, err := rules.Mint(req)
+	if err != nil {
+		return tokens.Minted{}, err
+	}
+	var accountID *string
+	if row.AccountID != "" {
+		accountID = &row.AccountID
+	}
+	for range mintAttempts {
+		var m tokens.Minted
+		var replaced *string
+		err := scanToken(s.pool.QueryRow(ctx, mintSQL, row.Email, row.Issuer, row.ClientID, row.DeviceLabel, accountID,
+			row.Prefix, row.TokenHash, row.CreatedAt, row.ExpiresAt), &m.Token, &replaced)
+		var pgErr *pgconn.PgError
+		switch {
+		case err == nil:
+			if replaced != nil {
+				m.RotatedHash = *replaced
+			}
+			return m, nil
+		case errors.As(err, &pgErr) && pgErr.Code == uniqueViolation && pgErr.ConstraintName == perDeviceIndex:
+			continue // lost the insert/insert race; the winner's row is there now
+		case errors.As(err, &pgErr) && pgErr.Code == uniqueViolation:
+			return tokens.Minted{}, fmt.Errorf("postgres: mint: token hash already in use: %w", tokens.ErrConflict)
+		default:
+			return tokens.Minted{}, fmt.Errorf("postgres: mint: %w", err)
+		}
+	}
+	return tokens.Minted{}, fmt.Errorf("postgres: mint: %d attempts lost to concurrent mints: %w", mintAttempts, tokens.ErrConflict)
+}
+
+const (
+	uniqueViolation = "23505"
+	perDeviceIndex  = "uq_oauth_active_per_device"
+)
+
+// LookupByHash implements tokens.Store.
+func (s *TokenStore) LookupByHash(ctx context.Context, hash string) (tokens.Token, error) {
+	var t tokens.Token
+	err := scanToken(s.pool.QueryRow(ctx, `SELECT `+tokenColumns+` FROM oauth_access_tokens
+		WHERE token_hash = $1 AND revoked_at IS NULL`, hash), &t)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return tokens.Token{}, tokens.ErrNotFound
+	}
+	if err != nil {
+		return tokens.Token{}, fmt.Errorf("postgres: lookup token: %w", err)
+	}
+	return t, nil
+}
+
+// HardExpire implements tokens.Store. The expiry condition keeps a hard-expire that raced a rotation of the same row (same id,
+// new hash, new expiry) from killing the fresh token.
+func (s *TokenStore) HardExpire(ctx context.Context, id string, now time.Time) (bool, error) {
+	id, ok := rules.CanonicalUUID(id)
+	if !ok {
+		return false, nil
+	}
+	tag, err := s.pool.Exec(ctx, `UPDATE oauth_access_tokens SET revoked_at = $2, token_hash = NULL
+		WHERE id = $1 AND revoked_at IS NULL AND expires_at <= $2`, id, now)
+	if err != nil {
+		return false, fmt.Errorf("postgres: hard-expire token: %w", err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// Revoke implements tokens.Store.
+func (s *TokenStore) Revoke(ctx context.Context, subject tokens.Subject, id string, now time.Time) (tokens.Token, error) {
+	id, idOK := rules.CanonicalUUID(id)
+	owner, ownerOK := rules.OwnerOf(subject)
+	if !idOK || !ownerOK {
+		return tokens.Token{}, tokens.ErrNotFound
+	}
+	// The row is returned as it was before the update: the caller needs its hash for the tombstone.
+	owns, ownerArgs := ownerCondition(owner, 3)
+	var t tokens.Token
+	err := scanToken(s.pool.QueryRow(ctx, `
+		WITH old AS (
+			SELECT `+tokenColumns+` FROM oauth_access_tokens
+			WHERE id = $1 AND revoked_at IS NULL AND `+owns+`
+			FOR UPDATE
+		), revoked AS (
+			UPDATE oauth_access_tokens t SET revoked_at = $2, token_hash = NULL FROM old WHERE t.id = old.id::uuid
+		)
+		SELECT * FROM old`, append([]any{id, now}, ownerArgs...)...), &t)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return tokens.Token{}, tokens.ErrNotFound
+	}
+	if err != nil {
+		return tokens.Token{}, fmt.Errorf("postgres: revoke token: %w", err)
+	}
+	return t, nil
+}
+
+// ownerCondition is rules.Owner.Owns in SQL, with its parameters numbered from first. Two shapes rather than one CASE, so
+// the planner can use the account_id index for accounts.
+func ownerCondition(o rules.Owner, first int) (string, []any) {
+	if o.AccountID != "" {
+		return fmt.Sprintf("account_id = $%d", first), []any{o.AccountID}
+	}
+	return fmt.Sprintf("account_id IS NULL AND lower(subject_email) = $%d AND subject_issuer = $%d", first, first+1),
+		[]any{o.Email, o.Issuer}
+}
+
+// ListLive implements tokens.Store.
+func (s *TokenStore) ListLive(ctx context.Context, subject tokens.Subject, now time.Time, p tokens.Page) ([]tokens.Token, int, error) {
+	offset, limit, err := rules.Window(p)
+	if err != nil {
+		return nil, 0, err
+	}
+	owner, ok := rules.OwnerOf(subject)
+	if !ok {
+		return []tokens.Token{}, 0, nil
+	}
+	const live = ` FROM oauth_access_tokens WHERE revoked_at IS NULL AND expires_at > $1 AND `
+	owns, ownerArgs := ownerCondition(owner, 2)
+	args := append([]any{now}, ownerArgs...)
+	batch := &pgx.Batch{}
+	batch.Queue(`SELECT count(*)`+live+owns, args...)
+	batch.Queue(`SELECT `+tokenColumns+live+owns+
+		fmt.Sprintf(` ORDER BY created_at DESC, id DESC LIMIT $%d OFFSET $%d`, len(args)+1, len(args)+2),
+		append(args, limit, offset)...)
+	results := s.pool.SendBatch(ctx, batch)
+	defer results.Close()
+	var total int
+	if err := results.QueryRow().Scan(&total); err != nil {
+		return nil, 0, fmt.Errorf("postgres: count live tokens: %w", err)
+	}
+	rows, err := results.Query()
+	if err != nil {
+		return nil, 0, fmt.Errorf("postgres: list live tokens: %w", err)
+	}
+	list := []tokens.Token{}
+	for rows.Next() {
+		var t tokens.Token
+		if err := scanToken(rows, &t); err != nil {
+			rows.Close()
+			return nil, 0, fmt.Errorf("postgres: list live tokens: %w", err)
+		}
+		list = append(list, t)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, 0, fmt.Errorf("postgres: list live tokens: %w", err)
+	}
+	return list, total, nil
+}
+
+// scanToken reads tokenColumns, then any extra columns into extra.
+func scanToken(row pgx.Row, t *tokens.Token, extra ...any) error {
+	var issuer, accountID, hash *string
+	dest := append([]any{&t.ID, &t.SubjectEmail, &issuer, &accountID, &t.ClientID, &t.DeviceLabel, &t.Prefix, &hash,
+		&t.CreatedAt, &t.LastUsedAt, &t.ExpiresAt, &t.RevokedAt}, extra...)
+	if err := row.Scan(dest...); err != nil {
+		return err
+	}
+	t.SubjectIssuer, t.AccountID, t.TokenHash = deref(issuer), deref(accountID), deref(hash)
+	return nil
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
