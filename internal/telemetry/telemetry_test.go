@@ -1,0 +1,172 @@
+package telemetry_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/propagation"
+
+	"github.com/authgate/authgate/internal/telemetry"
+)
+
+// syncBuffer lets the test read what the logger wrote.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func setup(t *testing.T, out io.Writer) *telemetry.Telemetry {
+	t.Helper()
+	tel, err := telemetry.Setup(t.Context(), "authgate-test", telemetry.Config{LogLevel: "info", LogOutput: out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tel.Shutdown(t.Context()) })
+	return tel
+}
+
+func TestLogLineCarriesTraceID(t *testing.T) {
+	var out syncBuffer
+	tel := setup(t, &out)
+	ctx, span := tel.Tracer.Start(t.Context(), "check")
+	tel.Logger.InfoContext(ctx, "decided", "code", "ok")
+	tel.Logger.With("component", "x").InfoContext(ctx, "derived logger")
+	span.End()
+	tel.Logger.InfoContext(t.Context(), "no span")
+
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("got %d log lines: %q", len(lines), lines)
+	}
+	want := span.SpanContext()
+	for i, line := range lines[:2] {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("line %d is not JSON: %v", i, err)
+		}
+		if rec["trace_id"] != want.TraceID().String() || rec["span_id"] != want.SpanID().String() {
+			t.Fatalf("line %d = %s; want trace_id %s span_id %s", i, line, want.TraceID(), want.SpanID())
+		}
+	}
+	if strings.Contains(lines[2], "trace_id") {
+		t.Fatalf("line without a span carries a trace id: %s", lines[2])
+	}
+}
+
+func TestLogLevel(t *testing.T) {
+	var out syncBuffer
+	tel, err := telemetry.Setup(t.Context(), "authgate-test", telemetry.Config{LogLevel: "warn", LogOutput: &out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tel.Shutdown(t.Context())
+	tel.Logger.Info("dropped")
+	tel.Logger.Warn("kept")
+	if s := out.String(); strings.Contains(s, "dropped") || !strings.Contains(s, "kept") {
+		t.Fatalf("log output at warn = %q", s)
+	}
+	if _, err := telemetry.Setup(t.Context(), "x", telemetry.Config{LogLevel: "loud"}); err == nil {
+		t.Fatal("Setup accepted LOG_LEVEL=loud")
+	}
+}
+
+func TestGlobalPropagatorIsTraceContext(t *testing.T) {
+	tel := setup(t, io.Discard)
+	ctx, span := tel.Tracer.Start(t.Context(), "outgoing")
+	defer span.End()
+	carrier := propagation.MapCarrier{}
+	otel.GetTextMapPropagator().Inject(ctx, carrier)
+	if tp := carrier.Get("traceparent"); !strings.Contains(tp, span.SpanContext().TraceID().String()) {
+		t.Fatalf("traceparent = %q", tp)
+	}
+}
+
+func TestMetricsShowCounter(t *testing.T) {
+	tel := setup(t, io.Discard)
+	counter, err := tel.Meter.Int64Counter("authgate_test_decisions")
+	if err != nil {
+		t.Fatal(err)
+	}
+	scrape := func() string {
+		rec := httptest.NewRecorder()
+		tel.MetricsHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+		if rec.Code != http.StatusOK {
+			t.Fatalf("/metrics = %d", rec.Code)
+		}
+		return rec.Body.String()
+	}
+	if grep(scrape(), "authgate_test_decisions_total") != "" {
+		t.Fatal("counter shown before any increment")
+	}
+	counter.Add(t.Context(), 3)
+	lines := grep(scrape(), "authgate_test_decisions_total")
+	if !strings.HasPrefix(lines, "authgate_test_decisions_total{") || !strings.HasSuffix(lines, "} 3") {
+		t.Fatalf("/metrics after Add(3):\n%s", lines)
+	}
+}
+
+func grep(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.HasPrefix(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+func TestAdminHandler(t *testing.T) {
+	var ready atomic.Bool
+	metrics := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "m 1\n") })
+	srv := httptest.NewServer(telemetry.AdminHandler(ready.Load, metrics))
+	defer srv.Close()
+	get := func(path string) (int, string) {
+		resp, err := http.Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, _ := get("/healthz"); code != http.StatusOK {
+		t.Fatalf("/healthz = %d", code)
+	}
+	if code, _ := get("/readyz"); code != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz before ready = %d, want 503", code)
+	}
+	ready.Store(true)
+	if code, _ := get("/readyz"); code != http.StatusOK {
+		t.Fatalf("/readyz when ready = %d, want 200", code)
+	}
+	ready.Store(false)
+	if code, _ := get("/readyz"); code != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz after losing readiness = %d, want 503", code)
+	}
+	if code, body := get("/metrics"); code != http.StatusOK || body != "m 1\n" {
+		t.Fatalf("/metrics = %d %q", code, body)
+	}
+	if code, body := get("/nope"); code != http.StatusNotFound || !strings.Contains(body, `"error":"not_found"`) {
+		t.Fatalf("/nope = %d %q", code, body)
+	}
+}
