@@ -1,0 +1,160 @@
+// Package tokencache caches token lookups in Redis in Dify's format (auth:token:<hash>), with the rules that keep a revoked
+// token dead (SPEC §3.2 step 7), and an optional in-process layer that follows the revocation stream.
+//
+// What keeps a revoked token dead: revocation writes a tombstone ("invalid") that outlives any positive entry and only then
+// publishes the hash on a stream; positive fills are SET NX so they never overwrite a tombstone; verdict merges only touch
+// a live entry; an entry past its expires_at, or one that cannot be parsed, is a miss.
+package tokencache
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+const (
+	keyPrefix = "auth:token:"
+	// tombstone is Dify's negative value.
+	tombstone = "invalid"
+	// unknownTTL is how long a hash Postgres does not know (or knows as dead) is refused without asking it again.
+	unknownTTL = 10 * time.Second
+
+	defaultTTL             = 60 * time.Second
+	defaultLocalMaxEntries = 100_000
+)
+
+// Status is the outcome of a cache lookup.
+type Status int
+
+const (
+	// Miss: nothing usable is cached; ask Postgres.
+	Miss Status = iota
+	// Hit: a live entry, not past its expires_at.
+	Hit
+	// Invalid: a tombstone or negative entry; refuse the token without asking Postgres.
+	Invalid
+)
+
+func (s Status) String() string {
+	switch s {
+	case Hit:
+		return "hit"
+	case Invalid:
+		return "invalid"
+	default:
+		return "miss"
+	}
+}
+
+// Options configure a Cache.
+type Options struct {
+	// TTL bounds how long a positive entry lives in Redis and in the local layer (TOKEN_CACHE_TTL); 0 means 60 s.
+	TTL time.Duration
+	// Local enables the in-process layer in front of Redis. It serves hits only while Run follows the revocation stream.
+	Local bool
+	// LocalMaxEntries bounds the local layer (least recently used entries go first); 0 means 100 000.
+	LocalMaxEntries int
+}
+
+// Cache is the token cache. It is safe for concurrent use.
+type Cache struct {
+	rdb   redis.UniversalClient
+	ttl   time.Duration
+	local *local // nil without Options.Local
+}
+
+// New returns a cache over rdb. With opts.Local, Run must be running for the local layer to serve anything.
+func New(rdb redis.UniversalClient, opts Options) *Cache {
+	c := &Cache{rdb: rdb, ttl: opts.TTL}
+	if c.ttl <= 0 {
+		c.ttl = defaultTTL
+	}
+	if opts.Local {
+		n := opts.LocalMaxEntries
+		if n <= 0 {
+			n = defaultLocalMaxEntries
+		}
+		c.local = newLocal(n, c.ttl)
+	}
+	return c
+}
+
+func redisKey(hash string) string { return keyPrefix + hash }
+
+// Get looks hash up: the local layer first (when it is following the stream), then Redis. A Redis error is returned with
+// Miss: the caller asks Postgres instead.
+func (c *Cache) Get(ctx context.Context, hash string) (Entry, Status, error) {
+	var seen uint64
+	if c.local != nil {
+		if e, ok := c.local.get(hash, time.Now()); ok {
+			return e, Hit, nil
+		}
+		seen = c.local.generation()
+	}
+	v, err := c.rdb.Get(ctx, redisKey(hash)).Bytes()
+	switch {
+	case errors.Is(err, redis.Nil):
+		return Entry{}, Miss, nil
+	case err != nil:
+		return Entry{}, Miss, err
+	case string(v) == tombstone:
+		return Entry{}, Invalid, nil
+	}
+	e, err := decode(v)
+	if err != nil || !time.Now().Before(e.ExpiresAt) {
+		return Entry{}, Miss, nil
+	}
+	if c.local != nil {
+		c.local.put(hash, e, seen, time.Now())
+	}
+	return e, Hit, nil
+}
+
+// Fill caches e for hash for the cache TTL (less if the token expires sooner) unless anything is cached there already, a
+// tombstone in particular: a fill computed from a Postgres read that raced a revocation must not bring the token back.
+func (c *Cache) Fill(ctx context.Context, hash string, e Entry) error {
+	ttl := min(c.ttl, time.Until(e.ExpiresAt))
+	if ttl < time.Millisecond {
+		return nil // expired: nothing to cache
+	}
+	b, err := encode(e)
+	if err != nil {
+		return err
+	}
+	var seen uint64
+	if c.local != nil {
+		seen = c.local.generation()
+	}
+	stored, err := c.rdb.SetNX(ctx, redisKey(hash), b, ttl).Result()
+	if err != nil {
+		return err
+	}
+	if stored && c.local != nil {
+		c.local.put(hash, e, seen, time.Now())
+	}
+	return nil
+}
+
+// MarkUnknown caches Dify's negative value for 10 s for a hash that Postgres does not know or knows as dead. It replaces a
+// positive entry but never shortens a tombstone.
+func (c *Cache) MarkUnknown(ctx context.Context, hash string) error {
+	if c.local != nil {
+		c.local.evict(hash)
+	}
+	return markUnknown.Run(ctx, c.rdb, []string{redisKey(hash)}, tombstone, int(unknownTTL/time.Second)).Err()
+}
+
+// RecordVerdict merges a membership verdict for tenantID into the entry for hash. In Redis only an existing, live entry is
+// changed and its TTL is kept; a tombstone or a missing entry is left alone, so a verdict can never recreate a token.
+func (c *Cache) RecordVerdict(ctx context.Context, hash, tenantID string, member bool) error {
+	if c.local != nil {
+		c.local.recordVerdict(hash, tenantID, member)
+	}
+	m := "0"
+	if member {
+		m = "1"
+	}
+	return mergeVerdict.Run(ctx, c.rdb, []string{redisKey(hash)}, tombstone, tenantID, m).Err()
+}

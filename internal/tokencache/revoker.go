@@ -1,0 +1,47 @@
+package tokencache
+
+import (
+	"context"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+const (
+	// revocationStream carries revoked hashes to every in-process layer.
+	revocationStream = "authgate:revocations"
+	// streamMaxLen caps the stream (approximately, so trimming stays cheap); a reader further behind than this flushes.
+	streamMaxLen = 10_000
+	// tombstoneMargin keeps a tombstone alive past any positive entry written just before it, and past any fill computed
+	// from a Postgres read that started before the revocation.
+	tombstoneMargin = 10 * time.Second
+)
+
+// Revoker kills cached tokens everywhere: in Redis at once, in every in-process layer within a second.
+type Revoker struct {
+	rdb redis.UniversalClient
+	ttl time.Duration
+}
+
+// NewRevoker returns a Revoker for caches whose TTL is cacheTTL (TOKEN_CACHE_TTL; 0 means 60 s).
+func NewRevoker(rdb redis.UniversalClient, cacheTTL time.Duration) *Revoker {
+	if cacheTTL <= 0 {
+		cacheTTL = defaultTTL
+	}
+	return &Revoker{rdb: rdb, ttl: cacheTTL + tombstoneMargin}
+}
+
+// Revoke tombstones hash and then publishes it on the revocation stream. The order matters: an in-process layer that drops
+// the hash on the event and reads Redis again must find the tombstone. Call it after the Postgres change is committed; on
+// error the positive entry may live until its TTL ends, so the caller should report (and may retry) it.
+func (r *Revoker) Revoke(ctx context.Context, hash string) error {
+	if err := r.rdb.Set(ctx, redisKey(hash), tombstone, r.ttl).Err(); err != nil {
+		return err
+	}
+	return r.rdb.XAdd(ctx, &redis.XAddArgs{
+		Stream: revocationStream,
+		MaxLen: streamMaxLen,
+		Approx: true,
+		Values: []any{"hash", hash},
+	}).Err()
+}
