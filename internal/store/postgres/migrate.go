@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
@@ -145,9 +146,23 @@ func checkExistingTable(ctx context.Context, pool *pgxpool.Pool) error {
 	var indexDef string
 	err = pool.QueryRow(ctx, `SELECT indexdef FROM pg_indexes
 		WHERE schemaname = current_schema() AND indexname = 'uq_oauth_active_per_device'`).Scan(&indexDef)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("postgres: reading oauth_access_tokens indexes: %w", err)
+	}
 	if err == nil && !isPerDeviceUniqueIndex(indexDef) {
 		diff = append(diff, "  index uq_oauth_active_per_device: have "+indexDef+
 			", want UNIQUE (subject_email, subject_issuer, client_id, device_label) WHERE revoked_at IS NULL")
+	}
+	var hashUnique bool
+	if err := pool.QueryRow(ctx, `SELECT EXISTS (
+		SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+		WHERE i.indrelid = to_regclass('oauth_access_tokens') AND i.indisunique AND i.indnatts = 1
+			AND i.indpred IS NULL AND a.attname = 'token_hash')`).Scan(&hashUnique); err != nil {
+		return fmt.Errorf("postgres: reading oauth_access_tokens indexes: %w", err)
+	}
+	if !hashUnique {
+		// Mint relies on it to refuse a hash that is already in use, and revocation frees the hash by setting it NULL.
+		diff = append(diff, "  token_hash: no UNIQUE constraint or index on (token_hash) alone")
 	}
 	if len(diff) > 0 {
 		return fmt.Errorf("%w:\n%s", ErrIncompatibleSchema, strings.Join(diff, "\n"))

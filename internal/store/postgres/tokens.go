@@ -46,9 +46,9 @@ WITH old AS (
 	RETURNING ` + `t.id::text, t.subject_email, t.subject_issuer, t.account_id::text, t.client_id, t.device_label, t.prefix,
 		t.token_hash, t.created_at, t.last_used_at, t.expires_at, t.revoked_at, old.token_hash AS replaced
 ), inserted AS (
-	INSERT INTO oauth_access_tokens (subject_email, subject_issuer, account_id, client_id, device_label, prefix, token_hash,
-		created_at, expires_at)
-	SELECT $1, $2, $5, $3, $4, $6, $7, $8, $9
+	INSERT INTO oauth_access_tokens (id, subject_email, subject_issuer, account_id, client_id, device_label, prefix,
+		token_hash, created_at, expires_at)
+	SELECT gen_random_uuid(), $1, $2, $5, $3, $4, $6, $7, $8, $9
 	WHERE NOT EXISTS (SELECT 1 FROM old)
 	RETURNING ` + tokenColumns + `, NULL::varchar AS replaced
 )
