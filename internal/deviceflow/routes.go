@@ -22,13 +22,13 @@ func (s *Server) routes() *http.ServeMux {
 	api("POST /oauth/device/approve", s.handleApprove)
 	api("POST /oauth/device/deny", s.handleDeny)
 
-	// TODO(sso): the SSO branch, served only when ENTERPRISE_ENABLED (404 on CE).
-	// api("GET /oauth/device/sso-initiate", s.handleSSOInitiate)
-	// api("GET /oauth/device/sso-complete", s.handleSSOComplete)
-	// mux.Handle("GET /device/sso-complete", s.serve(s.handleSSOComplete))
-	// api("GET /oauth/device/approval-context", s.handleApprovalContext)
-	// api("POST /oauth/device/approve-external", s.handleApproveExternal)
-	// api("POST /oauth/device/deny-external", s.handleDenyExternal)
+	// The SSO branch, served only when ENTERPRISE_ENABLED (404 on CE).
+	api("GET /oauth/device/sso-initiate", s.enterpriseOnly(s.handleSSOInitiate))
+	api("GET /oauth/device/sso-complete", s.enterpriseOnly(s.handleSSOComplete))
+	mux.Handle("GET /device/sso-complete", s.serve(s.enterpriseOnly(s.handleSSOComplete)))
+	api("GET /oauth/device/approval-context", s.enterpriseOnly(s.handleApprovalContext))
+	api("POST /oauth/device/approve-external", s.enterpriseOnly(s.handleApproveExternal))
+	api("POST /oauth/device/deny-external", s.enterpriseOnly(s.handleDenyExternal))
 
 	api("GET /me", s.handleMe)
 	api("GET /account", s.handleMe)
@@ -42,8 +42,10 @@ func (s *Server) routes() *http.ServeMux {
 	mux.Handle("GET /.well-known/oauth-authorization-server"+apiPrefix, metadata)
 	mux.Handle("GET "+apiPrefix+"/.well-known/oauth-authorization-server", metadata)
 
-	// TODO(sso): the /device page (page*.go, web/).
-	// mux.Handle("GET /device", s.pageHandler())
+	// The /device page (page*.go, web/).
+	mux.Handle("GET /device", s.serve(s.handleDevicePage))
+	mux.Handle("GET /device/static/{name}", s.serve(s.handleStatic))
+	mux.Handle("GET /device/details", s.serve(s.handleDeviceDetails))
 
 	mux.Handle("/", s.serve(func(w http.ResponseWriter, r *http.Request) error {
 		return errorf(http.StatusNotFound, codeNotFound, "no such endpoint")

@@ -33,6 +33,15 @@ func signRaw(t testing.TB, method jwt.SigningMethod, key any, kid string, claims
 	return s
 }
 
+func testRSAKey(t testing.TB) *rsa.PrivateKey {
+	t.Helper()
+	k, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
 func assertionClaims(now time.Time, lifetime time.Duration) jwt.MapClaims {
 	return jwt.MapClaims{
 		"aud": audExternalSubjectAssertion, "iat": now.Unix(), "exp": now.Add(lifetime).Unix(),
@@ -101,10 +110,7 @@ func TestAssertionAccepted(t *testing.T) {
 }
 
 func TestAssertionRefusals(t *testing.T) {
-	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rsaKey := testRSAKey(t)
 	secret := []byte(testSecretKey)
 	with := func(mut func(jwt.MapClaims)) jwt.MapClaims {
 		c := assertionClaims(testEpoch, 60*time.Second)

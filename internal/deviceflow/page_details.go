@@ -1,0 +1,61 @@
+package deviceflow
+
+import (
+	"errors"
+	"math"
+	"net/http"
+	"time"
+)
+
+// pageSignedIn reports whether the request carries a valid Dify console session; the page then skips the chooser.
+func (s *Server) pageSignedIn(r *http.Request) bool {
+	_, apiErr := s.consoleUserID(r)
+	return apiErr == nil
+}
+
+type deviceDetails struct {
+	UserCode           string `json:"user_code"`
+	ClientID           string `json:"client_id"`
+	DeviceLabel        string `json:"device_label"`
+	CreatedAt          string `json:"created_at"`
+	CreatorIP          string `json:"creator_ip"`
+	ExpiresInRemaining int    `json:"expires_in_remaining"`
+}
+
+// handleDeviceDetails: GET /device/details?user_code=. The authorize view shows when and from which address the request
+// started (RFC 8628 §5.4), so a person can spot a code someone else started. Only a signed-in console user sees it, and
+// it spends the same per-IP budget as lookup.
+func (s *Server) handleDeviceDetails(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	if _, apiErr := s.consoleUserID(r); apiErr != nil {
+		return apiErr
+	}
+	if err := s.allow(ctx, w, limitLookup, s.clientBucket(r)); err != nil {
+		return err
+	}
+	unknown := errorf(http.StatusNotFound, codeExpiredOrUnknown, "the code is unknown or expired")
+	code, ok := normalizeUserCode(r.URL.Query().Get("user_code"))
+	if !ok {
+		return unknown
+	}
+	now := s.now()
+	a, err := s.state.LookupPending(ctx, code, now)
+	switch {
+	case errors.Is(err, ErrUnknownCode):
+		return unknown
+	case errors.Is(err, ErrAlreadyResolved):
+		return errorf(http.StatusConflict, codeAlreadyResolved, "the code was already approved or denied")
+	case err != nil:
+		return err
+	}
+	noStore(w)
+	writeJSON(w, http.StatusOK, deviceDetails{
+		UserCode:           a.UserCode,
+		ClientID:           a.ClientID,
+		DeviceLabel:        a.DeviceLabel,
+		CreatedAt:          a.CreatedAt.UTC().Format(time.RFC3339),
+		CreatorIP:          a.CreatorIP,
+		ExpiresInRemaining: int(math.Ceil(a.ExpiresAt.Sub(now).Seconds())),
+	})
+	return nil
+}

@@ -1,0 +1,303 @@
+package deviceflow
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/authgate/authgate/internal/directory"
+	"github.com/authgate/authgate/internal/tokens"
+)
+
+// The SSO branch (EE): the browser goes to the enterprise IdP with a signed state, comes back with a signed assertion of an
+// external subject, trades it for a 5-minute approval-grant cookie, and approves or denies with that cookie and its CSRF token.
+const (
+	codeInvalidUserCode     = "invalid_user_code"
+	codeSSOInitiateFailed   = "sso_initiate_failed"
+	codeInvalidSSOAssertion = "invalid_sso_assertion"
+	codeUserCodeNotPending  = "user_code_not_pending"
+	codeInvalidSession      = "invalid_session"
+	codeUserCodeMismatch    = "user_code_mismatch"
+	codeEmailIsDifyAccount  = "email_belongs_to_dify_account"
+	codeSessionAlreadyUsed  = "session_already_consumed"
+	approvalGrantCookieName = "device_approval_grant"
+	approvalGrantCookiePath = apiPrefix + "/oauth/device"
+	ssoCompletePath         = apiPrefix + "/oauth/device/sso-complete"
+	devicePagePath          = "/device"
+	ssoInitiateTimeout      = 5 * time.Second
+	csrfHeader              = "X-CSRF-Token"
+)
+
+// enterpriseOnly hides a route on CE: it answers 404 as if it did not exist, before any rate limit counts the request.
+func (s *Server) enterpriseOnly(h handlerFunc) handlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		if !s.cfg.EnterpriseEnabled || s.deps.Enterprise == nil {
+			return errorf(http.StatusNotFound, codeNotFound, "no such endpoint")
+		}
+		return h(w, r)
+	}
+}
+
+func (s *Server) envelopes() envelopeKeys { return newEnvelopeKeys(s.cfg.SecretKey, s.now) }
+
+func (s *Server) nonces() nonceLedger { return nonceLedger{rdb: s.deps.Redis, now: s.now} }
+
+// handleSSOInitiate: GET /oauth/device/sso-initiate?user_code= → 302 to the IdP the enterprise service names.
+func (s *Server) handleSSOInitiate(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	if err := s.allow(ctx, w, limitSSOInitiate, s.clientBucket(r)); err != nil {
+		return err
+	}
+	userCode, ok := normalizeUserCode(r.URL.Query().Get("user_code"))
+	if !ok {
+		return errorf(http.StatusBadRequest, codeInvalidUserCode, "user_code is missing or malformed")
+	}
+	if _, err := s.state.LookupPending(ctx, userCode, s.now()); err != nil {
+		return pendingCodeError(err)
+	}
+	state, err := s.envelopes().signState(userCode, newSSONonce(), s.cfg.ConsoleAPIURL+ssoCompletePath)
+	if err != nil {
+		return err
+	}
+	callCtx, cancel := context.WithTimeout(ctx, ssoInitiateTimeout)
+	defer cancel()
+	target, err := s.deps.Enterprise.SSOInitiate(callCtx, state)
+	if err == nil {
+		err = s.checkIdPURL(target)
+	}
+	if err != nil {
+		s.log.WarnContext(ctx, "sso-initiate: no IdP URL from the enterprise service", "err", err)
+		return errorf(http.StatusBadGateway, codeSSOInitiateFailed, "the SSO provider could not be reached; try again later")
+	}
+	noStore(w)
+	// A grant left over from another tab must not approve this code.
+	http.SetCookie(w, s.grantCookie("", -1))
+	http.Redirect(w, r, target, http.StatusFound)
+	return nil
+}
+
+// checkIdPURL accepts only an absolute https URL (http only when deviceflow itself is served over http, i.e. a dev setup).
+func (s *Server) checkIdPURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return err
+	}
+	allowHTTP := isHTTP(s.cfg.ConsoleAPIURL)
+	if u.Host == "" || !(u.Scheme == "https" || (allowHTTP && u.Scheme == "http")) {
+		return errors.New("the IdP URL is not an absolute https URL")
+	}
+	return nil
+}
+
+func isHTTP(rawURL string) bool {
+	u, err := url.Parse(rawURL)
+	return err == nil && u.Scheme == "http"
+}
+
+// handleSSOComplete: GET /oauth/device/sso-complete?sso_assertion= (and /device/sso-complete). The assertion is a credential:
+// it is never logged, and every refusal names only the reason.
+func (s *Server) handleSSOComplete(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	assertion, err := s.envelopes().verifyAssertion(r.URL.Query().Get("sso_assertion"))
+	if err != nil {
+		s.log.WarnContext(ctx, "sso-complete: assertion refused", "reason", err)
+		return errorf(http.StatusBadRequest, codeInvalidSSOAssertion, "the SSO assertion is invalid or expired")
+	}
+	first, err := s.nonces().consume(ctx, assertionNonceKeyPrefix, assertion.Nonce, assertion.expiry())
+	if err != nil {
+		return err
+	}
+	if !first {
+		s.log.WarnContext(ctx, "sso-complete: assertion refused", "reason", "replayed nonce")
+		return errorf(http.StatusBadRequest, codeInvalidSSOAssertion, "the SSO assertion was already used")
+	}
+	userCode, ok := normalizeUserCode(assertion.UserCode)
+	if !ok {
+		return errorf(http.StatusConflict, codeUserCodeNotPending, "the code is not waiting for approval")
+	}
+	a, err := s.state.LookupPending(ctx, userCode, s.now())
+	if err != nil {
+		return notPendingError(err)
+	}
+	subject := tokens.ExternalSubject(assertion.Email, assertion.Issuer)
+	isAccount, err := s.isDifyAccountEmail(ctx, subject.Email)
+	if err != nil {
+		return err
+	}
+	if isAccount {
+		s.auditExternalRejected(r, a, subject, codeEmailIsDifyAccount)
+		noStore(w)
+		http.Redirect(w, r, s.pageURL("sso_error", codeEmailIsDifyAccount), http.StatusFound)
+		return nil
+	}
+	value, _, err := s.envelopes().signGrant(s.cfg.ConsoleAPIURL, subject.Email, subject.Issuer, userCode)
+	if err != nil {
+		return err
+	}
+	noStore(w)
+	http.SetCookie(w, s.grantCookie(value, int(approvalGrantTTL/time.Second)))
+	http.Redirect(w, r, s.pageURL("sso_verified", "1"), http.StatusFound)
+	return nil
+}
+
+// pageURL is the /device page of the console with one fixed parameter; redirect targets never come from the request.
+func (s *Server) pageURL(name, value string) string {
+	return s.cfg.ConsoleWebURL + devicePagePath + "?" + url.Values{name: {value}}.Encode()
+}
+
+// grantCookie builds the approval-grant cookie; maxAge < 0 deletes it.
+func (s *Server) grantCookie(value string, maxAge int) *http.Cookie {
+	return &http.Cookie{
+		Name:     approvalGrantCookieName,
+		Value:    value,
+		Path:     approvalGrantCookiePath,
+		MaxAge:   maxAge,
+		HttpOnly: true,
+		Secure:   !isHTTP(s.cfg.ConsoleAPIURL),
+		SameSite: http.SameSiteLaxMode,
+	}
+}
+
+// grantFromCookie verifies the approval-grant cookie; any problem is 401 invalid_session.
+func (s *Server) grantFromCookie(r *http.Request) (approvalGrant, error) {
+	c, err := r.Cookie(approvalGrantCookieName)
+	if err != nil || c.Value == "" {
+		return approvalGrant{}, errorf(http.StatusUnauthorized, codeInvalidSession, "no SSO approval session; sign in with SSO again")
+	}
+	g, err := s.envelopes().verifyGrant(c.Value)
+	if err != nil {
+		s.log.WarnContext(r.Context(), "approval grant refused", "route", r.Pattern, "reason", err)
+		return approvalGrant{}, errorf(http.StatusUnauthorized, codeInvalidSession, "the SSO approval session is invalid or expired")
+	}
+	return g, nil
+}
+
+// handleApprovalContext: GET /oauth/device/approval-context. Reading the context does not use up the grant.
+func (s *Server) handleApprovalContext(w http.ResponseWriter, r *http.Request) error {
+	g, err := s.grantFromCookie(r)
+	if err != nil {
+		return err
+	}
+	noStore(w)
+	writeJSON(w, http.StatusOK, struct {
+		SubjectEmail  string `json:"subject_email"`
+		SubjectIssuer string `json:"subject_issuer"`
+		UserCode      string `json:"user_code"`
+		CSRFToken     string `json:"csrf_token"`
+		ExpiresAt     string `json:"expires_at"`
+	}{g.SubjectEmail, g.SubjectIssuer, g.UserCode, g.CSRFToken, g.expiry().UTC().Format(time.RFC3339)})
+	return nil
+}
+
+func (s *Server) handleApproveExternal(w http.ResponseWriter, r *http.Request) error {
+	return s.resolveExternal(w, r, StatusApproved)
+}
+
+func (s *Server) handleDenyExternal(w http.ResponseWriter, r *http.Request) error {
+	return s.resolveExternal(w, r, StatusDenied)
+}
+
+// resolveExternal runs the checks of approve-external and deny-external in SPEC order; the first failure answers.
+func (s *Server) resolveExternal(w http.ResponseWriter, r *http.Request, to Status) error {
+	ctx := r.Context()
+	g, err := s.grantFromCookie(r)
+	if err != nil {
+		return err
+	}
+	if to == StatusApproved {
+		if err := s.allow(ctx, w, limitApproveExtMail, g.SubjectEmail); err != nil {
+			return err
+		}
+	}
+	if got := r.Header.Get(csrfHeader); got == "" || subtle.ConstantTimeCompare([]byte(got), []byte(g.CSRFToken)) != 1 {
+		return errorf(http.StatusForbidden, codeCSRFInvalid, "the X-CSRF-Token header does not match the SSO approval session")
+	}
+	p, apiErr := decodeBody(w, r)
+	if apiErr != nil {
+		return apiErr
+	}
+	raw, apiErr := p.str("user_code")
+	if apiErr != nil {
+		return apiErr
+	}
+	if userCode, ok := normalizeUserCode(raw); !ok || userCode != g.UserCode {
+		return errorf(http.StatusBadRequest, codeUserCodeMismatch, "user_code is not the code this SSO session was started for")
+	}
+	a, err := s.state.LookupPending(ctx, g.UserCode, s.now())
+	if err != nil {
+		return notPendingError(err)
+	}
+	subject := tokens.ExternalSubject(g.SubjectEmail, g.SubjectIssuer)
+	isAccount, err := s.isDifyAccountEmail(ctx, subject.Email)
+	if err != nil {
+		return err
+	}
+	if isAccount {
+		s.auditExternalRejected(r, a, subject, codeEmailIsDifyAccount)
+		return errorf(http.StatusForbidden, codeEmailIsDifyAccount, "this email belongs to a Dify account; sign in with it instead")
+	}
+	first, err := s.nonces().consume(ctx, grantNonceKeyPrefix, g.Nonce, g.expiry())
+	if err != nil {
+		return err
+	}
+	if !first {
+		return errorf(http.StatusUnauthorized, codeSessionAlreadyUsed, "this SSO approval session was already used")
+	}
+	resolved, err := s.state.Resolve(ctx, g.UserCode, to, subject, s.now())
+	if err != nil {
+		return notPendingError(err)
+	}
+	event := auditDeviceApproved
+	if to == StatusDenied {
+		event = auditDeviceDenied
+	}
+	s.audit(ctx, event, "subject_type", string(subject.Type), "subject_email", subject.Email, "subject_issuer", subject.Issuer,
+		"client_id", resolved.ClientID, "device_label", resolved.DeviceLabel, "ip", s.clientIP(r).String())
+	noStore(w)
+	http.SetCookie(w, s.grantCookie("", -1))
+	writeJSON(w, http.StatusOK, struct {
+		Status Status `json:"status"`
+	}{to})
+	return nil
+}
+
+// isDifyAccountEmail: an external subject may not use the email of any Dify account (whatever its status), or it could
+// act as that account's owner under another identity.
+func (s *Server) isDifyAccountEmail(ctx context.Context, email string) (bool, error) {
+	_, err := s.deps.Directory.AccountByEmail(ctx, email)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, directory.ErrNotFound):
+		return false, nil
+	}
+	return false, err
+}
+
+func (s *Server) auditExternalRejected(r *http.Request, a Authorization, subject tokens.Subject, reason string) {
+	s.audit(r.Context(), auditFlowRejected, "subject_type", string(subject.Type), "subject_email", subject.Email,
+		"subject_issuer", subject.Issuer, "client_id", a.ClientID, "device_label", a.DeviceLabel, "reason", reason,
+		"ip", s.clientIP(r).String())
+}
+
+// pendingCodeError translates a failed pending lookup before SSO starts.
+func pendingCodeError(err error) error {
+	switch {
+	case errors.Is(err, ErrUnknownCode):
+		return errorf(http.StatusNotFound, codeExpiredOrUnknown, "the code is unknown or expired")
+	case errors.Is(err, ErrAlreadyResolved):
+		return errorf(http.StatusConflict, codeUserCodeNotPending, "the code was already approved or denied")
+	}
+	return err
+}
+
+// notPendingError translates a failed pending lookup or resolve once SSO is done: the code is no longer pending.
+func notPendingError(err error) error {
+	if errors.Is(err, ErrUnknownCode) || errors.Is(err, ErrAlreadyResolved) {
+		return errorf(http.StatusConflict, codeUserCodeNotPending, "the code is not waiting for approval")
+	}
+	return err
+}

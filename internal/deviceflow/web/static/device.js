@@ -1,0 +1,225 @@
+// The /device page: confirm a device code, then approve or deny it with a Dify console session or an SSO approval grant.
+// Plain JavaScript, no build step; the page's CSP allows only this file.
+(function () {
+  "use strict";
+
+  var API = "/openapi/v1/oauth/device";
+  var STASH = "authgate.device.user_code";
+  var CODE_ALPHABET = /^[BCDFGHJKLMNPQRSTVWXZ]{8}$/;
+
+  var root = document.getElementById("device");
+  var cfg = {
+    signedIn: root.dataset.signedIn === "true",
+    enterprise: root.dataset.enterprise === "true",
+    signinURL: root.dataset.signinUrl,
+    csrfCookie: root.dataset.csrfCookie,
+    ssoVerified: root.dataset.ssoVerified === "true",
+    ssoError: root.dataset.ssoError === "true"
+  };
+  var userCode = "";
+  var ssoCSRF = "";
+
+  function $(id) { return document.getElementById(id); }
+
+  function show(view) {
+    var views = document.querySelectorAll(".view");
+    for (var i = 0; i < views.length; i++) views[i].hidden = views[i].id !== "view-" + view;
+    flash("");
+    var first = document.querySelector("#view-" + view + " input, #view-" + view + " button");
+    if (first) first.focus();
+  }
+
+  function flash(msg) {
+    var el = $("flash");
+    el.textContent = msg;
+    el.hidden = !msg;
+  }
+
+  function setText(id, text) { $(id).textContent = text; }
+
+  function showCode(code) {
+    var els = document.querySelectorAll(".js-user-code");
+    for (var i = 0; i < els.length; i++) els[i].textContent = code;
+  }
+
+  // normalize accepts what a person types (any case, dashes, spaces) and returns "XXXX-XXXX", or "" when it cannot be a code.
+  function normalize(raw) {
+    var s = String(raw || "").toUpperCase().replace(/[\s-]/g, "");
+    return CODE_ALPHABET.test(s) ? s.slice(0, 4) + "-" + s.slice(4) : "";
+  }
+
+  function readCookie(name) {
+    var parts = document.cookie ? document.cookie.split("; ") : [];
+    for (var i = 0; i < parts.length; i++) {
+      var eq = parts[i].indexOf("=");
+      if (parts[i].slice(0, eq) === name) return decodeURIComponent(parts[i].slice(eq + 1));
+    }
+    return "";
+  }
+
+  // call sends a same-origin request and resolves to {status, body}; a network failure resolves to status 0.
+  function call(method, url, payload, csrf) {
+    var opts = { method: method, credentials: "same-origin", headers: { "Accept": "application/json" } };
+    if (payload) {
+      opts.headers["Content-Type"] = "application/json";
+      opts.body = JSON.stringify(payload);
+    }
+    if (csrf) opts.headers["X-CSRF-Token"] = csrf;
+    return fetch(url, opts).then(function (resp) {
+      return resp.json().catch(function () { return {}; }).then(function (body) {
+        return { status: resp.status, body: body || {} };
+      });
+    }, function () { return { status: 0, body: {} }; });
+  }
+
+  function busy(ids, on) {
+    for (var i = 0; i < ids.length; i++) $(ids[i]).disabled = on;
+  }
+
+  function goSignIn() {
+    try { sessionStorage.setItem(STASH, userCode); } catch (e) { /* storage may be disabled */ }
+    window.location.assign(cfg.signinURL);
+  }
+
+  // Errors an approval can end in, by the server's error code.
+  function approvalFailed(res) {
+    var code = res.body.error;
+    if (res.status === 429) return show("rate-limited");
+    if (code === "expired_or_unknown") return show("expired");
+    if (code === "already_resolved" || code === "user_code_not_pending") {
+      return flash("This code was already approved or denied. Start the sign-in again on your device.");
+    }
+    if (code === "login_required") return goSignIn();
+    if (code === "csrf_invalid") return flash("Your session could not be verified. Reload the page and try again.");
+    if (code === "account_inactive") return flash("Your Dify account is not active.");
+    if (code === "invalid_session" || code === "session_already_consumed") {
+      return flash("Your SSO session has expired or was already used. Sign in with SSO again.");
+    }
+    if (code === "email_belongs_to_dify_account") {
+      return flash("This email belongs to a Dify account. Sign in with your Dify account instead.");
+    }
+    if (code === "user_code_mismatch") return flash("The code does not match your SSO session. Sign in with SSO again.");
+    flash("Something went wrong. Please try again.");
+  }
+
+  function lookup(code) {
+    busy(["continue"], true);
+    call("GET", API + "/lookup?user_code=" + encodeURIComponent(code)).then(function (res) {
+      busy(["continue"], false);
+      if (res.status === 429) return show("rate-limited");
+      if (res.status !== 200) return show("lookup-failed");
+      if (!res.body.valid) return show("expired");
+      userCode = code;
+      showCode(code);
+      if (cfg.signedIn) return authorizeAccount(res.body);
+      show("chooser");
+    });
+  }
+
+  function formatStarted(createdAt) {
+    var d = new Date(createdAt);
+    if (isNaN(d.getTime())) return "unknown";
+    var mins = Math.max(0, Math.round((Date.now() - d.getTime()) / 60000));
+    var ago = mins === 0 ? "just now" : mins === 1 ? "1 minute ago" : mins + " minutes ago";
+    return d.toLocaleString() + " (" + ago + ")";
+  }
+
+  function authorizeAccount(lookupBody) {
+    setText("account-client-id", lookupBody.client_id || "");
+    setText("account-device-label", lookupBody.device_label || "");
+    setText("account-started", "…");
+    setText("account-ip", "…");
+    call("GET", "/device/details?user_code=" + encodeURIComponent(userCode)).then(function (res) {
+      if (res.status === 401) return show("chooser");
+      if (res.status === 429) return show("rate-limited");
+      if (res.status === 404) return show("expired");
+      if (res.status !== 200) return show("lookup-failed");
+      setText("account-client-id", res.body.client_id);
+      setText("account-device-label", res.body.device_label);
+      setText("account-started", formatStarted(res.body.created_at));
+      setText("account-ip", res.body.creator_ip || "unknown");
+      show("authorize-account");
+    });
+  }
+
+  function resolveAccount(action) {
+    var ids = ["account-approve", "account-deny"];
+    busy(ids, true);
+    call("POST", API + "/" + action, { user_code: userCode }, readCookie(cfg.csrfCookie)).then(function (res) {
+      busy(ids, false);
+      if (res.status === 200) return show(action === "approve" ? "success" : "denied");
+      approvalFailed(res);
+    });
+  }
+
+  function authorizeSSO() {
+    call("GET", API + "/approval-context").then(function (res) {
+      if (res.status !== 200) {
+        setText("sso-error-message", "Your SSO session has expired. Start again from the code on your device.");
+        return show("sso-error");
+      }
+      userCode = res.body.user_code;
+      ssoCSRF = res.body.csrf_token;
+      showCode(userCode);
+      setText("sso-email", res.body.subject_email);
+      setText("sso-issuer", res.body.subject_issuer);
+      show("authorize-sso");
+    });
+  }
+
+  function resolveSSO(action) {
+    var ids = ["sso-approve", "sso-deny"];
+    busy(ids, true);
+    call("POST", API + "/" + action + "-external", { user_code: userCode }, ssoCSRF).then(function (res) {
+      busy(ids, false);
+      if (res.status === 200) return show(action === "approve" ? "success" : "denied");
+      approvalFailed(res);
+    });
+  }
+
+  function restart() {
+    userCode = "";
+    $("user-code").value = "";
+    show("code-entry");
+  }
+
+  // Wire up the controls.
+  $("code-form").addEventListener("submit", function (ev) {
+    ev.preventDefault();
+    var code = normalize($("user-code").value);
+    $("code-hint").hidden = !!code;
+    if (code) lookup(code);
+  });
+  $("choose-account").addEventListener("click", function () {
+    if (!cfg.signedIn) return goSignIn();
+    call("GET", API + "/lookup?user_code=" + encodeURIComponent(userCode)).then(function (res) {
+      if (res.status === 200 && res.body.valid) return authorizeAccount(res.body);
+      show(res.status === 429 ? "rate-limited" : "expired");
+    });
+  });
+  if ($("choose-sso")) {
+    $("choose-sso").addEventListener("click", function () {
+      window.location.assign(API + "/sso-initiate?user_code=" + encodeURIComponent(userCode));
+    });
+  }
+  $("account-approve").addEventListener("click", function () { resolveAccount("approve"); });
+  $("account-deny").addEventListener("click", function () { resolveAccount("deny"); });
+  $("sso-approve").addEventListener("click", function () { resolveSSO("approve"); });
+  $("sso-deny").addEventListener("click", function () { resolveSSO("deny"); });
+  var restarts = document.querySelectorAll(".js-restart");
+  for (var i = 0; i < restarts.length; i++) restarts[i].addEventListener("click", restart);
+
+  // A code in the URL (verification_uri_complete) or stashed before sign-in only prefills the form: the person still
+  // confirms it. The query is removed at once so the code does not linger in history or leak onward (RFC 8628 §5.4).
+  var prefill = new URLSearchParams(window.location.search).get("user_code") || "";
+  try {
+    prefill = prefill || sessionStorage.getItem(STASH) || "";
+    sessionStorage.removeItem(STASH);
+  } catch (e) { /* storage may be disabled */ }
+  if (window.location.search) history.replaceState(null, "", window.location.pathname);
+
+  if (cfg.ssoError) return show("sso-error");
+  if (cfg.ssoVerified) return authorizeSSO();
+  $("user-code").value = normalize(prefill) || "";
+  show("code-entry");
+})();
