@@ -3,6 +3,7 @@ package deviceflow
 import (
 	"context"
 	"errors"
+	"math"
 	"net/http"
 	"strconv"
 	"time"
@@ -145,7 +146,7 @@ func (s *Server) mint(ctx context.Context, a Authorization, now time.Time) (toke
 	return tokenResponse{
 		AccessToken:   plaintext,
 		TokenType:     "Bearer",
-		ExpiresIn:     int64(t.ExpiresAt.Sub(now) / time.Second),
+		ExpiresIn:     int64(math.Round(t.ExpiresAt.Sub(now).Seconds())), // Postgres keeps microseconds
 		Token:         plaintext,
 		ExpiresAt:     t.ExpiresAt.UTC(),
 		TokenID:       t.ID,
