@@ -3,6 +3,7 @@ package testenv
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"os"
 	"strconv"
 	"testing"
@@ -59,13 +60,23 @@ func RedisURL(t testing.TB) string {
 				defer c.Close()
 				c.Del(context.Background(), key)
 			})
-			return fmt.Sprintf("redis://%s/%d", opts.Addr, db)
+			return withDB(base, db)
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("testenv: no free redis database in %d..%d after 3m", firstTestDB, lastTestDB)
 		}
 		time.Sleep(50 * time.Millisecond) // waiting for another test to release a lease
 	}
+}
+
+// withDB returns base with its database number replaced, keeping the scheme (rediss://), AUTH credentials and options.
+func withDB(base string, db int) string {
+	u, err := url.Parse(base)
+	if err != nil {
+		panic(err) // base already parsed as a Redis URL
+	}
+	u.Path = "/" + strconv.Itoa(db)
+	return u.String()
 }
 
 // Redis returns a client on a leased, flushed Redis database (see RedisURL), closed at cleanup.
