@@ -1,0 +1,292 @@
+package tokencache
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/authgate/authgate/internal/testenv"
+)
+
+// overwrite changes the Redis entry behind the local layer's back (no stream event), so a test can tell which layer answered.
+func overwrite(t *testing.T, c *Cache, hash string, e Entry) {
+	t.Helper()
+	b, err := encode(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.rdb.Set(context.Background(), redisKey(hash), b, time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestLocalLayerServesOnlyWhileFollowingTheStream(t *testing.T) {
+	ctx := context.Background()
+	c := New(testenv.Redis(t), Options{TTL: time.Minute, Local: true})
+	h := newHash()
+	e := accountEntry()
+	if err := c.Fill(ctx, h, e); err != nil {
+		t.Fatal(err)
+	}
+	changed := e
+	changed.ClientID = "changed-in-redis"
+	overwrite(t, c, h, changed)
+	// Run is not running: every Get goes to Redis.
+	if got, st, err := c.Get(ctx, h); err != nil || st != Hit || got.ClientID != "changed-in-redis" {
+		t.Fatalf("without Run: %+v, %v, %v; want Redis's entry", got, st, err)
+	}
+
+	runLocal(t, c)
+	if got, _, _ := c.Get(ctx, h); got.ClientID != "changed-in-redis" {
+		t.Fatalf("first Get after Run: %+v", got)
+	}
+	overwrite(t, c, h, e)
+	if got, st, err := c.Get(ctx, h); err != nil || st != Hit || got.ClientID != "changed-in-redis" {
+		t.Fatalf("with Run: %+v, %v, %v; want the locally cached entry", got, st, err)
+	}
+}
+
+func TestLocalLayerEvictsWithinASecondOfARevocationElsewhere(t *testing.T) {
+	ctx := context.Background()
+	url := testenv.RedisURL(t)
+	c := New(redisClient(t, url), Options{TTL: time.Minute, Local: true})
+	runLocal(t, c)
+	revoker := NewRevoker(redisClient(t, url), time.Minute) // another process's client
+	h := newHash()
+	if err := c.Fill(ctx, h, accountEntry()); err != nil {
+		t.Fatal(err)
+	}
+	if _, st, _ := c.Get(ctx, h); st != Hit {
+		t.Fatalf("before revocation: %v", st)
+	}
+	if err := revoker.Revoke(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	revoked := time.Now()
+	for {
+		_, st, err := c.Get(ctx, h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st == Invalid {
+			break
+		}
+		if time.Since(revoked) > time.Second {
+			t.Fatalf("still %v more than 1s after the revocation", st)
+		}
+		time.Sleep(5 * time.Millisecond) // polling interval of a bounded wait
+	}
+	if _, st, _ := c.Get(ctx, h); st != Invalid {
+		t.Fatalf("revoked token came back: %v", st)
+	}
+}
+
+func TestRevokeRacingFillNeverResurrects(t *testing.T) {
+	ctx := context.Background()
+	url := testenv.RedisURL(t)
+	c := New(redisClient(t, url), Options{TTL: time.Minute, Local: true})
+	runLocal(t, c)
+	revoker := NewRevoker(redisClient(t, url), time.Minute)
+	hashes := make([]string, 200)
+	var wg sync.WaitGroup
+	errs := make(chan error, 4*len(hashes))
+	for i := range hashes {
+		h := newHash()
+		hashes[i] = h
+		wg.Go(func() { errs <- c.Fill(ctx, h, accountEntry()) })
+		wg.Go(func() { _, _, err := c.Get(ctx, h); errs <- err })
+		wg.Go(func() { errs <- revoker.Revoke(ctx, h) })
+		wg.Go(func() { _, _, err := c.Get(ctx, h); errs <- err })
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, h := range hashes {
+		if v := c.rdb.Get(ctx, redisKey(h)).Val(); v != "invalid" {
+			t.Fatalf("Redis holds %q for a revoked token", v)
+		}
+	}
+	// Every revocation reaches the local layer within a second; after that no revoked token may be served.
+	deadline := time.Now().Add(5 * time.Second)
+	for _, h := range hashes {
+		for {
+			_, st, err := c.Get(ctx, h)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st == Invalid {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("revoked token still %v", st)
+			}
+			time.Sleep(5 * time.Millisecond) // polling interval of a bounded wait
+		}
+	}
+	for _, h := range hashes {
+		if _, st, _ := c.Get(ctx, h); st != Invalid {
+			t.Fatalf("revoked token came back: %v", st)
+		}
+	}
+}
+
+func TestLocalLayerFlushesWhenRedisRestarts(t *testing.T) {
+	ctx := context.Background()
+	srv := testenv.StartRedisServer(t)
+	c := New(srv.Client(), Options{TTL: time.Minute, Local: true})
+	runLocal(t, c)
+	h := newHash()
+	if err := c.Fill(ctx, h, accountEntry()); err != nil {
+		t.Fatal(err)
+	}
+	if _, st, _ := c.Get(ctx, h); st != Hit {
+		t.Fatalf("before restart: %v", st)
+	}
+
+	srv.Stop()
+	// Cut off from the stream, the local layer must stop answering: Get goes to (dead) Redis and reports its error.
+	waitFor(t, "Get to fail with Redis down", func() bool {
+		_, st, err := c.Get(ctx, h)
+		return err != nil && st == Miss
+	})
+	srv.Start() // empty: the entry, and any revocation published meanwhile, are gone
+	waitFor(t, "Get to miss after the restart", func() bool {
+		_, st, err := c.Get(ctx, h)
+		return err == nil && st == Miss
+	})
+
+	// And it recovers: following the new stream, it serves again.
+	waitFor(t, "local layer to follow the new stream", func() bool {
+		return time.Now().UnixNano() < c.local.freshUntil.Load()
+	})
+	if err := c.Fill(ctx, h, accountEntry()); err != nil {
+		t.Fatal(err)
+	}
+	changed := accountEntry()
+	changed.ClientID = "changed-in-redis"
+	overwrite(t, c, h, changed)
+	waitFor(t, "local hit after recovery", func() bool {
+		got, st, err := c.Get(ctx, h)
+		return err == nil && st == Hit && got.ClientID == accountEntry().ClientID
+	})
+}
+
+func TestLocalLayerResumesFromTheLastIDAfterAReconnect(t *testing.T) {
+	ctx := context.Background()
+	rdb := testenv.Redis(t)
+	c := New(rdb, Options{TTL: time.Minute, Local: true})
+	r := NewRevoker(rdb, time.Minute)
+	if err := r.Revoke(ctx, newHash()); err != nil {
+		t.Fatal(err)
+	}
+	runLocal(t, c)
+	last := rdb.XRevRangeN(ctx, revocationStream, "+", "-", 1).Val()[0].ID
+	// Anchored at the end of the stream ("$"), the entry published before the start is not replayed, and the id it would
+	// resume from is the stream's last.
+	if id, err := c.anchor(ctx, ""); err != nil || id != last {
+		t.Fatalf("anchor on first start: %q, %v; want %q", id, err, last)
+	}
+	if err := r.Revoke(ctx, newHash()); err != nil {
+		t.Fatal(err)
+	}
+	if id, err := c.anchor(ctx, last); err != nil || id != last {
+		t.Fatalf("anchor after a reconnect: %q, %v; want the last id seen, %q", id, err, last)
+	}
+	// Once the stream no longer holds that id (trimmed, or a new server), it starts again from the end.
+	rdb.XTrimMaxLen(ctx, revocationStream, 0)
+	if err := r.Revoke(ctx, newHash()); err != nil {
+		t.Fatal(err)
+	}
+	newLast := rdb.XRevRangeN(ctx, revocationStream, "+", "-", 1).Val()[0].ID
+	if id, err := c.anchor(ctx, last); err != nil || id != newLast {
+		t.Fatalf("anchor after trimming: %q, %v; want the end, %q", id, err, newLast)
+	}
+}
+
+func TestLocalLayerNeverServesAnExpiredToken(t *testing.T) {
+	ctx := context.Background()
+	c := New(testenv.Redis(t), Options{TTL: time.Minute, Local: true})
+	runLocal(t, c)
+	h := newHash()
+	e := accountEntry()
+	e.ExpiresAt = time.Now().Add(300 * time.Millisecond)
+	if err := c.Fill(ctx, h, e); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the entry to expire", func() bool {
+		before := time.Now()
+		_, st, err := c.Get(ctx, h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st == Hit && !before.Before(e.ExpiresAt) {
+			t.Fatalf("served at %v, after its expiry %v", before, e.ExpiresAt)
+		}
+		return st == Miss
+	})
+}
+
+func TestLocalRecordVerdict(t *testing.T) {
+	ctx := context.Background()
+	c := New(testenv.Redis(t), Options{TTL: time.Minute, Local: true})
+	runLocal(t, c)
+	h := newHash()
+	if err := c.Fill(ctx, h, accountEntry()); err != nil {
+		t.Fatal(err)
+	}
+	before, _, _ := c.Get(ctx, h)
+	if err := c.RecordVerdict(ctx, h, "w1", true); err != nil {
+		t.Fatal(err)
+	}
+	after, st, _ := c.Get(ctx, h)
+	if st != Hit || !after.VerifiedTenants["w1"] {
+		t.Fatalf("local entry after the verdict: %+v, %v", after, st)
+	}
+	if _, ok := before.VerifiedTenants["w1"]; ok {
+		t.Fatal("a verdict changed an entry already handed out")
+	}
+}
+
+func TestLocalLayerIsBounded(t *testing.T) {
+	ctx := context.Background()
+	c := New(testenv.Redis(t), Options{TTL: time.Minute, Local: true, LocalMaxEntries: 10})
+	runLocal(t, c)
+	for i := range 50 {
+		if err := c.Fill(ctx, fmt.Sprint(i), accountEntry()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := c.local.entries.Len(); n != 10 {
+		t.Fatalf("local layer holds %d entries, want its bound 10", n)
+	}
+}
+
+func BenchmarkGetLocalHit(b *testing.B) {
+	ctx := context.Background()
+	c := New(testenv.Redis(b), Options{TTL: time.Hour, Local: true})
+	runLocal(b, c)
+	hashes := make([]string, 1000)
+	for i := range hashes {
+		hashes[i] = newHash()
+		if err := c.Fill(ctx, hashes[i], accountEntry()); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			if _, st, err := c.Get(ctx, hashes[i%len(hashes)]); err != nil || st != Hit {
+				b.Errorf("%v, %v", st, err)
+				return
+			}
+			i++
+		}
+	})
+}
