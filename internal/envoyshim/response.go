@@ -1,0 +1,157 @@
+package envoyshim
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"sort"
+	"strings"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/grpc/codes"
+)
+
+// isOK mirrors the filter's decision: CheckResponse.status.code OK allows. Like Envoy, a response without a status
+// (code 0) counts as OK; extauthz always sets one.
+func isOK(resp *authv3.CheckResponse) bool {
+	return codes.Code(resp.GetStatus().GetCode()) == codes.OK
+}
+
+type responseHeadersKey struct{}
+
+// applyOK applies OkHttpResponse to the request that goes upstream.
+func applyOK(r *http.Request, ok *authv3.OkHttpResponse) *http.Request {
+	// OkHttpResponse.headers, each with its append semantics.
+	for _, opt := range ok.GetHeaders() {
+		if isPseudoOrHost(opt.GetHeader().GetKey()) {
+			continue // Envoy refuses to mutate pseudo-headers and host through ext_authz.
+		}
+		applyHeaderOption(r.Header, opt)
+	}
+	// OkHttpResponse.headers_to_remove, applied after the sets (as Envoy does; extauthz never lists a header it sets).
+	for _, name := range ok.GetHeadersToRemove() {
+		if isPseudoOrHost(name) {
+			continue
+		}
+		r.Header.Del(name)
+	}
+	// OkHttpResponse.query_parameters_to_set (replace) then query_parameters_to_remove.
+	if len(ok.GetQueryParametersToSet()) > 0 || len(ok.GetQueryParametersToRemove()) > 0 {
+		q, _ := url.ParseQuery(r.URL.RawQuery)
+		for _, p := range ok.GetQueryParametersToSet() {
+			q.Set(p.GetKey(), p.GetValue())
+		}
+		for _, name := range ok.GetQueryParametersToRemove() {
+			q.Del(name)
+		}
+		r.URL.RawQuery = q.Encode()
+	}
+	// OkHttpResponse.response_headers_to_add go on the upstream's response to the client.
+	if extra := ok.GetResponseHeadersToAdd(); len(extra) > 0 {
+		r = r.WithContext(context.WithValue(r.Context(), responseHeadersKey{}, extra))
+	}
+	return r
+}
+
+func addResponseHeaders(resp *http.Response) error {
+	if extra, ok := resp.Request.Context().Value(responseHeadersKey{}).([]*corev3.HeaderValueOption); ok {
+		for _, opt := range extra {
+			applyHeaderOption(resp.Header, opt)
+		}
+	}
+	return nil
+}
+
+// applyHeaderOption applies one HeaderValueOption. The deprecated append field, when present, wins (true appends,
+// false overwrites); otherwise append_action decides, whose default APPEND_IF_EXISTS_OR_ADD adds a second value
+// next to an existing one. Empty values are dropped unless keep_empty_value is set.
+func applyHeaderOption(h http.Header, opt *corev3.HeaderValueOption) {
+	key := opt.GetHeader().GetKey()
+	value := opt.GetHeader().GetValue()
+	if value == "" && len(opt.GetHeader().GetRawValue()) > 0 {
+		value = string(opt.GetHeader().GetRawValue()) // HeaderValue.raw_value
+	}
+	if key == "" || (value == "" && !opt.GetKeepEmptyValue()) {
+		return
+	}
+	action := opt.GetAppendAction()
+	if a := opt.GetAppend(); a != nil {
+		action = corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
+		if a.GetValue() {
+			action = corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD
+		}
+	}
+	_, exists := h[http.CanonicalHeaderKey(key)]
+	switch action {
+	case corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD:
+		h.Add(key, value)
+	case corev3.HeaderValueOption_ADD_IF_ABSENT:
+		if !exists {
+			h.Set(key, value)
+		}
+	case corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD:
+		h.Set(key, value)
+	case corev3.HeaderValueOption_OVERWRITE_IF_EXISTS:
+		if exists {
+			h.Set(key, value)
+		}
+	}
+}
+
+func isPseudoOrHost(name string) bool {
+	return strings.HasPrefix(name, ":") || strings.EqualFold(name, "host")
+}
+
+// writeDenied sends DeniedHttpResponse to the client: its status (403 when missing, as Envoy), headers and body.
+func writeDenied(w http.ResponseWriter, denied *authv3.DeniedHttpResponse) {
+	status := int(denied.GetStatus().GetCode())
+	if status < 100 || status > 599 {
+		status = http.StatusForbidden
+	}
+	for _, opt := range denied.GetHeaders() {
+		if isPseudoOrHost(opt.GetHeader().GetKey()) {
+			continue
+		}
+		applyHeaderOption(w.Header(), opt)
+	}
+	w.WriteHeader(status)
+	_, _ = w.Write([]byte(denied.GetBody()))
+}
+
+func writeError(w http.ResponseWriter, status int, code, message string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(map[string]string{"error": code, "message": message})
+}
+
+// route picks the upstream by longest matching prefix.
+func (s *Shim) route(path string) (Route, bool) {
+	for _, r := range s.cfg.Routes {
+		if strings.HasPrefix(path, r.Prefix) {
+			return r, true
+		}
+	}
+	return Route{}, false
+}
+
+func sortedRoutes(routes []Route) []Route {
+	out := append([]Route(nil), routes...)
+	sort.SliceStable(out, func(i, j int) bool { return len(out[i].Prefix) > len(out[j].Prefix) })
+	return out
+}
+
+// rewrite forwards to the route's upstream. The path and the Host header go through unchanged (no prefix_rewrite,
+// no host_rewrite); x-forwarded-* and x-request-id are kept as the shim (Envoy's HCM) set them.
+func (s *Shim) rewrite(pr *httputil.ProxyRequest) {
+	route, _ := s.route(pr.In.URL.Path)
+	pr.SetURL(route.Upstream)
+	pr.Out.Host = pr.In.Host
+	for _, h := range []string{"X-Forwarded-For", "X-Forwarded-Proto"} {
+		if v, ok := pr.In.Header[h]; ok {
+			pr.Out.Header[h] = v
+		}
+	}
+}
