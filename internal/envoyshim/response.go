@@ -2,7 +2,7 @@ package envoyshim
 
 import (
 	"context"
-	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
@@ -65,9 +65,10 @@ func addResponseHeaders(resp *http.Response) error {
 	return nil
 }
 
-// applyHeaderOption applies one HeaderValueOption. The deprecated append field, when present, wins (true appends,
-// false overwrites); otherwise append_action decides, whose default APPEND_IF_EXISTS_OR_ADD adds a second value
-// next to an existing one. Empty values are dropped unless keep_empty_value is set.
+// applyHeaderOption applies one HeaderValueOption as Envoy's ext_authz client does. The deprecated append field,
+// when present, wins: true joins the value into the existing header with "," (appendCopy), false overwrites.
+// Otherwise append_action decides; its default APPEND_IF_EXISTS_OR_ADD adds a second header line (addCopy), and an
+// unknown action is treated as OVERWRITE_IF_EXISTS_OR_ADD. Empty values are dropped unless keep_empty_value is set.
 func applyHeaderOption(h http.Header, opt *corev3.HeaderValueOption) {
 	key := opt.GetHeader().GetKey()
 	value := opt.GetHeader().GetValue()
@@ -77,27 +78,29 @@ func applyHeaderOption(h http.Header, opt *corev3.HeaderValueOption) {
 	if key == "" || (value == "" && !opt.GetKeepEmptyValue()) {
 		return
 	}
-	action := opt.GetAppendAction()
+	canonical := http.CanonicalHeaderKey(key)
+	existing, exists := h[canonical]
 	if a := opt.GetAppend(); a != nil {
-		action = corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
-		if a.GetValue() {
-			action = corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD
+		if a.GetValue() && exists {
+			h[canonical] = []string{strings.Join(append(existing, value), ",")}
+		} else {
+			h.Set(key, value)
 		}
+		return
 	}
-	_, exists := h[http.CanonicalHeaderKey(key)]
-	switch action {
+	switch opt.GetAppendAction() {
 	case corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD:
 		h.Add(key, value)
 	case corev3.HeaderValueOption_ADD_IF_ABSENT:
 		if !exists {
 			h.Set(key, value)
 		}
-	case corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD:
-		h.Set(key, value)
 	case corev3.HeaderValueOption_OVERWRITE_IF_EXISTS:
 		if exists {
 			h.Set(key, value)
 		}
+	default: // OVERWRITE_IF_EXISTS_OR_ADD and unknown actions
+		h.Set(key, value)
 	}
 }
 
@@ -105,26 +108,30 @@ func isPseudoOrHost(name string) bool {
 	return strings.HasPrefix(name, ":") || strings.EqualFold(name, "host")
 }
 
-// writeDenied sends DeniedHttpResponse to the client: its status (403 when missing, as Envoy), headers and body.
-func writeDenied(w http.ResponseWriter, denied *authv3.DeniedHttpResponse) {
-	status := int(denied.GetStatus().GetCode())
+// writeLocalReply sends a DeniedHttpResponse (CheckResponse.denied_response or error_response) as Envoy's local
+// reply: its status (fallback when unset), its headers (each named header first cleared, then every value added, so
+// repeated set-cookie survive) and its body; a body without a content-type goes out as text/plain, as Envoy's local
+// replies do.
+func writeLocalReply(w http.ResponseWriter, reply *authv3.DeniedHttpResponse, fallback int) {
+	status := int(reply.GetStatus().GetCode())
 	if status < 100 || status > 599 {
-		status = http.StatusForbidden
+		status = fallback
 	}
-	for _, opt := range denied.GetHeaders() {
-		if isPseudoOrHost(opt.GetHeader().GetKey()) {
+	for _, opt := range reply.GetHeaders() {
+		w.Header().Del(opt.GetHeader().GetKey())
+	}
+	for _, opt := range reply.GetHeaders() {
+		key, value := opt.GetHeader().GetKey(), opt.GetHeader().GetValue()
+		if key == "" || isPseudoOrHost(key) {
 			continue
 		}
-		applyHeaderOption(w.Header(), opt)
+		w.Header().Add(key, value)
+	}
+	if reply.GetBody() != "" && w.Header().Get("Content-Type") == "" {
+		w.Header().Set("Content-Type", "text/plain")
 	}
 	w.WriteHeader(status)
-	_, _ = w.Write([]byte(denied.GetBody()))
-}
-
-func writeError(w http.ResponseWriter, status int, code, message string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(map[string]string{"error": code, "message": message})
+	_, _ = io.WriteString(w, reply.GetBody())
 }
 
 // route picks the upstream by longest matching prefix.

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httputil"
@@ -96,25 +97,31 @@ func New(cfg Config) (*Shim, error) {
 func (s *Shim) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r = s.prepare(r)
 
-	if !s.authzDisabled(r.URL.Path) {
-		resp, err := s.check(r)
-		if err != nil {
-			// failure_mode_allow: false -> the request is rejected with status_on_error, never let through.
-			s.cfg.Logger.WarnContext(r.Context(), "ext_authz check failed", "error", err, "path", r.URL.Path)
-			writeError(w, s.cfg.StatusOnError, "auth_unavailable", "authorization service unavailable")
-			return
-		}
-		if !isOK(resp) {
-			writeDenied(w, resp.GetDeniedResponse())
-			return
-		}
-		r = applyOK(r, resp.GetOkResponse())
+	// Envoy's filter skips the Check when no route matches (getPerRouteFlags: no route -> skip) and the router then
+	// answers 404 with an empty body.
+	if _, ok := s.route(r.URL.Path); !ok {
+		w.WriteHeader(http.StatusNotFound)
+		return
 	}
 
-	if _, ok := s.route(r.URL.Path); !ok {
-		// The router filter runs after ext_authz: an unmatched path was still checked, then gets 404 (Envoy: NR).
-		writeError(w, http.StatusNotFound, "route_not_found", "no route for this path")
-		return
+	if !s.authzDisabled(r.URL.Path) {
+		resp, err := s.check(r)
+		switch {
+		case err != nil:
+			// failure_mode_allow: false -> a local reply with status_on_error and no body, never an allow.
+			s.cfg.Logger.WarnContext(r.Context(), "ext_authz check failed", "error", err, "path", r.URL.Path)
+			w.WriteHeader(s.cfg.StatusOnError)
+			return
+		case isOK(resp):
+			r = applyOK(r, resp.GetOkResponse())
+		case resp.GetErrorResponse() != nil:
+			// CheckResponse.error_response: an error, not a denial; its status, else status_on_error.
+			writeLocalReply(w, resp.GetErrorResponse(), s.cfg.StatusOnError)
+			return
+		default:
+			writeLocalReply(w, resp.GetDeniedResponse(), http.StatusForbidden)
+			return
+		}
 	}
 	s.proxy.ServeHTTP(w, r)
 }
@@ -137,6 +144,8 @@ func (s *Shim) authzDisabled(path string) bool {
 
 func (s *Shim) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
 	s.cfg.Logger.WarnContext(r.Context(), "upstream request failed", "error", err, "path", r.URL.Path)
-	// Envoy answers 503 "upstream connect error or disconnect/reset before headers".
-	writeError(w, http.StatusServiceUnavailable, "upstream_unavailable", "upstream connect error or disconnect/reset before headers")
+	// Envoy's router answers a failed upstream connection with this 503 local reply.
+	w.Header().Set("Content-Type", "text/plain")
+	w.WriteHeader(http.StatusServiceUnavailable)
+	_, _ = io.WriteString(w, "upstream connect error or disconnect/reset before headers. reset reason: connection failure")
 }
