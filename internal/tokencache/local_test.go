@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/authgate/authgate/internal/testenv"
+	"github.com/redis/go-redis/v9"
 )
 
 // overwrite changes the Redis entry behind the local layer's back (no stream event), so a test can tell which layer answered.
@@ -289,4 +290,41 @@ func BenchmarkGetLocalHit(b *testing.B) {
 			i++
 		}
 	})
+}
+
+func TestLocalLayerFlushesWhenItFellBehindATrim(t *testing.T) {
+	ctx := context.Background()
+	rdb := testenv.Redis(t)
+	c := New(rdb, Options{TTL: time.Minute, Local: true})
+	r := NewRevoker(rdb, time.Minute)
+	if err := r.Revoke(ctx, newHash()); err != nil {
+		t.Fatal(err)
+	}
+	lastID := rdb.XRevRangeN(ctx, revocationStream, "+", "-", 1).Val()[0].ID
+	c.local.markFresh(time.Now().Add(time.Hour))
+	h := newHash()
+	if err := c.Fill(ctx, h, accountEntry()); err != nil {
+		t.Fatal(err)
+	}
+	if _, st, _ := c.Get(ctx, h); st != Hit {
+		t.Fatalf("before: %v", st)
+	}
+	// While this reader was away, more revocations than it reads at once were published and the stream was trimmed past
+	// the last id it saw: h's revocation could have been among the lost ones.
+	for range streamBatch + 100 {
+		rdb.XAdd(ctx, &redis.XAddArgs{Stream: revocationStream, Values: []any{"hash", newHash()}})
+	}
+	rdb.XTrimMaxLen(ctx, revocationStream, streamBatch+50)
+
+	readCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- c.read(readCtx, &lastID) }()
+	waitFor(t, "the local layer to drop h", func() bool {
+		_, ok := c.local.entries.Peek(h)
+		return !ok
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
 }

@@ -56,6 +56,11 @@ func (c *Cache) follow(ctx context.Context, lastID *string) error {
 	}
 	*lastID = id
 	c.local.markFresh(start.Add(freshFor))
+	return c.read(ctx, lastID)
+}
+
+// read evicts what the stream publishes after *lastID, advancing it, until an error or ctx's end.
+func (c *Cache) read(ctx context.Context, lastID *string) error {
 	for ctx.Err() == nil {
 		start := time.Now()
 		res, err := c.rdb.XRead(ctx, &redis.XReadArgs{
@@ -66,6 +71,7 @@ func (c *Cache) follow(ctx context.Context, lastID *string) error {
 		if err != nil && !errors.Is(err, redis.Nil) { // Nil: the block ended without entries
 			return err
 		}
+		prevID := *lastID
 		var hashes []string
 		for _, s := range res {
 			for _, m := range s.Messages {
@@ -77,6 +83,12 @@ func (c *Cache) follow(ctx context.Context, lastID *string) error {
 		}
 		if len(hashes) > 0 {
 			c.local.evict(hashes...)
+		}
+		if len(res) > 0 && len(res[0].Messages) == streamBatch {
+			// A full batch may mean we fell so far behind that entries after prevID were trimmed before we read them.
+			if err := c.checkNotTrimmed(ctx, prevID); err != nil {
+				return err
+			}
 		}
 		c.local.markFresh(start.Add(freshFor))
 	}
@@ -103,4 +115,18 @@ func (c *Cache) anchor(ctx context.Context, lastID string) (string, error) {
 		return "0-0", nil
 	}
 	return msgs[0].ID, nil
+}
+
+// checkNotTrimmed flushes the local layer unless the stream still holds id: trimming removes the oldest entries first, so
+// while id is there nothing after it was lost. ("0-0", the anchor of an empty stream, is never there: flushing is the
+// safe answer.)
+func (c *Cache) checkNotTrimmed(ctx context.Context, id string) error {
+	msgs, err := c.rdb.XRange(ctx, revocationStream, id, id).Result()
+	if err != nil {
+		return err
+	}
+	if len(msgs) == 0 {
+		c.local.flush()
+	}
+	return nil
 }
