@@ -266,3 +266,38 @@ func BenchmarkAllowParallel(b *testing.B) {
 		}
 	})
 }
+
+func TestACallerThatGivesUpDoesNotHoldUpOthers(t *testing.T) {
+	srv := testenv.StartRedisServer(t) // private: CLIENT PAUSE stops the whole server
+	rdb := srv.Client()
+	rl := NewSlidingWindow(rdb)
+	ctx := context.Background()
+	if _, err := rl.Allow(ctx, "k", 5, time.Minute); err != nil { // script loaded, connection warm
+		t.Fatal(err)
+	}
+	if err := rdb.Do(ctx, "CLIENT", "PAUSE", 500, "ALL").Err(); err != nil {
+		t.Fatal(err)
+	}
+	order := make(chan string, 2)
+	var patientErr error
+	var patient Decision
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		patient, patientErr = rl.Allow(ctx, "k", 5, time.Minute)
+		order <- "patient"
+	})
+	impatient, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	_, err := rl.Allow(impatient, "k", 5, time.Minute)
+	order <- "impatient"
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("impatient caller: %v, want its own deadline", err)
+	}
+	wg.Wait()
+	if first := <-order; first != "impatient" {
+		t.Fatal("the impatient caller waited for the paused round trip")
+	}
+	if patientErr != nil || !patient.Allowed {
+		t.Fatalf("patient caller: %+v, %v; its round trip must complete after the pause", patient, patientErr)
+	}
+}

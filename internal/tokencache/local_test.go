@@ -328,3 +328,31 @@ func TestLocalLayerFlushesWhenItFellBehindATrim(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestLocalPutLosesToAnEvictionItDidNotSee(t *testing.T) {
+	l := newLocal(10, time.Minute)
+	now := time.Now()
+	l.markFresh(now.Add(time.Hour))
+	e := accountEntry()
+
+	seen := l.generation() // read before going to Redis
+	l.evict("revoked-meanwhile")
+	l.put("h", e, seen, now) // the Redis read may predate that revocation
+	if _, ok := l.get("h", now); ok {
+		t.Fatal("an entry read before an eviction was stored after it")
+	}
+
+	seen = l.generation()
+	l.put("h", e, seen, now)
+	if _, ok := l.get("h", now); !ok {
+		t.Fatal("an entry read after the last eviction was not stored")
+	}
+	l.flush()
+	if _, ok := l.get("h", now); ok {
+		t.Fatal("served after a flush")
+	}
+	l.put("h2", e, l.generation(), now)
+	if n := l.entries.Len(); n != 0 {
+		t.Fatalf("stored %d entries while not following the stream", n)
+	}
+}
