@@ -11,6 +11,8 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/google/uuid"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/propagation"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -20,10 +22,13 @@ var hopByHop = map[string]bool{
 	"connection": true, "keep-alive": true, "proxy-connection": true, "transfer-encoding": true, "upgrade": true,
 }
 
-// prepare returns the request as Envoy's filters see it when ext_authz runs: client-supplied authgate headers
-// stripped, a request id assigned, the path normalized.
+// prepare returns the request as Envoy's filters see it when ext_authz runs: trace context extracted, client-supplied
+// authgate headers stripped, a request id assigned, forwarding headers set, the path normalized.
 func (s *Shim) prepare(in *http.Request) *http.Request {
-	r := in.Clone(in.Context())
+	// HttpConnectionManager.tracing with the W3C propagator: an incoming traceparent becomes the parent of the Check
+	// (an otelgrpc-instrumented Authz client sends it on) and is forwarded upstream as a header anyway.
+	ctx := otel.GetTextMapPropagator().Extract(in.Context(), propagation.HeaderCarrier(in.Header))
+	r := in.Clone(ctx)
 	for name := range r.Header {
 		lower := strings.ToLower(name)
 		for _, prefix := range s.cfg.StripRequestHeaderPrefixes {
