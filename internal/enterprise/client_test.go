@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -360,4 +362,28 @@ func FuzzResponses(f *testing.F) {
 			t.Fatalf("SSOInitiate returned %q", u)
 		}
 	})
+}
+
+func TestConcurrentLicenseCallersShareOneFetch(t *testing.T) {
+	srv := enterprisetest.NewServer(t)
+	srv.SetDelay(100 * time.Millisecond) // keeps the first fetch in flight while the others arrive
+	c := newClient(t, srv, enterprise.Options{})
+	var wg sync.WaitGroup
+	errs := make(chan error, 20)
+	for range 20 {
+		wg.Go(func() {
+			if got, err := c.LicenseStatus(t.Context()); err != nil || got != enterprise.LicenseActive {
+				errs <- fmt.Errorf("LicenseStatus = %q, %v", got, err)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	// Callers that arrive after the fetch has landed read the cache; either way the service sees one call.
+	if n := srv.RequestCount(); n != 1 {
+		t.Fatalf("service saw %d /info calls for 20 concurrent callers, want 1", n)
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 
 	"go.opentelemetry.io/otel/trace"
 )
@@ -19,7 +20,22 @@ func NewLogger(w io.Writer, level string) (*slog.Logger, error) {
 	if err := lvl.UnmarshalText([]byte(level)); err != nil {
 		return nil, fmt.Errorf("LOG_LEVEL: %w", err)
 	}
-	return slog.New(traceHandler{slog.NewJSONHandler(w, &slog.HandlerOptions{Level: lvl})}), nil
+	return slog.New(traceHandler{slog.NewJSONHandler(w, &slog.HandlerOptions{Level: lvl, ReplaceAttr: redact})}), nil
+}
+
+// secretKeys are attribute names whose values are credentials. Callers must not log credentials at all; this is the
+// net under that rule, for an attribute added in a hurry.
+var secretKeys = map[string]bool{
+	"authorization": true, "cookie": true, "set-cookie": true, "token": true, "access_token": true,
+	"refresh_token": true, "device_code": true, "assertion": true, "sso_assertion": true, "signed_state": true,
+	"secret": true, "secret_key": true, "password": true, "csrf_token": true,
+}
+
+func redact(_ []string, a slog.Attr) slog.Attr {
+	if secretKeys[strings.ToLower(a.Key)] {
+		return slog.String(a.Key, "[REDACTED]")
+	}
+	return a
 }
 
 // traceHandler adds the span context of the record's ctx, so a log line can be found from a trace and back.

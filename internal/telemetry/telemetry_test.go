@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -168,5 +169,22 @@ func TestAdminHandler(t *testing.T) {
 	}
 	if code, body := get("/nope"); code != http.StatusNotFound || !strings.Contains(body, `"error":"not_found"`) {
 		t.Fatalf("/nope = %d %q", code, body)
+	}
+}
+
+func TestCredentialAttributesAreRedacted(t *testing.T) {
+	var out syncBuffer
+	logger, err := telemetry.NewLogger(&out, "info")
+	if err != nil {
+		t.Fatal(err)
+	}
+	logger.Info("request", "authorization", "Bearer dfoa_secret", "Device_Code", "dc_secret",
+		slog.Group("req", slog.String("cookie", "access_token=secret")), "token_id", "kept-id")
+	line := out.String()
+	if strings.Contains(line, "secret") {
+		t.Fatalf("credential logged: %s", line)
+	}
+	if !strings.Contains(line, "kept-id") || strings.Count(line, "[REDACTED]") != 3 {
+		t.Fatalf("unexpected redaction: %s", line)
 	}
 }
