@@ -106,7 +106,7 @@ func New(baseURL, secretKey string, opts Options) *Client {
 			return counts.ConsecutiveFailures >= opts.BreakerFailures
 		},
 		IsSuccessful: func(err error) bool { return err == nil || errors.Is(err, errAnswered) },
-		// The caller giving up (its own deadline, a client disconnect) says nothing about the service's health.
+		// A caller that cancels (its client went away) says nothing about the service's health; see transportError.
 		IsExcluded: func(err error) bool { return errors.Is(err, errCallerGone) },
 		OnStateChange: func(_ string, from, to gobreaker.State) {
 			if opts.OnBreakerChange != nil {
