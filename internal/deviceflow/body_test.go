@@ -1,0 +1,171 @@
+package deviceflow
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+func TestBodyLimitsAndMalformedBodies(t *testing.T) {
+	e := newFlowEnv(t, nil)
+	big := `{"client_id":"difyctl","device_label":"` + strings.Repeat("a", maxBody) + `"}`
+	wantErr(t, e.do(http.MethodPost, apiPrefix+"/oauth/device/code", "application/json", strings.NewReader(big)),
+		http.StatusRequestEntityTooLarge, "request_too_large")
+	// Without a Content-Length (chunked), the limit still holds.
+	wantErr(t, e.do(http.MethodPost, apiPrefix+"/oauth/device/token", "application/x-www-form-urlencoded",
+		io.MultiReader(strings.NewReader("device_code="), strings.NewReader(strings.Repeat("b", maxBody)))),
+		http.StatusRequestEntityTooLarge, "request_too_large")
+
+	for _, c := range []struct{ ct, body string }{
+		{"application/json", `{"client_id":`},
+		{"application/json", `["client_id"]`},
+		{"application/json", `{"client_id":"difyctl"} trailing`},
+		{"application/json", `null`},
+		{"application/x-www-form-urlencoded", "client_id=%zz"},
+		{"application/x-www-form-urlencoded", "client_id=difyctl&client_id=other-cli"},
+		{"application/json; charset=\"", `{}`},
+		{"application/x-www-form-urlencoded", "client_id=\xff\xfe"},
+	} {
+		r := e.do(http.MethodPost, apiPrefix+"/oauth/device/code", c.ct, strings.NewReader(c.body))
+		wantErr(t, r, http.StatusBadRequest, "invalid_request")
+	}
+	r := e.do(http.MethodPost, apiPrefix+"/oauth/device/code", "text/plain", strings.NewReader("client_id=difyctl"))
+	if r.Status != http.StatusUnsupportedMediaType || r.str("error") != "invalid_request" {
+		t.Fatalf("text/plain: %d %s", r.Status, r.Raw)
+	}
+	// A body within the limit is fine: 64 KiB of ignored parameters.
+	pad := "client_id=difyctl&pad=" + strings.Repeat("p", maxBody-len("client_id=difyctl&pad="))
+	if r := e.do(http.MethodPost, apiPrefix+"/oauth/device/code", "application/x-www-form-urlencoded", strings.NewReader(pad)); r.Status != http.StatusOK {
+		t.Fatalf("64 KiB body: %d %s", r.Status, r.Raw)
+	}
+}
+
+func TestSecurityHeadersOnEveryResponse(t *testing.T) {
+	e := newFlowEnv(t, nil)
+	dc, _ := e.issue("")
+	for _, r := range []flowResp{
+		e.get("/me"),
+		e.pollJSON(dc),
+		e.do(http.MethodGet, "/nowhere", "", nil),
+		e.do(http.MethodGet, "/.well-known/oauth-authorization-server/openapi/v1", "", nil),
+		e.postJSON("/oauth/device/code", map[string]string{"client_id": "difyctl"}),
+		e.do(http.MethodPost, apiPrefix+"/oauth/device/code", "application/json", strings.NewReader("{")),
+	} {
+		for k, v := range map[string]string{"X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff",
+			"Referrer-Policy": "no-referrer"} {
+			if r.Header.Get(k) != v {
+				t.Fatalf("%s = %q on a %d response", k, r.Header.Get(k), r.Status)
+			}
+		}
+		if !strings.Contains(r.Header.Get("Content-Security-Policy"), "frame-ancestors 'none'") {
+			t.Fatalf("CSP %q", r.Header.Get("Content-Security-Policy"))
+		}
+	}
+	if r := e.pollJSON(dc); r.Header.Get("Cache-Control") != "no-store" {
+		t.Fatal("token endpoint error without Cache-Control: no-store")
+	}
+	wantErr(t, e.do(http.MethodGet, "/nowhere", "", nil), http.StatusNotFound, "not_found")
+}
+
+func decodeForFuzz(contentType string, body []byte) (params, *apiError) {
+	req := httptest.NewRequest(http.MethodPost, "/", bytes.NewReader(body))
+	req.Header.Set("Content-Type", contentType)
+	return decodeBody(httptest.NewRecorder(), req)
+}
+
+func FuzzDecodeJSONBody(f *testing.F) {
+	for _, s := range []string{`{"client_id":"difyctl","device_code":"dc_x"}`, `{"a":1,"b":[1,2],"c":null}`, `{`, `[]`,
+		`{"client_id":"\u0000"}`, `{"x":"y"} {}`, "", `{"client_id":"a","client_id":"b"}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		p, apiErr := decodeForFuzz("application/json", body)
+		if apiErr != nil {
+			if apiErr.Status != http.StatusBadRequest && apiErr.Status != http.StatusRequestEntityTooLarge {
+				t.Fatalf("status %d", apiErr.Status)
+			}
+			return
+		}
+		for _, name := range []string{"client_id", "device_code", "grant_type", "user_code"} {
+			v, err := p.str(name)
+			if err != nil && err.Status != http.StatusBadRequest {
+				t.Fatalf("param error status %d", err.Status)
+			}
+			if err == nil && !strings.Contains(string(body), "\""+name) && v != "" && !strings.Contains(string(body), `\u`) {
+				t.Fatalf("%s = %q out of nowhere", name, v)
+			}
+		}
+	})
+}
+
+func FuzzDecodeFormBody(f *testing.F) {
+	for _, s := range []string{"client_id=difyctl&device_code=dc_x&grant_type=urn%3Aietf", "a=%zz", "=&&=", "client_id=a&client_id=b",
+		"device_label=%E2%80%AE", ""} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		p, apiErr := decodeForFuzz("application/x-www-form-urlencoded", body)
+		if apiErr != nil {
+			if apiErr.Status != http.StatusBadRequest && apiErr.Status != http.StatusRequestEntityTooLarge {
+				t.Fatalf("status %d", apiErr.Status)
+			}
+			return
+		}
+		if !p.form {
+			t.Fatal("a form body decoded as JSON")
+		}
+		label, err := p.str("device_label")
+		if err == nil && label != "" {
+			_ = validLabel(label)
+		}
+	})
+}
+
+func FuzzNormalizeUserCode(f *testing.F) {
+	for _, s := range []string{"BCDF-GHJK", "bcdf ghjk", "bcdfghjk", "B-C-D-F-G-H-J-K", "AEIO-U123", "BCDF-GHJKL", "", "ß", "ＢＣＤＦ-ＧＨＪＫ"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in string) {
+		out, ok := normalizeUserCode(in)
+		if !ok {
+			if out != "" {
+				t.Fatalf("rejected %q but returned %q", in, out)
+			}
+			return
+		}
+		if len(out) != 9 || out[4] != '-' {
+			t.Fatalf("%q -> %q: not XXXX-XXXX", in, out)
+		}
+		for i, r := range out {
+			if i != 4 && !strings.ContainsRune(userCodeAlphabet, r) {
+				t.Fatalf("%q -> %q: %q outside the alphabet", in, out, r)
+			}
+		}
+		if again, ok := normalizeUserCode(out); !ok || again != out {
+			t.Fatalf("normalisation is not idempotent: %q -> %q -> %q", in, out, again)
+		}
+		if strings.ToUpper(strings.NewReplacer("-", "", " ", "").Replace(in)) != strings.ReplaceAll(out, "-", "") {
+			t.Fatalf("%q -> %q changed more than case, dashes and spaces", in, out)
+		}
+	})
+}
+
+func TestUserCodesAreWellFormed(t *testing.T) {
+	seen := map[string]bool{}
+	for range 2000 {
+		c, err := newUserCode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n, ok := normalizeUserCode(c); !ok || n != c {
+			t.Fatalf("generated %q does not normalise to itself", c)
+		}
+		seen[c] = true
+	}
+	if len(seen) < 1990 {
+		t.Fatalf("only %d distinct codes in 2000", len(seen))
+	}
+}
