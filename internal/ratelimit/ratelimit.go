@@ -37,7 +37,8 @@ func NewSlidingWindow(rdb redis.UniversalClient) *SlidingWindow {
 func TokenKey(tokenHash string) string { return "rl:token_id:token:" + tokenHash }
 
 // Allow admits and counts one request if fewer than limit are counted in the window; a denied request is not counted.
-// A Redis failure is returned as an error: the caller decides between failing open and refusing.
+// A Redis failure is returned as an error: the caller decides between failing open and refusing. A limit of 0 or less
+// denies everything, so a caller whose setting says 0 = disabled must skip the call.
 func (s *SlidingWindow) Allow(ctx context.Context, key string, limit int, window time.Duration) (Decision, error) {
 	return s.batch.do(ctx, key, modeAllow, limit, window)
 }

@@ -21,7 +21,7 @@ const (
 )
 
 // Run follows the revocation stream and evicts revoked hashes from the local layer, until ctx ends (then it returns nil).
-// Without Options.Local it just waits for ctx. On first start it begins at the stream's end (what XREAD's "$" means, but
+// Call it once per Cache. Without Options.Local it just waits for ctx. On first start it begins at the stream's end (what XREAD's "$" means, but
 // read explicitly so nothing between start and the first read is missed). Any read error stops the local layer serving and
 // flushes it; after reconnecting it resumes from the last id it saw if that id is still in the stream, else from the end.
 func (c *Cache) Run(ctx context.Context) error {
