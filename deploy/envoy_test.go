@@ -15,6 +15,8 @@ import (
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/health_check/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/downstream_connections/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/fixed_heap/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
@@ -62,6 +64,7 @@ func TestEnvoyBootstrapIsValid(t *testing.T) {
 		"envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
 		"envoy.extensions.filters.http.router.v3.Router",
 		"envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+		"envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
 	} {
 		if typed[want] == 0 {
 			t.Errorf("no %s among the typed configs %v", want, typed)
@@ -121,6 +124,16 @@ func unpack[T proto.Message](t *testing.T, what string, a *anypb.Any) T {
 		t.Fatalf("%s is a %T", what, m)
 	}
 	return typed
+}
+
+// unpackIfType unpacks a into T when it holds one.
+func unpackIfType[T proto.Message](t *testing.T, a *anypb.Any) (T, bool) {
+	t.Helper()
+	var zero T
+	if a.MessageName() != zero.ProtoReflect().Descriptor().FullName() {
+		return zero, false
+	}
+	return unpack[T](t, string(a.MessageName()), a), true
 }
 
 // publicHCM is the HTTP connection manager of the listener clients reach.

@@ -22,6 +22,8 @@ import (
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 
+	fixedheapv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/fixed_heap/v3"
+
 	"github.com/authgate/authgate/internal/config"
 )
 
@@ -616,6 +618,14 @@ func TestEnvoyOverlayRunsTheShippedConfig(t *testing.T) {
 	}
 	if c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet == nil || !listens[containerPort(c, c.ReadinessProbe.HTTPGet.Port)] {
 		t.Error("the Envoy readiness probe must hit a listener of envoy.yaml")
+	}
+
+	for _, rm := range b.GetOverloadManager().GetResourceMonitors() {
+		if heap, ok := unpackIfType[*fixedheapv3.FixedHeapConfig](t, rm.GetTypedConfig()); ok {
+			if limit := c.Resources.Limits.Memory().Value(); uint64(limit) <= heap.GetMaxHeapSizeBytes() {
+				t.Errorf("Envoy's heap bound %d must stay below the container's memory limit %d, or the kubelet kills it first", heap.GetMaxHeapSizeBytes(), limit)
+			}
+		}
 	}
 
 	// envoy.yaml's extauthz cluster resolves the headless Service, so Envoy sees every replica.
