@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
@@ -337,4 +338,34 @@ func TestSSORoutesAnswer404OnCE(t *testing.T) {
 	if n := h.ent.RequestCount(); n != 0 {
 		t.Errorf("CE called the enterprise service %d times", n)
 	}
+}
+
+// FuzzGrantCookie: whatever Cookie header a browser (or anyone) sends, approval-context answers the claims of a genuine
+// grant or 401 invalid_session, never anything else.
+func FuzzGrantCookie(f *testing.F) {
+	h := newWebHarness(f, true, nil)
+	genuine, _, err := h.srv.envelopes().signGrant(h.cfg.ConsoleAPIURL, "ext@partner.example", "idp", "BCDF-GHJK")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(approvalGrantCookieName + "=" + genuine)
+	f.Add(approvalGrantCookieName + "=" + genuine + "; " + approvalGrantCookieName + "=x")
+	f.Add(approvalGrantCookieName + "=\"" + genuine + "\"")
+	f.Add(approvalGrantCookieName + "=a.b.c")
+	f.Add(approvalGrantCookieName + "=")
+	f.Add("=;;; ;=\x00")
+	f.Fuzz(func(t *testing.T, cookie string) {
+		req := httptest.NewRequest("GET", "/openapi/v1/oauth/device/approval-context", nil)
+		req.Header.Set("Cookie", cookie)
+		rec := httptest.NewRecorder()
+		h.handler.ServeHTTP(rec, req)
+		if rec.Code == http.StatusOK {
+			var out map[string]string
+			if json.Unmarshal(rec.Body.Bytes(), &out) != nil || out["subject_email"] != "ext@partner.example" {
+				t.Fatalf("200 with %s", rec.Body)
+			}
+			return
+		}
+		wantError(t, rec, http.StatusUnauthorized, codeInvalidSession)
+	})
 }

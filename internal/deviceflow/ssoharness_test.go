@@ -58,7 +58,7 @@ func (b *syncBuffer) String() string {
 
 // webHarness is a deviceflow server over real Postgres and Redis with a fake enterprise service.
 type webHarness struct {
-	t       *testing.T
+	t       testing.TB
 	srv     *Server
 	handler http.Handler
 	rdb     *redis.Client
@@ -67,7 +67,7 @@ type webHarness struct {
 	logs    *syncBuffer
 }
 
-func newWebHarness(t *testing.T, enterpriseEnabled bool, tweak func(*Config)) *webHarness {
+func newWebHarness(t testing.TB, enterpriseEnabled bool, tweak func(*Config)) *webHarness {
 	t.Helper()
 	pool := testenv.Postgres(t)
 	testenv.SeedDirectory(t, pool, webFixture)
@@ -188,7 +188,7 @@ func cookieNamed(rec *httptest.ResponseRecorder, name string) *http.Cookie {
 	return nil
 }
 
-func decodeInto(t *testing.T, rec *httptest.ResponseRecorder, v any) {
+func decodeInto(t testing.TB, rec *httptest.ResponseRecorder, v any) {
 	t.Helper()
 	if err := json.Unmarshal(rec.Body.Bytes(), v); err != nil {
 		t.Fatalf("status %d, body %q is not JSON: %v", rec.Code, rec.Body.String(), err)
@@ -196,7 +196,7 @@ func decodeInto(t *testing.T, rec *httptest.ResponseRecorder, v any) {
 }
 
 // wantError checks a JSON error answer.
-func wantError(t *testing.T, rec *httptest.ResponseRecorder, status int, code string) {
+func wantError(t testing.TB, rec *httptest.ResponseRecorder, status int, code string) {
 	t.Helper()
 	var out struct {
 		Error   string `json:"error"`
