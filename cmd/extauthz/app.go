@@ -69,6 +69,7 @@ func Start(ctx context.Context, cfg config.Extauthz, tel *telemetry.Telemetry) (
 	// Every Redis call runs inside the Check deadline; a retry or a long dial would only burn it.
 	redisOpts.ContextTimeoutEnabled = true
 	redisOpts.MaxRetries = -1
+	redisOpts.DialerRetries = 1
 	redisOpts.DialTimeout = max(cfg.CheckTimeout, 100*time.Millisecond)
 
 	a := &App{cfg: cfg, logger: tel.Logger}

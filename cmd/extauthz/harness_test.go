@@ -102,7 +102,7 @@ func (w *world) config(vars map[string]string) config.Extauthz {
 		"EXTAUTHZ_GRPC_ADDR": "127.0.0.1:0",
 		"ADMIN_ADDR":         "127.0.0.1:0",
 		// Generous for a shared 2-core machine under -race; the deadline tests set their own.
-		"CHECK_TIMEOUT": "2s",
+		"CHECK_TIMEOUT": "4s",
 	}
 	for k, v := range vars {
 		base[k] = v

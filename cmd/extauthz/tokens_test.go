@@ -217,7 +217,6 @@ func TestTokenRowChecks(t *testing.T) {
 
 	valid, validID := w.accountToken(accountActive, "ada@example.com")
 	cachedValid, cachedID := w.accountToken(accountActive, "ada@example.com")
-	_ = validID
 	expectAllow(t, srv.check(t, "GET", "/openapi/v1/me", bearer(cachedValid)), accountHeaders(accountActive, "ada@example.com", cachedID))
 	// The prefix mismatch above was the first invalid outcome; two more exhaust the budget of 3.
 	for i := range 2 {

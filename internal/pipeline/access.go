@@ -102,7 +102,10 @@ func (p *Pipeline) checkMembership(ctx context.Context, c *caller, params map[st
 			p.dependencyFailed(ctx, "postgres", "membership lookup", err)
 			return denyUnavailable(), false
 		}
-		if err := p.deps.Cache.RecordVerdict(ctx, c.hash, tenant, member); err != nil {
+		rctx, cancel := p.redisCtx(ctx)
+		err = p.deps.Cache.RecordVerdict(rctx, c.hash, tenant, member)
+		cancel()
+		if err != nil {
 			p.deps.Logger.DebugContext(ctx, "membership verdict not cached", "error", err)
 		}
 	}

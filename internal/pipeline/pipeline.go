@@ -20,6 +20,9 @@ type Options struct {
 	CheckTimeout               time.Duration // CHECK_TIMEOUT
 	ForwardAuthorization       bool          // FORWARD_AUTHORIZATION
 	EnterpriseEnabled          bool          // ENTERPRISE_ENABLED
+	// RedisCallTimeout bounds each limiter and cache call, so an unreachable Redis costs a fraction of the Check deadline
+	// and the fail-open path and the Postgres fallback still have time to answer. Default CheckTimeout/2.
+	RedisCallTimeout time.Duration
 	// AppCacheTTL is how long an app and its tenant are reused from memory, so warm Checks make no Postgres call.
 	AppCacheTTL time.Duration
 }
@@ -59,6 +62,9 @@ func New(policy *Policy, opts Options, deps Deps) (*Pipeline, error) {
 	m, err := newMetrics(deps.Meter)
 	if err != nil {
 		return nil, err
+	}
+	if opts.RedisCallTimeout <= 0 {
+		opts.RedisCallTimeout = opts.CheckTimeout / 2
 	}
 	if opts.AppCacheTTL <= 0 {
 		opts.AppCacheTTL = 5 * time.Second
@@ -121,4 +127,12 @@ func (p *Pipeline) finish(req *Request, d *Decision) {
 			d.RemoveHeaders = append(d.RemoveHeaders, name)
 		}
 	}
+}
+
+// redisCtx bounds one Redis call inside the Check deadline.
+func (p *Pipeline) redisCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	if p.opts.RedisCallTimeout <= 0 {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, p.opts.RedisCallTimeout)
 }

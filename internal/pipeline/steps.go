@@ -72,7 +72,9 @@ func (p *Pipeline) authenticate(ctx context.Context, req *Request, route *Route,
 	// 6. Rate limit, before any lookup.
 	var rateHeaders []Header
 	if p.opts.RateLimitPerToken > 0 {
-		rd, err := p.deps.Limiter.Allow(ctx, tokenBucketKey(c.hash), p.opts.RateLimitPerToken, rateWindow)
+		rctx, cancel := p.redisCtx(ctx)
+		rd, err := p.deps.Limiter.Allow(rctx, tokenBucketKey(c.hash), p.opts.RateLimitPerToken, rateWindow)
+		cancel()
 		switch {
 		case err != nil && (ctx.Err() != nil || !p.opts.RateLimitFailOpen):
 			p.dependencyFailed(ctx, "redis", "rate limiter", err)

@@ -13,7 +13,9 @@ const invalidBearerWindow = time.Minute
 
 // resolveToken is SPEC §3.2 step 7: the cache first, Postgres on a miss, with the rules that keep a dead token dead.
 func (p *Pipeline) resolveToken(ctx context.Context, req *Request, c *caller) (Decision, bool) {
-	entry, status, err := p.deps.Cache.Get(ctx, c.hash)
+	rctx, cancel := p.redisCtx(ctx)
+	entry, status, err := p.deps.Cache.Get(rctx, c.hash)
+	cancel()
 	if err != nil {
 		if ctx.Err() != nil {
 			return denyUnavailable(), false
@@ -81,7 +83,9 @@ func (p *Pipeline) resolveToken(ctx context.Context, req *Request, c *caller) (D
 		}
 	}
 	// SET NX: a tombstone written by a concurrent revocation wins over this fill.
-	if err := p.deps.Cache.Fill(ctx, c.hash, entry); err != nil {
+	rctx, cancel = p.redisCtx(ctx)
+	defer cancel()
+	if err := p.deps.Cache.Fill(rctx, c.hash, entry); err != nil {
 		p.deps.Logger.DebugContext(ctx, "token cache fill failed", "error", err)
 	}
 	c.entry = entry
@@ -112,7 +116,9 @@ func (p *Pipeline) hardExpire(ctx context.Context, tokenID, clientID string, now
 }
 
 func (p *Pipeline) markUnknown(ctx context.Context, hash string) {
-	if err := p.deps.Cache.MarkUnknown(ctx, hash); err != nil {
+	rctx, cancel := p.redisCtx(ctx)
+	defer cancel()
+	if err := p.deps.Cache.MarkUnknown(rctx, hash); err != nil {
 		p.deps.Logger.DebugContext(ctx, "token cache negative fill failed", "error", err)
 	}
 }
@@ -135,7 +141,9 @@ func (p *Pipeline) checkInvalidBudget(ctx context.Context, req *Request) (Decisi
 	if p.opts.InvalidBearerPerIPPerMin <= 0 {
 		return Decision{}, true
 	}
-	rd, err := p.deps.Limiter.Exceeded(ctx, p.ipBudgetKey(req), p.opts.InvalidBearerPerIPPerMin, invalidBearerWindow)
+	rctx, cancel := p.redisCtx(ctx)
+	rd, err := p.deps.Limiter.Exceeded(rctx, p.ipBudgetKey(req), p.opts.InvalidBearerPerIPPerMin, invalidBearerWindow)
+	cancel()
 	switch {
 	case err != nil && ctx.Err() != nil:
 		return denyUnavailable(), false
@@ -151,7 +159,9 @@ func (p *Pipeline) checkInvalidBudget(ctx context.Context, req *Request) (Decisi
 // invalidBearer counts the outcome against the client's budget and denies.
 func (p *Pipeline) invalidBearer(ctx context.Context, req *Request) Decision {
 	if p.opts.InvalidBearerPerIPPerMin > 0 {
-		if err := p.deps.Limiter.Add(ctx, p.ipBudgetKey(req), invalidBearerWindow); err != nil {
+		rctx, cancel := p.redisCtx(ctx)
+		defer cancel()
+		if err := p.deps.Limiter.Add(rctx, p.ipBudgetKey(req), invalidBearerWindow); err != nil {
 			p.deps.Logger.DebugContext(ctx, "invalid-bearer budget not counted", "error", err)
 		}
 	}

@@ -1,0 +1,205 @@
+package main
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/authgate/authgate/internal/pipeline"
+	"github.com/authgate/authgate/internal/testenv"
+	"github.com/authgate/authgate/internal/tokens"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+)
+
+func rateHeaders(resp *authv3.CheckResponse) map[string]string {
+	out := map[string]string{}
+	for _, h := range resp.GetOkResponse().GetResponseHeadersToAdd() {
+		out[h.GetHeader().GetKey()] = h.GetHeader().GetValue()
+	}
+	return out
+}
+
+// TestRateLimitSharedAcrossReplicas: 60 requests per token per sliding minute across two replicas, then 429 with
+// Retry-After; requests a later step denies still count.
+func TestRateLimitSharedAcrossReplicas(t *testing.T) {
+	w := newWorld(t)
+	a, b := w.start(nil), w.start(nil)
+	ada, adaID := w.accountToken(accountActive, "ada@example.com")
+	cy, _ := w.accountToken(accountNotMember, "cy@example.com")
+
+	for i := range 60 {
+		s := a
+		if i%2 == 1 {
+			s = b
+		}
+		resp := s.check(t, "GET", "/openapi/v1/me", bearer(ada))
+		expectAllow(t, resp, accountHeaders(accountActive, "ada@example.com", adaID))
+		rl := rateHeaders(resp)
+		if rl["ratelimit-limit"] != "60" || rl["ratelimit-remaining"] != strconv.Itoa(59-i) {
+			t.Fatalf("request %d: RateLimit headers %v", i+1, rl)
+		}
+		if reset, err := strconv.Atoi(rl["ratelimit-reset"]); err != nil || reset < 1 || reset > 60 {
+			t.Fatalf("request %d: RateLimit-Reset %q", i+1, rl["ratelimit-reset"])
+		}
+	}
+	for _, s := range []*server{a, b} {
+		resp := s.check(t, "GET", "/openapi/v1/me", bearer(ada))
+		expectDeny(t, resp, 429, pipeline.CodeRateLimited, map[string]string{"retry-after": "*"})
+		var retry string
+		for _, h := range resp.GetDeniedResponse().GetHeaders() {
+			if h.GetHeader().GetKey() == "retry-after" {
+				retry = h.GetHeader().GetValue()
+			}
+		}
+		if n, err := strconv.Atoi(retry); err != nil || n < 1 || n > 60 {
+			t.Errorf("Retry-After %q", retry)
+		}
+	}
+
+	// Denied by membership, yet counted: the 61st is refused by the limiter.
+	for range 60 {
+		expectDeny(t, a.check(t, "POST", "/openapi/v1/apps/"+appOK+"/run", bearer(cy)), 403, pipeline.CodeWorkspaceMembershipRevoked, nil)
+	}
+	expectDeny(t, b.check(t, "POST", "/openapi/v1/apps/"+appOK+"/run", bearer(cy)), 429, pipeline.CodeRateLimited, map[string]string{"retry-after": "*"})
+}
+
+// TestRedisOutage: with the private redis-server stopped, decisions come from Postgres with the limiter skipped (or 503
+// with RATE_LIMIT_FAIL_OPEN=false), never a wrong allow; everything recovers once Redis is back.
+func TestRedisOutage(t *testing.T) {
+	rs := testenv.StartRedisServer(t)
+	w := newWorld(t)
+	w.redisURL = rs.URL()
+	open := w.start(nil)
+	strict := w.start(map[string]string{"RATE_LIMIT_FAIL_OPEN": "false"})
+	ada, adaID := w.accountToken(accountActive, "ada@example.com")
+	fresh, freshID := w.accountToken(accountActive, "ada@example.com")
+	cy, _ := w.accountToken(accountNotMember, "cy@example.com")
+	doomed, doomedID := w.accountToken(accountActive, "ada@example.com")
+	adaH := accountHeaders(accountActive, "ada@example.com", adaID)
+	run := "/openapi/v1/apps/" + appOK + "/run"
+
+	expectAllow(t, open.check(t, "GET", "/openapi/v1/me", bearer(ada)), adaH)
+	expectAllow(t, open.check(t, "GET", "/openapi/v1/me", bearer(doomed)), accountHeaders(accountActive, "ada@example.com", doomedID))
+
+	rs.Stop()
+	// Revoked while Redis is down: no tombstone can be written, so the replicas must stop trusting what they cached.
+	if _, err := w.store.Revoke(context.Background(), tokens.AccountSubject(accountActive, "ada@example.com"), doomedID, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	resp := open.check(t, "GET", "/openapi/v1/me", bearer(ada))
+	expectAllow(t, resp, adaH)
+	if rl := rateHeaders(resp); len(rl) != 0 {
+		t.Errorf("limiter skipped, yet RateLimit headers %v", rl)
+	}
+	expectAllow(t, open.check(t, "GET", "/openapi/v1/me", bearer(fresh)), accountHeaders(accountActive, "ada@example.com", freshID))
+	expectAllow(t, open.check(t, "POST", run, bearer(ada)), with(adaH, pipeline.HeaderAppID, appOK, pipeline.HeaderTenantID, tenantMain))
+	expectDeny(t, open.check(t, "POST", run, bearer(cy)), 403, pipeline.CodeWorkspaceMembershipRevoked, nil)
+	expectDeny(t, open.check(t, "GET", "/openapi/v1/me", bearer("dfoa_"+strings.Repeat("q", 43))), 401, pipeline.CodeInvalidBearer,
+		map[string]string{"www-authenticate": `Bearer realm="api", error="invalid_token"`})
+	eventually(t, "token revoked during the outage refused", func() bool {
+		return open.check(t, "GET", "/openapi/v1/me", bearer(doomed)).GetDeniedResponse() != nil
+	})
+	expectDeny(t, strict.check(t, "GET", "/openapi/v1/me", bearer(ada)), 503, pipeline.CodeAuthUnavailable, nil)
+	if !strings.Contains(metricsText(t, open), "authgate_extauthz_ratelimit_skipped") {
+		t.Error("skipped limiter decisions not counted in /metrics")
+	}
+
+	rs.Start()
+	eventually(t, "limiter back", func() bool {
+		return len(rateHeaders(open.check(t, "GET", "/openapi/v1/me", bearer(ada)))) == 3
+	})
+	eventually(t, "strict replica back", func() bool {
+		return strict.check(t, "GET", "/openapi/v1/me", bearer(ada)).GetOkResponse() != nil
+	})
+	expectDeny(t, open.check(t, "GET", "/openapi/v1/me", bearer(doomed)), 401, pipeline.CodeInvalidBearer,
+		map[string]string{"www-authenticate": `Bearer realm="api", error="invalid_token"`})
+}
+
+// TestPostgresOutage: a replica that cannot reach Postgres answers 503 for anything it must look up, and still serves
+// tokens cached in Redis by a healthy replica (no Postgres on the warm path).
+func TestPostgresOutage(t *testing.T) {
+	w := newWorld(t)
+	healthy := w.start(nil)
+	ada, adaID := w.accountToken(accountActive, "ada@example.com")
+	other, _ := w.accountToken(accountActive, "ada@example.com")
+	adaH := accountHeaders(accountActive, "ada@example.com", adaID)
+	expectAllow(t, healthy.check(t, "GET", "/openapi/v1/me", bearer(ada)), adaH)
+
+	cut := w.start(map[string]string{"DATABASE_URL": "postgres://postgres@127.0.0.1:1/none?sslmode=disable&connect_timeout=1"})
+	expectAllow(t, cut.check(t, "GET", "/openapi/v1/me", bearer(ada)), adaH)
+	expectDeny(t, cut.check(t, "GET", "/openapi/v1/me", bearer(other)), 503, pipeline.CodeAuthUnavailable, nil)
+	expectDeny(t, cut.check(t, "POST", "/openapi/v1/apps/"+appOK+"/run", bearer(ada)), 503, pipeline.CodeAuthUnavailable, nil)
+	expectDeny(t, cut.check(t, "GET", "/openapi/v1/me", bearer("dfoa_"+strings.Repeat("p", 43))), 503, pipeline.CodeAuthUnavailable, nil)
+	expectAllow(t, cut.check(t, "GET", "/openapi/v1/_health", nil), map[string]string{})
+}
+
+// TestBannedAccountRefused: a token of an account banned after it was cached is refused once the cache entry is
+// re-validated, and a banned account's token is never admitted from Postgres.
+func TestBannedAccountRefused(t *testing.T) {
+	w := newWorld(t)
+	srv := w.start(map[string]string{"TOKEN_CACHE_TTL": "1s"})
+	ada, adaID := w.accountToken(accountActive, "ada@example.com")
+	expectAllow(t, srv.check(t, "GET", "/openapi/v1/me", bearer(ada)), accountHeaders(accountActive, "ada@example.com", adaID))
+	if _, err := w.pool.Exec(context.Background(), `UPDATE accounts SET status = 'banned' WHERE id = $1`, accountActive); err != nil {
+		t.Fatal(err)
+	}
+	// Membership is refused at once (the account is no longer active) for verdicts not yet cached ...
+	expectDeny(t, srv.check(t, "POST", "/openapi/v1/apps/"+appOK+"/run", bearer(ada)), 403, pipeline.CodeWorkspaceMembershipRevoked, nil)
+	// ... and the token itself once its cache entry has expired.
+	eventually(t, "banned account's token refused", func() bool {
+		d := srv.check(t, "GET", "/openapi/v1/me", bearer(ada)).GetDeniedResponse()
+		return d != nil && d.GetStatus().GetCode() == 401
+	})
+}
+
+// TestAdminEndpoints: liveness, readiness and Prometheus metrics on the admin port, gRPC health on the gRPC port.
+func TestAdminEndpoints(t *testing.T) {
+	w := newWorld(t)
+	srv := w.start(nil)
+	ada, _ := w.accountToken(accountActive, "ada@example.com")
+	srv.check(t, "GET", "/openapi/v1/me", bearer(ada))
+	for _, p := range []string{"/healthz", "/readyz"} {
+		resp, err := http.Get("http://" + srv.app.AdminAddr() + p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Errorf("%s: %d", p, resp.StatusCode)
+		}
+	}
+	text := metricsText(t, srv)
+	if !regexp.MustCompile(`authgate_extauthz_checks_total\{[^}]*outcome="allow"[^}]*route="me"[^}]*\} 1`).MatchString(text) {
+		t.Errorf("checks counter missing:\n%s", grep(text, "authgate_extauthz"))
+	}
+	if !strings.Contains(text, "authgate_extauthz_check_duration_seconds_bucket") {
+		t.Errorf("duration histogram missing:\n%s", grep(text, "authgate_extauthz"))
+	}
+}
+
+func metricsText(t *testing.T, s *server) string {
+	t.Helper()
+	resp, err := http.Get("http://" + s.app.AdminAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+func grep(text, substr string) string {
+	var out []string
+	for _, l := range strings.Split(text, "\n") {
+		if strings.Contains(l, substr) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
