@@ -1,0 +1,232 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+
+	"github.com/authgate/authgate/internal/config"
+	"github.com/authgate/authgate/internal/deviceflow"
+	"github.com/authgate/authgate/internal/enterprise"
+	"github.com/authgate/authgate/internal/ratelimit"
+	"github.com/authgate/authgate/internal/store/postgres"
+	"github.com/authgate/authgate/internal/telemetry"
+	"github.com/authgate/authgate/internal/tokencache"
+)
+
+// Listening is told the bound addresses once both servers accept connections (tests listen on :0).
+type Listening func(api, admin net.Addr)
+
+// Run runs one subcommand: serve (the default), migrate or prune. serve returns when ctx ends, after a graceful shutdown.
+func Run(ctx context.Context, args []string, lookup config.Lookup, stderr io.Writer, listening Listening) error {
+	cmd := "serve"
+	if len(args) > 0 {
+		cmd = args[0]
+	}
+	if len(args) > 1 {
+		return fmt.Errorf("unexpected arguments after %q: %v", cmd, args[1:])
+	}
+	switch cmd {
+	case "serve":
+		return serve(ctx, lookup, stderr, listening)
+	case "migrate":
+		return migrate(ctx, lookup, stderr)
+	case "prune":
+		return prune(ctx, lookup, stderr)
+	}
+	return fmt.Errorf("unknown command %q (want serve, migrate or prune)", cmd)
+}
+
+func openPool(ctx context.Context, url string) (*pgxpool.Pool, error) {
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		return nil, fmt.Errorf("DATABASE_URL: %w", err)
+	}
+	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := pool.Ping(pingCtx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("DATABASE_URL: cannot reach Postgres: %w", err)
+	}
+	return pool, nil
+}
+
+func migrate(ctx context.Context, lookup config.Lookup, stderr io.Writer) error {
+	cfg, err := config.LoadMaintenance(lookup)
+	if err != nil {
+		return err
+	}
+	log, err := telemetry.NewLogger(stderr, cfg.LogLevel)
+	if err != nil {
+		return err
+	}
+	pool, err := openPool(ctx, cfg.DatabaseURL)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	if err := postgres.Migrate(ctx, pool); err != nil {
+		return err
+	}
+	log.InfoContext(ctx, "migrations applied")
+	return nil
+}
+
+func prune(ctx context.Context, lookup config.Lookup, stderr io.Writer) error {
+	cfg, err := config.LoadMaintenance(lookup)
+	if err != nil {
+		return err
+	}
+	log, err := telemetry.NewLogger(stderr, cfg.LogLevel)
+	if err != nil {
+		return err
+	}
+	pool, err := openPool(ctx, cfg.DatabaseURL)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	_, err = deviceflow.NewPruner(postgres.NewTokenStore(pool), cfg.RetentionDays, log, nil).RunOnce(ctx)
+	return err
+}
+
+func serve(ctx context.Context, lookup config.Lookup, stderr io.Writer, listening Listening) error {
+	cfg, warnings, err := config.LoadDeviceflow(lookup)
+	if err != nil {
+		return err
+	}
+	tel, err := telemetry.Setup(ctx, "deviceflow", telemetry.Config{OTLPEndpoint: cfg.OTLPEndpoint, LogLevel: cfg.LogLevel, LogOutput: stderr})
+	if err != nil {
+		return err
+	}
+	log := tel.Logger
+	defer func() {
+		shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = tel.Shutdown(shutdownCtx)
+	}()
+	for _, w := range warnings {
+		log.WarnContext(ctx, "configuration adjusted", "detail", w)
+	}
+
+	pool, err := openPool(ctx, cfg.DatabaseURL)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	redisOpts, err := redis.ParseURL(cfg.RedisURL)
+	if err != nil {
+		return fmt.Errorf("REDIS_URL: %w", err)
+	}
+	rdb := redis.NewClient(redisOpts)
+	defer rdb.Close()
+
+	deps := deviceflow.Deps{
+		Tokens:    postgres.NewTokenStore(pool),
+		Directory: postgres.NewDirectory(pool),
+		Redis:     rdb,
+		Limiter:   ratelimit.NewSlidingWindow(rdb),
+		Revoker:   tokencache.NewRevoker(rdb, cfg.TokenCacheTTL),
+		Logger:    log,
+	}
+	if cfg.EnterpriseEnabled {
+		deps.Enterprise = enterprise.New(cfg.EnterpriseAPIURL, cfg.EnterpriseSecretKey, enterprise.Options{})
+	}
+	srv, err := deviceflow.New(deps, deviceflow.Config{
+		SecretKey:         cfg.SecretKey,
+		ConsoleWebURL:     cfg.ConsoleWebURL,
+		ConsoleAPIURL:     cfg.ConsoleAPIURL,
+		CookieDomain:      cfg.CookieDomain,
+		KnownClientIDs:    cfg.KnownClientIDs,
+		ApprovePerHour:    cfg.ApprovePerHour,
+		TrustedProxyHops:  cfg.TrustedProxyHops,
+		TTL:               cfg.TTL,
+		EnterpriseEnabled: cfg.EnterpriseEnabled,
+	})
+	if err != nil {
+		return err
+	}
+
+	apiLn, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("DEVICEFLOW_ADDR: %w", err)
+	}
+	adminLn, err := net.Listen("tcp", cfg.AdminAddr)
+	if err != nil {
+		apiLn.Close()
+		return fmt.Errorf("ADMIN_ADDR: %w", err)
+	}
+	var draining atomic.Bool
+	ready := func() bool {
+		if draining.Load() {
+			return false
+		}
+		pingCtx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		return rdb.Ping(pingCtx).Err() == nil && pool.Ping(pingCtx) == nil
+	}
+	api := newHTTPServer(otelhttp.NewHandler(srv.Handler(), "deviceflow"), log)
+	admin := newHTTPServer(telemetry.AdminHandler(ready, tel.MetricsHandler()), log)
+
+	runCtx, stopBackground := context.WithCancel(ctx)
+	defer stopBackground()
+	var wg sync.WaitGroup
+	if cfg.PruneEnabled {
+		pruner := deviceflow.NewPruner(deps.Tokens, cfg.RetentionDays, log, nil)
+		wg.Go(func() { pruner.Run(runCtx, cfg.PruneInterval) })
+	}
+	errc := make(chan error, 2)
+	for _, s := range []struct {
+		srv *http.Server
+		ln  net.Listener
+	}{{api, apiLn}, {admin, adminLn}} {
+		go func() {
+			if err := s.srv.Serve(s.ln); !errors.Is(err, http.ErrServerClosed) {
+				errc <- err
+			}
+		}()
+	}
+	log.InfoContext(ctx, "deviceflow listening", "addr", apiLn.Addr().String(), "admin_addr", adminLn.Addr().String(),
+		"enterprise", cfg.EnterpriseEnabled)
+	if listening != nil {
+		listening(apiLn.Addr(), adminLn.Addr())
+	}
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errc:
+	}
+	// Fail readiness first so the load balancer stops sending, then drain in-flight requests.
+	draining.Store(true)
+	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
+	defer cancel()
+	err = errors.Join(serveErr, api.Shutdown(shutdownCtx), admin.Shutdown(shutdownCtx))
+	stopBackground()
+	wg.Wait()
+	log.InfoContext(ctx, "deviceflow stopped")
+	return err
+}
+
+func newHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+}

@@ -1,0 +1,131 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/authgate/authgate/internal/config"
+	"github.com/authgate/authgate/internal/testenv"
+	"github.com/authgate/authgate/migrations"
+)
+
+func env(vars map[string]string) config.Lookup {
+	return func(name string) (string, bool) { v, ok := vars[name]; return v, ok }
+}
+
+func TestServeMigratePrune(t *testing.T) {
+	dbURL := testenv.EmptyPostgresURL(t)
+	ctx := t.Context()
+	if err := Run(ctx, []string{"migrate"}, env(map[string]string{"DATABASE_URL": dbURL}), io.Discard, nil); err != nil {
+		t.Fatalf("migrate with only DATABASE_URL: %v", err)
+	}
+	pool := testenv.Pool(t, dbURL)
+	if _, err := pool.Exec(ctx, migrations.DifyDirectoryFixture); err != nil {
+		t.Fatal(err)
+	}
+	if err := Run(ctx, []string{"prune"}, env(map[string]string{"DATABASE_URL": dbURL}), io.Discard, nil); err != nil {
+		t.Fatalf("prune: %v", err)
+	}
+
+	vars := map[string]string{
+		"DATABASE_URL": dbURL, "REDIS_URL": testenv.RedisURL(t), "SECRET_KEY": "k",
+		"DEVICEFLOW_ADDR": "127.0.0.1:0", "ADMIN_ADDR": "127.0.0.1:0", "CONSOLE_API_URL": "https://api.test",
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	type addrs struct{ api, admin net.Addr }
+	up := make(chan addrs, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(runCtx, nil, env(vars), io.Discard, func(api, admin net.Addr) { up <- addrs{api, admin} })
+	}()
+	var a addrs
+	select {
+	case a = <-up:
+	case err := <-done:
+		t.Fatalf("serve stopped: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("serve did not start within 30 s")
+	}
+	get := func(url string) (int, map[string]any) {
+		t.Helper()
+		res, err := http.Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		var body map[string]any
+		_ = json.NewDecoder(res.Body).Decode(&body)
+		return res.StatusCode, body
+	}
+	if status, body := get("http://" + a.api.String() + "/.well-known/oauth-authorization-server/openapi/v1"); status != 200 ||
+		body["issuer"] != "https://api.test/openapi/v1" {
+		t.Fatalf("metadata: %d %v", status, body)
+	}
+	res, err := http.Post("http://"+a.api.String()+"/openapi/v1/oauth/device/code", "application/json",
+		strings.NewReader(`{"client_id":"difyctl"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("device code: %d", res.StatusCode)
+	}
+	if status, _ := get("http://" + a.admin.String() + "/readyz"); status != http.StatusOK {
+		t.Fatalf("readyz %d", status)
+	}
+	if status, _ := get("http://" + a.admin.String() + "/healthz"); status != http.StatusOK {
+		t.Fatalf("healthz %d", status)
+	}
+	stop()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("graceful shutdown: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("serve did not stop within 30 s")
+	}
+}
+
+func TestConfigErrorsNameTheVariable(t *testing.T) {
+	full := map[string]string{"DATABASE_URL": "postgres://x", "REDIS_URL": "redis://x", "SECRET_KEY": "k"}
+	cases := []struct {
+		args  []string
+		drop  string
+		set   map[string]string
+		wantV string
+	}{
+		{nil, "DATABASE_URL", nil, "DATABASE_URL"},
+		{nil, "REDIS_URL", nil, "REDIS_URL"},
+		{nil, "SECRET_KEY", nil, "SECRET_KEY"},
+		{nil, "", map[string]string{"OAUTH_TTL_DAYS": "two"}, "OAUTH_TTL_DAYS"},
+		{nil, "", map[string]string{"TRUSTED_PROXY_HOPS": "-1"}, "TRUSTED_PROXY_HOPS"},
+		{nil, "", map[string]string{"CONSOLE_WEB_URL": "console"}, "CONSOLE_WEB_URL"},
+		{[]string{"migrate"}, "DATABASE_URL", nil, "DATABASE_URL"},
+		{[]string{"prune"}, "", map[string]string{"OAUTH_ACCESS_TOKEN_RETENTION_DAYS": "x"}, "OAUTH_ACCESS_TOKEN_RETENTION_DAYS"},
+	}
+	for _, c := range cases {
+		vars := map[string]string{}
+		for k, v := range full {
+			vars[k] = v
+		}
+		delete(vars, c.drop)
+		for k, v := range c.set {
+			vars[k] = v
+		}
+		err := Run(t.Context(), c.args, env(vars), io.Discard, nil)
+		if err == nil || !strings.HasPrefix(err.Error(), c.wantV+": ") || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%v without %s / with %v: %v", c.args, c.drop, c.set, err)
+		}
+	}
+	if err := Run(t.Context(), []string{"explode"}, env(full), io.Discard, nil); err == nil {
+		t.Error("unknown command accepted")
+	}
+}
