@@ -191,17 +191,23 @@ func TestEnvoyExtAuthzFailsClosed(t *testing.T) {
 	if timeout == nil {
 		t.Fatal("the ext_authz grpc_service needs an explicit timeout")
 	}
-	defaults, _, err := config.LoadExtauthz(func(name string) (string, bool) {
+	if d, check := timeout.AsDuration(), extauthzDefaults(t).CheckTimeout; d > 200*time.Millisecond || d <= check {
+		t.Errorf("ext_authz timeout %v: want at most 200 ms and above extauthz's CHECK_TIMEOUT default %v, so extauthz answers "+
+			"before Envoy gives up", d, check)
+	}
+}
+
+// extauthzDefaults is extauthz's configuration with nothing but the required variables set.
+func extauthzDefaults(t *testing.T) config.Extauthz {
+	t.Helper()
+	cfg, _, err := config.LoadExtauthz(func(name string) (string, bool) {
 		v, ok := map[string]string{"DATABASE_URL": "postgres://db/dify", "REDIS_URL": "redis://redis:6379/0"}[name]
 		return v, ok
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := timeout.AsDuration(); d > 200*time.Millisecond || d <= defaults.CheckTimeout {
-		t.Errorf("ext_authz timeout %v: want at most 200 ms and above extauthz's CHECK_TIMEOUT default %v, so extauthz answers "+
-			"before Envoy gives up", d, defaults.CheckTimeout)
-	}
+	return cfg
 }
 
 func TestEnvoyCanonicalisesPaths(t *testing.T) {

@@ -11,13 +11,12 @@ import (
 	meshv1alpha1 "istio.io/api/mesh/v1alpha1"
 	networkingv1 "istio.io/api/networking/v1"
 	securityv1 "istio.io/api/security/v1"
-
-	"github.com/authgate/authgate/internal/config"
 )
 
 const extauthzProvider = "authgate-extauthz"
 
-// decodeIstioSpec decodes an Istio resource's spec into istio.io/api's type for its kind, rejecting unknown fields.
+// decodeIstioSpec decodes an Istio resource's spec into istio.io/api's type for its kind, rejecting unknown fields. protojson is
+// stricter than Istio's own decoder in one way: durations must be written in seconds ("0.25s"), which Istio accepts too.
 func decodeIstioSpec(t *testing.T, name string, o istioObject) proto.Message {
 	t.Helper()
 	var spec proto.Message
@@ -82,18 +81,6 @@ func TestIstioMeshConfigFailsClosed(t *testing.T) {
 	default:
 		t.Errorf("pathNormalization %v: policies must match the normalised path with slashes merged", n)
 	}
-}
-
-func extauthzDefaults(t *testing.T) config.Extauthz {
-	t.Helper()
-	cfg, _, err := config.LoadExtauthz(func(name string) (string, bool) {
-		v, ok := map[string]string{"DATABASE_URL": "postgres://db/dify", "REDIS_URL": "redis://redis:6379/0"}[name]
-		return v, ok
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cfg
 }
 
 // istioPathMatches is AuthorizationPolicy's path matching: exact, "prefix*", "*suffix" or "*".

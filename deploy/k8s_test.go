@@ -369,18 +369,27 @@ func envOf(t *testing.T, m *manifests, c corev1.Container) (env map[string]strin
 
 // loaders are the services' own configuration loaders: what they read is the ground truth for the manifests.
 var loaders = map[string]func(config.Lookup) error{
-	"extauthz": func(l config.Lookup) error { _, _, err := config.LoadExtauthz(l); return err },
+	"extauthz": func(l config.Lookup) error {
+		_, _, err := config.LoadExtauthz(l)
+		return err
+	},
 	"deviceflow": func(l config.Lookup) error {
 		_, _, err := config.LoadDeviceflow(l)
 		return err
 	},
 }
 
-// readsVariables lists every variable a loader looks up.
-func readsVariables(load func(config.Lookup) error) map[string]bool {
+// loadWith runs a loader on env and returns every variable it looked up and its error, with env and with nothing set (a
+// variable may be read only when another is set).
+func loadWith(load func(config.Lookup) error, env map[string]string) (map[string]bool, error) {
 	read := map[string]bool{}
 	_ = load(func(name string) (string, bool) { read[name] = true; return "", false })
-	return read
+	err := load(func(name string) (string, bool) {
+		read[name] = true
+		v, ok := env[name]
+		return v, ok
+	})
+	return read, err
 }
 
 func TestEnvironmentIsWhatAuthgateReads(t *testing.T) {
@@ -403,7 +412,10 @@ func TestEnvironmentIsWhatAuthgateReads(t *testing.T) {
 			c, service := authgateContainer(t, pod)
 			where := dir + ": " + what
 			env, fromSecret := envOf(t, m, c)
-			read := readsVariables(loaders[service])
+			read, err := loadWith(loaders[service], env)
+			if err != nil {
+				t.Errorf("%s: %s would not start with this environment: %v", where, service, err)
+			}
 			var unknown []string
 			for name := range env {
 				if !read[name] {
@@ -418,9 +430,6 @@ func TestEnvironmentIsWhatAuthgateReads(t *testing.T) {
 				if !fromSecret[name] {
 					t.Errorf("%s: %s must come from a Secret (secretKeyRef), not a literal or a ConfigMap", where, name)
 				}
-			}
-			if err := loaders[service](func(name string) (string, bool) { v, ok := env[name]; return v, ok }); err != nil {
-				t.Errorf("%s: %s would not start with this environment: %v", where, service, err)
 			}
 		}
 	}
