@@ -188,6 +188,21 @@ func visible(id string) chromedp.Action[chromedp.Void] {
 func TestDevicePageInChromium(t *testing.T) {
 	b := newBrowser(t)
 	h := b.h
+
+	t.Run("signed out: chooser, then sign-in with a fixed return path and the code kept for after", func(t *testing.T) {
+		b := b.in(t)
+		_, userCode := h.issue()
+		b.run("enter a code without a console session",
+			chromedp.Navigate(b.baseURL+"/device?user_code="+userCode), visible("view-code-entry"),
+			chromedp.Click(chromedp.CSS("#continue")), visible("view-chooser"), visible("choose-sso"),
+			chromedp.Click(chromedp.CSS("#choose-account")))
+		b.waitLocation(b.baseURL + "/signin?redirect_url=%2Fdevice")
+		b.run("come back from sign-in", chromedp.Navigate(b.baseURL+"/device"), visible("view-code-entry"))
+		if got := b.eval(`document.getElementById("user-code").value`); got != userCode {
+			t.Errorf("after sign-in the code field holds %q, want %q", got, userCode)
+		}
+	})
+
 	b.signIn(webAccount.ID)
 
 	t.Run("verification_uri_complete prefills, is scrubbed, and approval yields a token", func(t *testing.T) {
@@ -305,6 +320,24 @@ func TestDevicePageInChromium(t *testing.T) {
 			chromedp.SendKeys(chromedp.CSS("#user-code"), userCode),
 			chromedp.Click(chromedp.CSS("#continue")), visible("view-rate-limited"))
 	})
+}
+
+// waitLocation waits for a navigation the page started itself to arrive at want.
+func (b *browser) waitLocation(want string) {
+	b.t.Helper()
+	deadline := time.Now().Add(browserStepTimeout)
+	for {
+		ctx, cancel := context.WithTimeout(b.ctx, browserStepTimeout)
+		got, err := chromedp.Run(ctx, chromedp.Location())
+		cancel()
+		if err == nil && got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.t.Fatalf("location = %q (%v), want %q", got, err, want)
+		}
+		time.Sleep(50 * time.Millisecond) // polling interval of a bounded wait for an outcome
+	}
 }
 
 // screenshot saves the current view for a human to look at; it is not an assertion.
