@@ -23,12 +23,16 @@ const (
 	codeUserCodeMismatch    = "user_code_mismatch"
 	codeEmailIsDifyAccount  = "email_belongs_to_dify_account"
 	codeSessionAlreadyUsed  = "session_already_consumed"
+)
+
+const (
 	approvalGrantCookieName = "device_approval_grant"
 	approvalGrantCookiePath = apiPrefix + "/oauth/device"
 	ssoCompletePath         = apiPrefix + "/oauth/device/sso-complete"
 	devicePagePath          = "/device"
-	ssoInitiateTimeout      = 5 * time.Second
 	csrfHeader              = "X-CSRF-Token"
+	// ssoInitiateTimeout bounds the enterprise call while a browser waits for its redirect.
+	ssoInitiateTimeout = 5 * time.Second
 )
 
 // enterpriseOnly hides a route on CE: it answers 404 as if it did not exist, before any rate limit counts the request.
