@@ -592,8 +592,8 @@ func TestEnvoyOverlayRunsTheShippedConfig(t *testing.T) {
 	}
 	pod := d.Spec.Template.Spec
 	c := pod.Containers[0]
-	if !strings.HasPrefix(c.Image, "docker.io/envoyproxy/envoy:v1.") {
-		t.Errorf("envoy image %s", c.Image)
+	if want := "docker.io/envoyproxy/envoy:" + moduleVersion(t, "github.com/envoyproxy/go-control-plane/envoy"); c.Image != want {
+		t.Errorf("envoy image %s: want %s, the release whose API these tests validate envoy.yaml against", c.Image, want)
 	}
 	mountDir := ""
 	var configMap *corev1.ConfigMap
@@ -660,4 +660,18 @@ func TestEnvoyOverlayRunsTheShippedConfig(t *testing.T) {
 			}
 		}
 	}
+}
+
+// moduleVersion is the version of a dependency that go.mod requires.
+func moduleVersion(t *testing.T, module string) string {
+	t.Helper()
+	for _, line := range strings.Split(string(repoFile(t, "go.mod")), "\n") {
+		code, _, _ := strings.Cut(line, "//")
+		f := strings.Fields(strings.TrimPrefix(strings.TrimSpace(code), "require "))
+		if len(f) == 2 && f[0] == module {
+			return f[1]
+		}
+	}
+	t.Fatalf("go.mod does not require %s", module)
+	return ""
 }
