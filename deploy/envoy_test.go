@@ -9,17 +9,19 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
+	streamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/health_check/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/formatter/req_without_query/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/downstream_connections/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/fixed_heap/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -272,6 +274,36 @@ func TestEnvoyStripsClientIdentityHeaders(t *testing.T) {
 		}
 		if _, ok := vh.GetTypedPerFilterConfig()[headerMutationFilter]; ok {
 			t.Errorf("virtual host %s overrides the header_mutation filter", vh.GetName())
+		}
+	}
+}
+
+// TestEnvoyAccessLogKeepsSecretsOut checks that the access log records no credential: no Authorization or Cookie header and no
+// query string (sso-complete carries an SSO assertion there).
+func TestEnvoyAccessLogKeepsSecretsOut(t *testing.T) {
+	hcm := publicHCM(t, loadBootstrap(t))
+	if len(hcm.GetAccessLog()) == 0 {
+		t.Fatal("no access log on the public listener")
+	}
+	for _, al := range hcm.GetAccessLog() {
+		stdout, ok := unpackIfType[*streamv3.StdoutAccessLog](t, al.GetTypedConfig())
+		if !ok {
+			t.Fatalf("access log %s: the test understands the stdout logger only", al.GetName())
+		}
+		format, err := protojson.Marshal(stdout.GetLogFormat())
+		if err != nil {
+			t.Fatal(err)
+		}
+		const pathWithoutQuery = "%req_without_query(:path)%"
+		lower := strings.ToLower(string(format))
+		if !strings.Contains(lower, pathWithoutQuery) {
+			t.Errorf("access log %s should log the path without its query", al.GetName())
+		}
+		rest := strings.ReplaceAll(lower, pathWithoutQuery, "")
+		for _, leak := range []string{"authorization", "cookie", "(:path)", "%path", "x-envoy-original-path"} {
+			if strings.Contains(rest, leak) {
+				t.Errorf("access log %s logs %s: %s", al.GetName(), leak, format)
+			}
 		}
 	}
 }
