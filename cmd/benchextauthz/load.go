@@ -1,0 +1,188 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+const checkMethod = "/envoy.service.auth.v3.Authorization/Check"
+
+// bench drives the two servers with the same requests.
+type bench struct {
+	opts     options
+	reqs     []request
+	servers  *servers
+	redisURL string
+
+	nullConns, extConns []*grpc.ClientConn
+}
+
+// target is one server as the load generator sees it.
+type target struct {
+	name  string
+	proc  *process
+	conns []*grpc.ClientConn
+}
+
+func (b *bench) targets() (null, ext target) {
+	return target{name: "null", proc: b.servers.null, conns: b.nullConns},
+		target{name: "extauthz", proc: b.servers.ext, conns: b.extConns}
+}
+
+func dial(addr string, n int) ([]*grpc.ClientConn, error) {
+	conns := make([]*grpc.ClientConn, n)
+	for i := range conns {
+		c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithDefaultCallOptions(grpc.ForceCodecV2(rawCodec{})))
+		if err != nil {
+			return nil, err
+		}
+		c.Connect()
+		conns[i] = c
+	}
+	return conns, nil
+}
+
+func (b *bench) close() {
+	for _, c := range slices.Concat(b.nullConns, b.extConns) {
+		c.Close()
+	}
+}
+
+// roundResult is one measured window against one server.
+type roundResult struct {
+	server    string
+	elapsed   time.Duration
+	latencies []int64 // nanoseconds, sorted
+	denies    map[string]int
+	errors    map[string]int
+	// CPU used during the measured window by the server process, the load generator, and the whole Redis server.
+	serverCPU, clientCPU, redisCPU time.Duration
+}
+
+func (r *roundResult) completed() int { return len(r.latencies) }
+func (r *roundResult) rps() float64   { return float64(r.completed()) / r.elapsed.Seconds() }
+
+// worker state for one round.
+type worker struct {
+	latencies []int64
+	denies    map[string]int
+	errors    map[string]int
+}
+
+// round runs o.warmup of unmeasured load, then measures o.duration: only Checks that start and end inside the window count.
+func (b *bench) round(ctx context.Context, t target) (*roundResult, error) {
+	o := b.opts
+	start := time.Now()
+	from, to := start.Add(o.warmup), start.Add(o.warmup+o.duration)
+	// A server that hangs must not hang the benchmark: in-flight calls get a bounded grace after the window.
+	rctx, cancel := context.WithDeadline(ctx, to.Add(10*time.Second))
+	defer cancel()
+
+	workers := make([]*worker, o.concurrency)
+	expected := int(o.duration.Seconds()*60_000)/o.concurrency + 1024
+	var wg sync.WaitGroup
+	for i := range workers {
+		w := &worker{latencies: make([]int64, 0, expected), denies: map[string]int{}, errors: map[string]int{}}
+		workers[i] = w
+		conn := t.conns[i%len(t.conns)]
+		next := i * len(b.reqs) / o.concurrency // workers walk the mix from spread-out offsets
+		wg.Go(func() {
+			var res checkResult
+			for {
+				req := &b.reqs[next]
+				next++
+				if next == len(b.reqs) {
+					next = 0
+				}
+				t0 := time.Now()
+				if !t0.Before(to) {
+					return
+				}
+				res.raw = nil
+				err := conn.Invoke(rctx, checkMethod, req, &res)
+				t1 := time.Now()
+				if t0.Before(from) || t1.After(to) {
+					continue
+				}
+				switch {
+				case err != nil:
+					w.errors[err.Error()]++
+				case !res.allowed:
+					w.denies[req.route+" -> "+describeDeny(res.raw)]++
+				}
+				w.latencies = append(w.latencies, int64(t1.Sub(t0)))
+			}
+		})
+	}
+
+	cpu := newCPUProbe(t.proc, b.redisURL)
+	defer cpu.close()
+	sleepUntil(ctx, from)
+	before := cpu.read(rctx)
+	sleepUntil(ctx, to)
+	after := cpu.read(rctx)
+	wg.Wait()
+	if err := t.proc.alive(); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+
+	r := &roundResult{server: t.name, elapsed: o.duration, denies: map[string]int{}, errors: map[string]int{}}
+	for _, w := range workers {
+		r.latencies = append(r.latencies, w.latencies...)
+		for k, v := range w.denies {
+			r.denies[k] += v
+		}
+		for k, v := range w.errors {
+			r.errors[k] += v
+		}
+	}
+	slices.Sort(r.latencies)
+	r.serverCPU, r.clientCPU, r.redisCPU = after.server-before.server, after.client-before.client, after.redis-before.redis
+	return r, nil
+}
+
+func sleepUntil(ctx context.Context, t time.Time) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(time.Until(t)):
+	}
+}
+
+// processCPU is the load generator's own user+system CPU so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// measure alternates the servers, null first, so slow drifts in the machine's load hit both alike.
+func (b *bench) measure(ctx context.Context) (*results, error) {
+	null, ext := b.targets()
+	res := &results{}
+	for i := range b.opts.rounds {
+		for _, t := range []target{null, ext} {
+			r, err := b.round(ctx, t)
+			if err != nil {
+				return nil, err
+			}
+			fmt.Printf("round %d %-8s %8.0f req/s  p50 %7s  p99 %7s  server CPU %5.1f µs/req  denies %d  errors %d\n",
+				i+1, t.name, r.rps(), fmtDur(percentile(r.latencies, 0.50)), fmtDur(percentile(r.latencies, 0.99)),
+				perRequest(r.serverCPU, r.completed()), sum(r.denies), sum(r.errors))
+			res.add(r)
+		}
+	}
+	return res, nil
+}

@@ -1,0 +1,241 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+)
+
+// Settings of the measured extauthz that differ from its defaults, and why.
+const (
+	// Counting on every request but never tripping: at 30k Checks/s over 1000 tokens a token sees ~2k requests a minute.
+	benchRateLimit = "1000000"
+	// Long enough that no entry expires during a run, so every measured Check is a cache hit (the issue measures hits).
+	benchTokenCacheTTL = "10m"
+)
+
+// process is one server under test, run as a subprocess so that both servers are measured the same way.
+type process struct {
+	name      string
+	addr      string // gRPC
+	adminAddr string // extauthz only
+	cmd       *exec.Cmd
+	logPath   string
+	exited    chan struct{}
+	waitErr   error
+}
+
+type servers struct {
+	null, ext *process
+}
+
+// startServers builds cmd/extauthz, starts it and the null server, and waits until both report SERVING.
+func startServers(ctx context.Context, dir, databaseURL, redisURL, checkTimeout string) (*servers, error) {
+	bin := filepath.Join(dir, "extauthz")
+	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/authgate/authgate/cmd/extauthz")
+	build.Stdout, build.Stderr = os.Stdout, os.Stderr
+	t := time.Now()
+	if err := build.Run(); err != nil {
+		return nil, fmt.Errorf("building cmd/extauthz (run from the module root): %w", err)
+	}
+	fmt.Printf("built cmd/extauthz in %s\n", time.Since(t).Round(time.Millisecond))
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	addrs, err := freeAddrs(3)
+	if err != nil {
+		return nil, err
+	}
+	s := &servers{}
+	s.null, err = startProcess(dir, "null", self, []string{nullCommand, "-addr", addrs[0]}, nil)
+	if err != nil {
+		return nil, err
+	}
+	s.null.addr = addrs[0]
+	env := []string{
+		"DATABASE_URL=" + databaseURL,
+		"REDIS_URL=" + redisURL,
+		"EXTAUTHZ_GRPC_ADDR=" + addrs[1],
+		"ADMIN_ADDR=" + addrs[2],
+		"OPENAPI_RATE_LIMIT_PER_TOKEN=" + benchRateLimit,
+		// A limiter that cannot count turns into a 503 deny, which the sanity check catches, instead of a silent skip.
+		"RATE_LIMIT_FAIL_OPEN=false",
+		"TOKEN_CACHE_TTL=" + benchTokenCacheTTL,
+	}
+	if checkTimeout != "" {
+		env = append(env, "CHECK_TIMEOUT="+checkTimeout)
+	}
+	s.ext, err = startProcess(dir, "extauthz", bin, nil, env)
+	if err != nil {
+		s.stop()
+		return nil, err
+	}
+	s.ext.addr, s.ext.adminAddr = addrs[1], addrs[2]
+	for _, p := range []*process{s.null, s.ext} {
+		if err := p.waitServing(ctx, 30*time.Second); err != nil {
+			s.stop()
+			return nil, err
+		}
+	}
+	// The pids are for profiling a run from outside (perf record -p).
+	fmt.Printf("serving: null pid %d on %s; extauthz pid %d on %s (admin %s)\n", s.null.cmd.Process.Pid, s.null.addr,
+		s.ext.cmd.Process.Pid, s.ext.addr, s.ext.adminAddr)
+	return s, nil
+}
+
+// freeAddrs picks loopback ports the kernel considers free; the servers bind them a moment later.
+func freeAddrs(n int) ([]string, error) {
+	var addrs []string
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		addrs = append(addrs, ln.Addr().String())
+		defer ln.Close() // held until all are picked, so no two are the same
+	}
+	return addrs, nil
+}
+
+// inheritedEnv passes on only what shapes a Go process's performance, so a stray variable in the caller's environment
+// (ENTERPRISE_ENABLED, say) cannot change what is measured.
+func inheritedEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		name, _, _ := strings.Cut(kv, "=")
+		switch name {
+		case "PATH", "HOME", "TMPDIR", "GOMAXPROCS", "GOGC", "GOMEMLIMIT", "GODEBUG":
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+func startProcess(dir, name, bin string, args, env []string) (*process, error) {
+	logPath := filepath.Join(dir, name+".log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(inheritedEnv(), env...)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		logFile.Close()
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	p := &process{name: name, cmd: cmd, logPath: logPath, exited: make(chan struct{})}
+	go func() {
+		p.waitErr = cmd.Wait()
+		logFile.Close()
+		close(p.exited)
+	}()
+	return p, nil
+}
+
+// waitServing polls grpc.health.v1 until the server reports SERVING, or fails early if the process exits.
+func (p *process) waitServing(ctx context.Context, limit time.Duration) error {
+	conn, err := grpc.NewClient(p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	client := healthpb.NewHealthClient(conn)
+	deadline := time.Now().Add(limit)
+	for {
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		resp, err := client.Check(cctx, &healthpb.HealthCheckRequest{})
+		cancel()
+		if err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING {
+			return nil
+		}
+		select {
+		case <-p.exited:
+			return fmt.Errorf("%s exited before serving (%v); its log:\n%s", p.name, p.waitErr, p.logTail())
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s not SERVING after %s (last: %v); its log:\n%s", p.name, limit, err, p.logTail())
+		}
+	}
+}
+
+func (p *process) logTail() string {
+	b, _ := os.ReadFile(p.logPath)
+	const keep = 4000
+	if len(b) > keep {
+		b = b[len(b)-keep:]
+	}
+	return string(b)
+}
+
+// alive reports an early exit, which would otherwise show up only as a wall of connection errors.
+func (p *process) alive() error {
+	select {
+	case <-p.exited:
+		return fmt.Errorf("%s exited during the run (%v); its log:\n%s", p.name, p.waitErr, p.logTail())
+	default:
+		return nil
+	}
+}
+
+// cpuTime is the user+system CPU the process has used so far, from /proc (clock ticks of 10 ms).
+func (p *process) cpuTime() (time.Duration, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(p.cmd.Process.Pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may contain spaces; the fields after its closing parenthesis are fixed.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, errors.New("unexpected /proc stat format")
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 13 {
+		return 0, errors.New("unexpected /proc stat format")
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, err
+	}
+	const tick = 10 * time.Millisecond // USER_HZ is 100 on Linux
+	return time.Duration(utime+stime) * tick, nil
+}
+
+// stop sends SIGTERM (extauthz drains and exits), then kills whatever is still running after a grace period.
+func (s *servers) stop() {
+	for _, p := range []*process{s.null, s.ext} {
+		if p == nil {
+			continue
+		}
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	}
+	for _, p := range []*process{s.null, s.ext} {
+		if p == nil {
+			continue
+		}
+		select {
+		case <-p.exited:
+		case <-time.After(10 * time.Second):
+			_ = p.cmd.Process.Kill()
+			<-p.exited
+		}
+	}
+}
