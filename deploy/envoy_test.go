@@ -7,6 +7,7 @@ import (
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	streamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
@@ -222,6 +223,9 @@ func TestEnvoyCanonicalisesPaths(t *testing.T) {
 	}
 	if !hcm.GetUseRemoteAddress().GetValue() {
 		t.Error("use_remote_address must be true, so a client cannot choose the address it is rate-limited by")
+	}
+	if a := hcm.GetCommonHttpProtocolOptions().GetHeadersWithUnderscoresAction(); a != corev3.HttpProtocolOptions_REJECT_REQUEST && a != corev3.HttpProtocolOptions_DROP_HEADER {
+		t.Errorf("headers_with_underscores_action = %v: a WSGI upstream reads x_authgate_account_id as x-authgate-account-id", a)
 	}
 	switch a := hcm.GetPathWithEscapedSlashesAction(); a {
 	case hcmv3.HttpConnectionManager_REJECT_REQUEST, hcmv3.HttpConnectionManager_UNESCAPE_AND_REDIRECT:
