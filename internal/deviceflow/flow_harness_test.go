@@ -119,8 +119,7 @@ type flowEnv struct {
 	clock *flowClock
 	logs  *flowLogs
 	cfg   Config
-	// peer is the address requests appear to come from (set through X-Forwarded-For with TrustedProxyHops 1).
-	http *http.Client
+	http  *http.Client
 }
 
 func newFlowEnv(t *testing.T, tweak func(*Config)) *flowEnv {
