@@ -182,7 +182,9 @@ func withCookies(cs ...*http.Cookie) reqOpt {
 	}
 }
 
-func withBasic(user, secret string) reqOpt { return func(r *http.Request) { r.SetBasicAuth(user, secret) } }
+func withBasic(user, secret string) reqOpt {
+	return func(r *http.Request) { r.SetBasicAuth(user, secret) }
+}
 
 func withBearer(token string) reqOpt {
 	return func(r *http.Request) { r.Header.Set("Authorization", "Bearer "+token) }
