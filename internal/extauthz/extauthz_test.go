@@ -1,0 +1,171 @@
+package extauthz
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/grpc/codes"
+
+	"github.com/authgate/authgate/internal/pipeline"
+)
+
+func envoyRequest(method, path string, headers map[string]string, source string) *authv3.CheckRequest {
+	return &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+		Source: &authv3.AttributeContext_Peer{Address: &corev3.Address{Address: &corev3.Address_SocketAddress{
+			SocketAddress: &corev3.SocketAddress{Address: source, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 4711}},
+		}}},
+		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
+			Id: "id-1", Method: method, Path: path, Headers: headers,
+		}},
+	}}
+}
+
+func TestToRequest(t *testing.T) {
+	in := envoyRequest("GET", "/openapi/v1/apps?workspace_id=x", map[string]string{
+		":method": "GET", ":path": "/openapi/v1/apps?workspace_id=x", "Authorization": "Bearer t", "x-authgate-account-id": "a",
+	}, "::ffff:198.51.100.7")
+	got := ToRequest(in)
+	if got.Method != "GET" || got.Path != "/openapi/v1/apps?workspace_id=x" || got.RequestID != "id-1" {
+		t.Errorf("request %+v", got)
+	}
+	if got.Headers["authorization"] != "Bearer t" || got.Headers[":path"] == "" || got.Headers["x-authgate-account-id"] != "a" {
+		t.Errorf("headers %v", got.Headers)
+	}
+	if got.ClientIP.String() != "198.51.100.7" {
+		t.Errorf("client ip %v", got.ClientIP)
+	}
+
+	// header_map (encode_raw_headers) with a repeated header, a path only in :path, and no source.
+	raw := &authv3.CheckRequest{Attributes: &authv3.AttributeContext{Request: &authv3.AttributeContext_Request{
+		Http: &authv3.AttributeContext_HttpRequest{HeaderMap: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
+			{Key: ":method", RawValue: []byte("POST")}, {Key: ":path", RawValue: []byte("/x")},
+			{Key: "authorization", RawValue: []byte("Bearer a")}, {Key: "Authorization", RawValue: []byte("Bearer b")},
+		}}},
+	}}}
+	got = ToRequest(raw)
+	if got.Method != "POST" || got.Path != "/x" || got.Headers["authorization"] != "Bearer a,Bearer b" || got.ClientIP.IsValid() {
+		t.Errorf("raw header map: %+v", got)
+	}
+	if got := ToRequest(nil); got.Method != "" || got.Path != "" {
+		t.Errorf("nil request: %+v", got)
+	}
+}
+
+func TestToCheckResponse(t *testing.T) {
+	for status, want := range map[int]codes.Code{400: codes.PermissionDenied, 401: codes.Unauthenticated,
+		403: codes.PermissionDenied, 404: codes.PermissionDenied, 429: codes.ResourceExhausted, 503: codes.Unavailable} {
+		d := pipeline.Decision{Status: status, Code: "some_code", Message: "m",
+			DenyHeaders: []pipeline.Header{{Name: "www-authenticate", Value: `Bearer realm="api"`}}}
+		if status == 429 {
+			d.RetryAfter = 1500 * time.Millisecond
+		}
+		resp := ToCheckResponse(d)
+		if codes.Code(resp.GetStatus().GetCode()) != want || int(resp.GetDeniedResponse().GetStatus().GetCode()) != status {
+			t.Errorf("%d: %v", status, resp)
+		}
+		var body map[string]any
+		if err := json.Unmarshal([]byte(resp.GetDeniedResponse().GetBody()), &body); err != nil {
+			t.Fatal(err)
+		}
+		if body["error"] != "some_code" || body["message"] != "m" {
+			t.Errorf("%d: body %v", status, body)
+		}
+		if _, has := body["retry_after_ms"]; has != (status == 429) || (status == 429 && body["retry_after_ms"] != 1500.0) {
+			t.Errorf("%d: retry_after_ms in %v", status, body)
+		}
+		hs := resp.GetDeniedResponse().GetHeaders()
+		if len(hs) != 2 || hs[0].GetHeader().GetKey() != "content-type" || hs[0].GetHeader().GetValue() != "application/json" ||
+			hs[1].GetHeader().GetKey() != "www-authenticate" {
+			t.Errorf("%d: headers %v", status, hs)
+		}
+	}
+
+	allow := ToCheckResponse(pipeline.Decision{Allow: true,
+		SetHeaders:      []pipeline.Header{{Name: "x-authgate-token-id", Value: "t"}},
+		RemoveHeaders:   []string{"x-authgate-account-id"},
+		ResponseHeaders: []pipeline.Header{{Name: "ratelimit-limit", Value: "60"}},
+		Metadata:        map[string]string{"token_id": "t"}})
+	ok := allow.GetOkResponse()
+	if codes.Code(allow.GetStatus().GetCode()) != codes.OK || ok == nil || len(ok.GetHeaders()) != 1 ||
+		ok.GetHeaders()[0].GetAppendAction() != corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD ||
+		ok.GetResponseHeadersToAdd()[0].GetAppendAction() != corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD ||
+		ok.GetHeadersToRemove()[0] != "x-authgate-account-id" ||
+		allow.GetDynamicMetadata().GetFields()["token_id"].GetStringValue() != "t" {
+		t.Errorf("allow: %v", allow)
+	}
+}
+
+type panicking struct{}
+
+func (panicking) Check(context.Context, pipeline.Request) pipeline.Decision { panic("bug") }
+
+func TestCheckNeverFails(t *testing.T) {
+	s := NewServer(panicking{}, slog.New(slog.DiscardHandler))
+	resp, err := s.Check(context.Background(), envoyRequest("GET", "/", nil, "127.0.0.1"))
+	if err != nil || codes.Code(resp.GetStatus().GetCode()) != codes.Unavailable ||
+		resp.GetDeniedResponse().GetStatus().GetCode() != 503 || !strings.Contains(resp.GetDeniedResponse().GetBody(), "auth_unavailable") {
+		t.Errorf("panic: %v, %v", resp, err)
+	}
+}
+
+// FuzzCheckRequestMapping maps arbitrary Envoy input through the real default policy with no dependencies reachable:
+// the adapter must never fail, and an allow without a bearer check is only possible on auth: none routes or preflights.
+func FuzzCheckRequestMapping(f *testing.F) {
+	policy, err := pipeline.LoadPolicy("")
+	if err != nil {
+		f.Fatal(err)
+	}
+	pl, err := pipeline.New(policy, pipeline.Options{EnableOAuthBearer: true, CheckTimeout: time.Second},
+		pipeline.Deps{Limiter: unreachable{}, Cache: unreachable{}, Tokens: unreachable{}, Directory: unreachable{}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	s := NewServer(pl, slog.New(slog.DiscardHandler))
+	f.Add("GET", "/openapi/v1/me", "Authorization", "Bearer dfoa_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "10.0.0.1")
+	f.Add("GET", "/openapi/v1/_health?x=1", "X-Authgate-Account-Id", "a", "::1")
+	f.Add("OPTIONS", "/openapi/v1/me", "access-control-request-method", "GET", "not-an-ip")
+	f.Add("POST", "/openapi/v1/apps/%2e%2e/run", "authorization", "bearer a,b", "")
+	f.Fuzz(func(t *testing.T, method, path, hname, hvalue, source string) {
+		in := envoyRequest(method, path, map[string]string{hname: hvalue, "origin": "https://x"}, source)
+		resp, err := s.Check(context.Background(), in)
+		if err != nil || resp == nil {
+			t.Fatalf("Check failed: %v", err)
+		}
+		if ok := resp.GetOkResponse(); ok != nil {
+			for _, h := range ok.GetHeaders() {
+				if strings.HasPrefix(h.GetHeader().GetKey(), pipeline.IdentityHeaderPrefix) {
+					t.Fatalf("identity header set without any dependency: %v", resp)
+				}
+			}
+			for _, name := range pipeline.IdentityHeaders {
+				if !contains(ok.GetHeadersToRemove(), name) {
+					t.Fatalf("%s not removed on allow: %v", name, resp)
+				}
+			}
+			return
+		}
+		d := resp.GetDeniedResponse()
+		var body map[string]any
+		if err := json.Unmarshal([]byte(d.GetBody()), &body); err != nil || body["error"] == "" {
+			t.Fatalf("deny body %q", d.GetBody())
+		}
+		if d.GetStatus().GetCode() >= 500 && body["error"] != "auth_unavailable" && body["error"] != "bearer_auth_disabled" {
+			t.Fatalf("5xx %v", body)
+		}
+	})
+}
+
+func contains(s []string, v string) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
