@@ -1,11 +1,15 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/authgate/authgate/internal/config"
 	"github.com/authgate/authgate/internal/pipeline"
+	"github.com/authgate/authgate/internal/telemetry"
 )
 
 // TestPolicyAndPipelineCE runs one case per route row of SPEC §3.1 and per outcome of §3.2 on the community edition.
@@ -212,5 +216,33 @@ func TestForwardAuthorization(t *testing.T) {
 	removed = expectAllow(t, w.start(map[string]string{"FORWARD_AUTHORIZATION": "false"}).check(t, "GET", "/openapi/v1/me", bearer(ada)), want)
 	if !slices.Contains(removed, "authorization") {
 		t.Errorf("FORWARD_AUTHORIZATION=false: authorization not in %v", removed)
+	}
+}
+
+func TestMembershipEnforcedUpstream(t *testing.T) {
+	w := newWorld(t)
+	srv := w.start(map[string]string{"MEMBERSHIP_ENFORCED_UPSTREAM": "true"})
+	cy, cyID := w.accountToken(accountNotMember, "cy@example.com")
+	cyH := accountHeaders(accountNotMember, "cy@example.com", cyID)
+	// The app step still verifies the app's tenant; no membership step runs, so an unverified workspace_id is not announced.
+	expectAllow(t, srv.check(t, "POST", "/openapi/v1/apps/"+appOK+"/run", bearer(cy)),
+		with(cyH, pipeline.HeaderAppID, appOK, pipeline.HeaderTenantID, tenantMain))
+	expectAllow(t, srv.check(t, "GET", "/openapi/v1/apps?workspace_id="+tenantOther, bearer(cy)), cyH)
+	expectDeny(t, srv.check(t, "POST", "/openapi/v1/apps/"+appAPIDisabled+"/run", bearer(cy)), 403, pipeline.CodeServiceAPIDisabled, nil)
+}
+
+func TestStartRejectsBadRoutesFile(t *testing.T) {
+	w := newWorld(t)
+	routes := t.TempDir() + "/routes.yaml"
+	writeFile(t, routes, "routes:\n  - name: a\n    method: GET\n    path: /a\n    auth: none\n    steps: [app]\n")
+	tel, err := telemetry.Setup(context.Background(), "extauthz-test", telemetry.Config{LogLevel: "info"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Start(context.Background(), w.config(map[string]string{"ROUTES_FILE": routes}), tel)
+	var cerr *config.Error
+	if !errors.As(err, &cerr) || cerr.Var != "ROUTES_FILE" || !strings.Contains(err.Error(), routes+":6:") ||
+		strings.Contains(err.Error(), "\n") {
+		t.Errorf("start error %v: want one line naming ROUTES_FILE and %s:6", err, routes)
 	}
 }

@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -17,6 +18,9 @@ type metrics struct {
 	tokenCache       metric.Int64Counter     // authgate_extauthz_token_cache_total{result}
 	dependencyErrors metric.Int64Counter     // authgate_extauthz_dependency_errors_total{dependency}
 	hardExpired      metric.Int64Counter     // authgate_extauthz_tokens_hard_expired_total
+
+	// attrs caches the attribute set of each (route, outcome): building one per Check is a measurable share of a warm Check.
+	attrs sync.Map // string -> metric.MeasurementOption
 }
 
 func newMetrics(m metric.Meter) (*metrics, error) {
@@ -62,15 +66,29 @@ func (m *metrics) record(ctx context.Context, d Decision, elapsed time.Duration)
 	if route == "" {
 		route = "none"
 	}
-	attrs := metric.WithAttributes(attribute.String("route", route), attribute.String("outcome", outcome))
+	key := route + "\x00" + outcome
+	opt, ok := m.attrs.Load(key)
+	if !ok {
+		opt, _ = m.attrs.LoadOrStore(key, metric.WithAttributeSet(attribute.NewSet(
+			attribute.String("route", route), attribute.String("outcome", outcome))))
+	}
+	attrs := opt.(metric.MeasurementOption)
 	// The Check's own context may be past its deadline; the measurement must still be taken.
 	ctx = context.WithoutCancel(ctx)
 	m.checks.Add(ctx, 1, attrs)
 	m.duration.Record(ctx, elapsed.Seconds(), attrs)
 }
 
+var cacheResultAttrs = map[string]metric.AddOption{}
+
+func init() {
+	for _, r := range []string{"hit", "miss", "invalid", "error"} {
+		cacheResultAttrs[r] = metric.WithAttributeSet(attribute.NewSet(attribute.String("result", r)))
+	}
+}
+
 func (m *metrics) cacheResult(ctx context.Context, result string) {
-	m.tokenCache.Add(ctx, 1, metric.WithAttributes(attribute.String("result", result)))
+	m.tokenCache.Add(ctx, 1, cacheResultAttrs[result])
 }
 
 func dependencyAttr(dependency string) metric.AddOption {
