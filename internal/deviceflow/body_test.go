@@ -68,6 +68,11 @@ func TestSecurityHeadersOnEveryResponse(t *testing.T) {
 		t.Fatal("token endpoint error without Cache-Control: no-store")
 	}
 	wantErr(t, e.do(http.MethodGet, "/nowhere", "", nil), http.StatusNotFound, "not_found")
+	r := e.do(http.MethodGet, apiPrefix+"/oauth/device/token", "", nil)
+	wantErr(t, r, http.StatusMethodNotAllowed, "method_not_allowed")
+	if r.Header.Get("Allow") == "" || r.Header.Get("X-Frame-Options") != "DENY" {
+		t.Fatalf("405 headers %v", r.Header)
+	}
 }
 
 func decodeForFuzz(contentType string, body []byte) (params, *apiError) {

@@ -24,6 +24,7 @@ const (
 	codeAlreadyResolved      = "already_resolved"
 	codeInvalidToken         = "invalid_token"
 	codeNotFound             = "not_found"
+	codeMethodNotAllowed     = "method_not_allowed"
 	codeUnavailable          = "temporarily_unavailable"
 	codeServerError          = "server_error"
 )

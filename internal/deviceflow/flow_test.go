@@ -228,11 +228,11 @@ func TestSlowDownGrowsTheInterval(t *testing.T) {
 		e.clock.Set(start.Add(at))
 		return e.pollJSON(dc, opts...)
 	}
-	wantErr(t, poll(0), http.StatusBadRequest, "authorization_pending") // first poll: never slowed
-	wantErr(t, poll(1*time.Second), http.StatusBadRequest, "slow_down") // interval 5 -> 10, clock at 1 s
+	wantErr(t, poll(0), http.StatusBadRequest, "authorization_pending")                      // first poll: never slowed
+	wantErr(t, poll(1*time.Second), http.StatusBadRequest, "slow_down")                      // interval 5 -> 10, clock at 1 s
 	wantErr(t, poll(10500*time.Millisecond), http.StatusBadRequest, "authorization_pending") // 9.5 s later: within slack
-	wantErr(t, poll(19*time.Second), http.StatusBadRequest, "slow_down") // 8.5 s < 9.5 s: 10 -> 15
-	wantErr(t, poll(33*time.Second), http.StatusBadRequest, "slow_down") // 14 s < 14.5 s: 15 -> 20
+	wantErr(t, poll(19*time.Second), http.StatusBadRequest, "slow_down")                     // 8.5 s < 9.5 s: 10 -> 15
+	wantErr(t, poll(33*time.Second), http.StatusBadRequest, "slow_down")                     // 14 s < 14.5 s: 15 -> 20
 	wantErr(t, poll(52600*time.Millisecond), http.StatusBadRequest, "authorization_pending") // 19.6 s >= 19.5 s
 
 	// A Basic poll answered with an error leaves the clock alone, so the plain retry right after is not slowed.

@@ -46,9 +46,35 @@ func (s *Server) routes() *http.ServeMux {
 	mux.Handle("GET /device", s.serve(s.handleDevicePage))
 	mux.Handle("GET /device/static/{name}", s.serve(s.handleStatic))
 	mux.Handle("GET /device/details", s.serve(s.handleDeviceDetails))
-
-	mux.Handle("/", s.serve(func(w http.ResponseWriter, r *http.Request) error {
-		return errorf(http.StatusNotFound, codeNotFound, "no such endpoint")
-	}))
 	return mux
 }
+
+// jsonFallback answers what the mux has no route for (404, or 405 with Allow) with the JSON error body instead of the
+// mux's plain text.
+func jsonFallback(mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h, pattern := mux.Handler(r)
+		if pattern != "" {
+			mux.ServeHTTP(w, r)
+			return
+		}
+		probe := &statusProbe{header: http.Header{}}
+		h.ServeHTTP(probe, r)
+		if probe.status == http.StatusMethodNotAllowed {
+			w.Header().Set("Allow", probe.header.Get("Allow"))
+			writeError(w, http.StatusMethodNotAllowed, codeMethodNotAllowed, "this endpoint does not accept "+r.Method)
+			return
+		}
+		writeError(w, http.StatusNotFound, codeNotFound, "no such endpoint")
+	})
+}
+
+// statusProbe records what the mux's own not-found or method-not-allowed handler would answer, and discards its body.
+type statusProbe struct {
+	header http.Header
+	status int
+}
+
+func (p *statusProbe) Header() http.Header         { return p.header }
+func (p *statusProbe) Write(b []byte) (int, error) { return len(b), nil }
+func (p *statusProbe) WriteHeader(status int)      { p.status = status }
