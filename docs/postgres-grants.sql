@@ -1,0 +1,35 @@
+-- Least-privilege Postgres roles for authgate (docs/operations.md, "Postgres grants").
+-- Run as a superuser or as the role that owns Dify's tables, in Dify's database. Replace:
+--   dify           Dify's database
+--   public         the schema holding Dify's tables, if not public
+--   dify_owner     the role that owns Dify's tables
+--   the passwords
+-- Checked against PostgreSQL 15 with the statements authgate runs (mint, lookup, hard-expire, revoke, list, prune, directory
+-- reads) and with `deviceflow migrate`, on a fresh database and on one where Dify had already created oauth_access_tokens.
+
+-- 1. Roles: one for the running services, one for the migration Job.
+CREATE ROLE authgate_runtime LOGIN PASSWORD 'change-me';
+CREATE ROLE authgate_migrate LOGIN PASSWORD 'change-me';
+GRANT CONNECT ON DATABASE dify TO authgate_runtime, authgate_migrate;
+GRANT USAGE ON SCHEMA public TO authgate_runtime, authgate_migrate;
+
+-- 2. Migration role. CREATE on the schema lets it create oauth_access_tokens (when Dify has not) and authgate_schema_version.
+GRANT CREATE ON SCHEMA public TO authgate_migrate;
+-- Only when Dify's own migration already created oauth_access_tokens: the migration runs CREATE INDEX IF NOT EXISTS on it, and
+-- Postgres requires table ownership for that even when the index exists ("must be owner of table oauth_access_tokens").
+-- Either run the Job once with Dify's owner role, or make the migration role a member of it:
+-- GRANT dify_owner TO authgate_migrate;
+
+-- 3. Runtime role: read the columns of Dify's directory that authgate reads, and nothing else of Dify's.
+GRANT SELECT (id, tenant_id, name, mode, status, enable_api) ON apps TO authgate_runtime;
+GRANT SELECT (id, name, status) ON tenants TO authgate_runtime;
+GRANT SELECT (id, email, name, status) ON accounts TO authgate_runtime;
+GRANT SELECT (tenant_id, account_id, role, current) ON tenant_account_joins TO authgate_runtime;
+
+-- 4. After `deviceflow migrate` has run, as the owner of oauth_access_tokens (authgate_migrate if it created the table, else
+-- Dify's owner): full DML on the token table. Advisory locks (prune) and gen_random_uuid() need no grant.
+GRANT SELECT, INSERT, UPDATE, DELETE ON oauth_access_tokens TO authgate_runtime;
+
+-- Optional, narrower: extauthz only looks tokens up and hard-expires them. Give it its own role (and its own Secret key) with
+--   GRANT SELECT, UPDATE ON oauth_access_tokens TO authgate_extauthz;
+-- plus the directory grants of step 3.
