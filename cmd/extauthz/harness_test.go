@@ -77,7 +77,7 @@ var fixture = directory.Fixture{
 
 // world is the shared state of a test: one database, one Redis database, and any number of extauthz servers on them.
 type world struct {
-	t        *testing.T
+	t        testing.TB
 	pool     *pgxpool.Pool
 	dbURL    string
 	redisURL string
@@ -85,7 +85,7 @@ type world struct {
 	audit    *syncBuffer
 }
 
-func newWorld(t *testing.T) *world {
+func newWorld(t testing.TB) *world {
 	t.Helper()
 	pool := testenv.Postgres(t)
 	testenv.SeedDirectory(t, pool, fixture)
@@ -203,7 +203,7 @@ func bearer(token string) map[string]string {
 	return map[string]string{"authorization": "Bearer " + token}
 }
 
-func (s *server) check(t *testing.T, method, path string, headers map[string]string) *authv3.CheckResponse {
+func (s *server) check(t testing.TB, method, path string, headers map[string]string) *authv3.CheckResponse {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

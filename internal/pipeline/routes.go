@@ -104,10 +104,14 @@ type Policy struct {
 	Routes []*Route
 	// byMethod indexes routes by method and segment count, for a match without scanning the whole table.
 	byMethod map[string]map[int][]*Route
+	prefix   []string // Prefix split into segments
 }
 
 func newPolicy(prefix string, routes []*Route) *Policy {
 	p := &Policy{Prefix: prefix, Routes: routes, byMethod: map[string]map[int][]*Route{}}
+	if prefix != "" {
+		p.prefix = strings.Split(prefix[1:], "/")
+	}
 	for _, r := range routes {
 		m := p.byMethod[r.Method]
 		if m == nil {
@@ -119,18 +123,10 @@ func newPolicy(prefix string, routes []*Route) *Policy {
 	return p
 }
 
-// prefixSegments is the number of leading segments the prefix takes.
-func (p *Policy) prefixSegments() []string {
-	if p.Prefix == "" {
-		return nil
-	}
-	return strings.Split(p.Prefix[1:], "/")
-}
-
 // Match finds the most specific route for method and the decoded path segments (prefix included). HEAD also matches GET
 // routes, as with Go's ServeMux; an explicit HEAD route wins over a GET route of equal specificity.
 func (p *Policy) Match(method string, segs []string) (*Route, map[string]string, bool) {
-	pre := p.prefixSegments()
+	pre := p.prefix
 	if len(segs) < len(pre) || !slices.Equal(segs[:len(pre)], pre) {
 		return nil, nil, false
 	}
