@@ -67,6 +67,7 @@ type Extauthz struct {
 	ForwardAuthorization       bool          // FORWARD_AUTHORIZATION
 	MaxConnectionAge           time.Duration // GRPC_MAX_CONNECTION_AGE
 	ShutdownTimeout            time.Duration // SHUTDOWN_TIMEOUT
+	TrustedProxyHops           int           // TRUSTED_PROXY_HOPS: X-Forwarded-For hops to trust for the per-IP budget
 }
 
 // LoadExtauthz reads the extauthz configuration. Warnings (clamped values) are for the caller to log.
@@ -86,6 +87,7 @@ func LoadExtauthz(lookup Lookup) (Extauthz, []string, error) {
 		ForwardAuthorization:       r.Bool("FORWARD_AUTHORIZATION", true),
 		MaxConnectionAge:           r.Duration("GRPC_MAX_CONNECTION_AGE", 5*time.Minute),
 		ShutdownTimeout:            r.Duration("SHUTDOWN_TIMEOUT", 20*time.Second),
+		TrustedProxyHops:           r.Int("TRUSTED_PROXY_HOPS", 0, 0, 16),
 	}
 	return c, r.warnings, r.err
 }
