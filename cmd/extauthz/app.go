@@ -127,7 +127,7 @@ func Start(ctx context.Context, cfg config.Extauthz, tel *telemetry.Telemetry) (
 		MaxConnectionAge:      cfg.MaxConnectionAge,
 		MaxConnectionAgeGrace: cfg.ShutdownTimeout,
 	}))
-	authv3.RegisterAuthorizationServer(a.grpc, extauthz.NewServer(pl, tel.Logger))
+	authv3.RegisterAuthorizationServer(a.grpc, extauthz.NewServer(pl, tel.Logger, cfg.TrustedProxyHops))
 	a.health = health.NewServer()
 	healthpb.RegisterHealthServer(a.grpc, a.health)
 	reflection.Register(a.grpc)

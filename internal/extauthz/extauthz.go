@@ -7,7 +7,6 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
-	"net/netip"
 	"runtime/debug"
 	"strings"
 
@@ -18,6 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/authgate/authgate/internal/clientip"
 	"github.com/authgate/authgate/internal/pipeline"
 )
 
@@ -29,13 +29,15 @@ type Checker interface {
 // Server implements envoy.service.auth.v3.Authorization.
 type Server struct {
 	authv3.UnimplementedAuthorizationServer
-	checker Checker
-	logger  *slog.Logger
+	checker     Checker
+	logger      *slog.Logger
+	trustedHops int
 }
 
-// NewServer returns the gRPC service over checker.
-func NewServer(checker Checker, logger *slog.Logger) *Server {
-	return &Server{checker: checker, logger: logger}
+// NewServer returns the gRPC service over checker. trustedHops (TRUSTED_PROXY_HOPS) is how many X-Forwarded-For entries,
+// counted from the right, were appended by proxies we trust; 0 takes the client address from Envoy's source address.
+func NewServer(checker Checker, logger *slog.Logger, trustedHops int) *Server {
+	return &Server{checker: checker, logger: logger, trustedHops: trustedHops}
 }
 
 // Check answers every request with a CheckResponse; even a bug in a step is a 503 deny rather than an error or a crash.
@@ -47,11 +49,11 @@ func (s *Server) Check(ctx context.Context, in *authv3.CheckRequest) (resp *auth
 				Message: "authentication is temporarily unavailable; retry shortly"})
 		}
 	}()
-	return ToCheckResponse(s.checker.Check(ctx, ToRequest(in))), nil
+	return ToCheckResponse(s.checker.Check(ctx, ToRequest(in, s.trustedHops))), nil
 }
 
 // ToRequest maps Envoy's attributes.request.http and source address onto a pipeline.Request.
-func ToRequest(in *authv3.CheckRequest) pipeline.Request {
+func ToRequest(in *authv3.CheckRequest, trustedHops int) pipeline.Request {
 	attrs := in.GetAttributes()
 	h := attrs.GetRequest().GetHttp()
 	headers := make(map[string]string, len(h.GetHeaders()))
@@ -81,11 +83,12 @@ func ToRequest(in *authv3.CheckRequest) pipeline.Request {
 	if id == "" {
 		id = headers["x-request-id"]
 	}
+	peer := attrs.GetSource().GetAddress().GetSocketAddress().GetAddress()
 	return pipeline.Request{
 		Method:    method,
 		Path:      path,
 		Headers:   headers,
-		ClientIP:  sourceIP(attrs.GetSource()),
+		ClientIP:  clientip.FromForwarded(peer, headers["x-forwarded-for"], trustedHops),
 		RequestID: id,
 	}
 }
@@ -98,18 +101,6 @@ func addHeader(headers map[string]string, name, value string) {
 		return
 	}
 	headers[name] = value
-}
-
-func sourceIP(peer *authv3.AttributeContext_Peer) netip.Addr {
-	sa := peer.GetAddress().GetSocketAddress()
-	if sa == nil {
-		return netip.Addr{}
-	}
-	a, err := netip.ParseAddr(sa.GetAddress())
-	if err != nil {
-		return netip.Addr{}
-	}
-	return a.Unmap()
 }
 
 // rpcCode is SPEC §3.3's mapping from HTTP status to the CheckResponse status.

@@ -30,7 +30,7 @@ func TestToRequest(t *testing.T) {
 	in := envoyRequest("GET", "/openapi/v1/apps?workspace_id=x", map[string]string{
 		":method": "GET", ":path": "/openapi/v1/apps?workspace_id=x", "Authorization": "Bearer t", "x-authgate-account-id": "a",
 	}, "::ffff:198.51.100.7")
-	got := ToRequest(in)
+	got := ToRequest(in, 0)
 	if got.Method != "GET" || got.Path != "/openapi/v1/apps?workspace_id=x" || got.RequestID != "id-1" {
 		t.Errorf("request %+v", got)
 	}
@@ -41,6 +41,15 @@ func TestToRequest(t *testing.T) {
 		t.Errorf("client ip %v", got.ClientIP)
 	}
 
+	// Behind one trusted proxy the client is the rightmost X-Forwarded-For entry; without trust the header is ignored.
+	xff := envoyRequest("GET", "/", map[string]string{"x-forwarded-for": "6.6.6.6, 203.0.113.5"}, "10.0.0.9")
+	if got := ToRequest(xff, 1).ClientIP.String(); got != "203.0.113.5" {
+		t.Errorf("trusted hop: %s", got)
+	}
+	if got := ToRequest(xff, 0).ClientIP.String(); got != "10.0.0.9" {
+		t.Errorf("no trusted hops: %s", got)
+	}
+
 	// header_map (encode_raw_headers) with a repeated header, a path only in :path, and no source.
 	raw := &authv3.CheckRequest{Attributes: &authv3.AttributeContext{Request: &authv3.AttributeContext_Request{
 		Http: &authv3.AttributeContext_HttpRequest{HeaderMap: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
@@ -48,11 +57,11 @@ func TestToRequest(t *testing.T) {
 			{Key: "authorization", RawValue: []byte("Bearer a")}, {Key: "Authorization", RawValue: []byte("Bearer b")},
 		}}},
 	}}}
-	got = ToRequest(raw)
+	got = ToRequest(raw, 0)
 	if got.Method != "POST" || got.Path != "/x" || got.Headers["authorization"] != "Bearer a,Bearer b" || got.ClientIP.IsValid() {
 		t.Errorf("raw header map: %+v", got)
 	}
-	if got := ToRequest(nil); got.Method != "" || got.Path != "" {
+	if got := ToRequest(nil, 0); got.Method != "" || got.Path != "" {
 		t.Errorf("nil request: %+v", got)
 	}
 }
@@ -106,7 +115,7 @@ type panicking struct{}
 func (panicking) Check(context.Context, pipeline.Request) pipeline.Decision { panic("bug") }
 
 func TestCheckNeverFails(t *testing.T) {
-	s := NewServer(panicking{}, slog.New(slog.DiscardHandler))
+	s := NewServer(panicking{}, slog.New(slog.DiscardHandler), 0)
 	resp, err := s.Check(context.Background(), envoyRequest("GET", "/", nil, "127.0.0.1"))
 	if err != nil || codes.Code(resp.GetStatus().GetCode()) != codes.Unavailable ||
 		resp.GetDeniedResponse().GetStatus().GetCode() != 503 || !strings.Contains(resp.GetDeniedResponse().GetBody(), "auth_unavailable") {
@@ -126,7 +135,7 @@ func FuzzCheckRequestMapping(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	s := NewServer(pl, slog.New(slog.DiscardHandler))
+	s := NewServer(pl, slog.New(slog.DiscardHandler), 1)
 	f.Add("GET", "/openapi/v1/me", "Authorization", "Bearer dfoa_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "10.0.0.1")
 	f.Add("GET", "/openapi/v1/_health?x=1", "X-Authgate-Account-Id", "a", "::1")
 	f.Add("OPTIONS", "/openapi/v1/me", "access-control-request-method", "GET", "not-an-ip")
