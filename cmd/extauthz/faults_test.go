@@ -106,7 +106,7 @@ func TestRedisOutage(t *testing.T) {
 		return open.check(t, "GET", "/openapi/v1/me", bearer(doomed)).GetDeniedResponse() != nil
 	})
 	expectDeny(t, strict.check(t, "GET", "/openapi/v1/me", bearer(ada)), 503, pipeline.CodeAuthUnavailable, nil)
-	if !strings.Contains(metricsText(t, open), "authgate_extauthz_ratelimit_skipped") {
+	if !regexp.MustCompile(`authgate_extauthz_ratelimit_skipped_total\{[^}]*limit="token"[^}]*\} [1-9]`).MatchString(metricsText(t, open)) {
 		t.Error("skipped limiter decisions not counted in /metrics")
 	}
 

@@ -14,7 +14,7 @@ import (
 type metrics struct {
 	checks           metric.Int64Counter     // authgate_extauthz_checks_total{route, outcome}
 	duration         metric.Float64Histogram // authgate_extauthz_check_duration_seconds{route, outcome}
-	rateLimitSkipped metric.Int64Counter     // authgate_extauthz_ratelimit_skipped_total (RATE_LIMIT_FAIL_OPEN)
+	rateLimitSkipped metric.Int64Counter     // authgate_extauthz_ratelimit_skipped_total{limit="token"|"invalid_bearer_ip"}
 	tokenCache       metric.Int64Counter     // authgate_extauthz_token_cache_total{result}
 	dependencyErrors metric.Int64Counter     // authgate_extauthz_dependency_errors_total{dependency}
 	hardExpired      metric.Int64Counter     // authgate_extauthz_tokens_hard_expired_total
@@ -39,7 +39,8 @@ func newMetrics(m metric.Meter) (*metrics, error) {
 		return nil, err
 	}
 	if out.rateLimitSkipped, err = m.Int64Counter("authgate_extauthz_ratelimit_skipped",
-		metric.WithDescription("Rate-limit decisions skipped because Redis was unreachable (RATE_LIMIT_FAIL_OPEN).")); err != nil {
+		metric.WithDescription("Limiter decisions skipped because Redis was unreachable: the per-token limit "+
+			"(RATE_LIMIT_FAIL_OPEN) or the per-IP invalid-bearer budget.")); err != nil {
 		return nil, err
 	}
 	if out.tokenCache, err = m.Int64Counter("authgate_extauthz_token_cache",
@@ -79,7 +80,11 @@ func (m *metrics) record(ctx context.Context, d Decision, elapsed time.Duration)
 	m.duration.Record(ctx, elapsed.Seconds(), attrs)
 }
 
-var cacheResultAttrs = map[string]metric.AddOption{}
+var (
+	cacheResultAttrs = map[string]metric.AddOption{}
+	skippedToken     = metric.WithAttributeSet(attribute.NewSet(attribute.String("limit", "token")))
+	skippedIPBudget  = metric.WithAttributeSet(attribute.NewSet(attribute.String("limit", "invalid_bearer_ip")))
+)
 
 func init() {
 	for _, r := range []string{"hit", "miss", "invalid", "error"} {

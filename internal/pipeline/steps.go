@@ -80,7 +80,7 @@ func (p *Pipeline) authenticate(ctx context.Context, req *Request, route *Route,
 			p.dependencyFailed(ctx, "redis", "rate limiter", err)
 			return denyUnavailable()
 		case err != nil:
-			p.metrics.rateLimitSkipped.Add(ctx, 1)
+			p.metrics.rateLimitSkipped.Add(ctx, 1, skippedToken)
 			p.deps.Logger.WarnContext(ctx, "rate limiter unavailable; skipped (RATE_LIMIT_FAIL_OPEN)", "error", err)
 		case !rd.Allowed:
 			return denyRateLimited(rd, "too many requests with this token")

@@ -148,7 +148,7 @@ func (p *Pipeline) checkInvalidBudget(ctx context.Context, req *Request) (Decisi
 	case err != nil && ctx.Err() != nil:
 		return denyUnavailable(), false
 	case err != nil:
-		p.metrics.rateLimitSkipped.Add(ctx, 1)
+		p.metrics.rateLimitSkipped.Add(ctx, 1, skippedIPBudget)
 		return Decision{}, true
 	case !rd.Allowed:
 		return denyRateLimited(rd, "too many invalid bearer tokens from this address"), false
