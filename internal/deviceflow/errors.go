@@ -26,7 +26,6 @@ const (
 	codeNotFound             = "not_found"
 	codeMethodNotAllowed     = "method_not_allowed"
 	codeUnavailable          = "temporarily_unavailable"
-	codeServerError          = "server_error"
 )
 
 // apiError is an answer for the client; handlers return it and serve writes it in one place.
