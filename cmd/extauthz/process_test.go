@@ -7,7 +7,11 @@ import (
 	"testing"
 	"time"
 
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/redis/go-redis/v9"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/authgate/authgate/internal/enterprise/enterprisetest"
 	"github.com/authgate/authgate/internal/testenv"
@@ -122,5 +126,29 @@ func TestGracefulShutdownDrains(t *testing.T) {
 	}
 	if _, err := srv.client.Check(ctx, checkRequest("GET", "/openapi/v1/me", bearer(ada))); err == nil {
 		t.Error("a stopped server answered")
+	}
+}
+
+// TestMaxConnectionAge: the server ages out a client's long-lived HTTP/2 connection (GOAWAY), so Envoy reconnects and
+// spreads over replicas.
+func TestMaxConnectionAge(t *testing.T) {
+	w := newWorld(t)
+	srv := w.start(map[string]string{"GRPC_MAX_CONNECTION_AGE": "300ms", "SHUTDOWN_TIMEOUT": "1s"})
+	conn, err := grpc.NewClient(srv.app.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client := authv3.NewAuthorizationClient(conn)
+	if _, err := client.Check(context.Background(), checkRequest("GET", "/openapi/v1/_health", nil)); err != nil {
+		t.Fatal(err)
+	}
+	if conn.GetState() != connectivity.Ready {
+		t.Fatalf("state %v after a check", conn.GetState())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if !conn.WaitForStateChange(ctx, connectivity.Ready) {
+		t.Fatal("connection never aged out")
 	}
 }
