@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -106,6 +107,11 @@ func TestAccountBranchRefusals(t *testing.T) {
 	}
 	wantErr(t, e.approve(uc, good), http.StatusConflict, "already_resolved")
 	wantErr(t, e.postJSON("/oauth/device/approve", map[string]string{}, good.opts()...), http.StatusBadRequest, "invalid_request")
+	for _, secret := range []string{good.cookies[0].Value, good.csrf, rs256, subCSRF} {
+		if strings.Contains(e.logs.String(), secret) {
+			t.Fatal("a session cookie or CSRF token was logged")
+		}
+	}
 }
 
 func TestHostPrefixedCookiesWhenBothURLsAreHTTPS(t *testing.T) {
