@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"net/netip"
+	"strings"
 
 	"github.com/authgate/authgate/internal/clientip"
 )
@@ -34,9 +35,11 @@ func (s *Server) serve(h handlerFunc) http.Handler {
 }
 
 // clientIP is the caller's address: the peer, or the X-Forwarded-For entry TRUSTED_PROXY_HOPS from the right. A client
-// cannot choose it unless an operator trusts a proxy that lets it.
+// cannot choose it unless an operator trusts a proxy that lets it. Every X-Forwarded-For line counts: a proxy may append its own
+// line after one the client sent, and reading only the first would hand the choice back to the client.
 func (s *Server) clientIP(r *http.Request) netip.Addr {
-	return clientip.FromForwarded(r.RemoteAddr, r.Header.Get("X-Forwarded-For"), s.cfg.TrustedProxyHops)
+	xff := strings.Join(r.Header.Values("X-Forwarded-For"), ",")
+	return clientip.FromForwarded(r.RemoteAddr, xff, s.cfg.TrustedProxyHops)
 }
 
 // clientBucket is the rate-limit identity of the caller's address (IPv6 by /64).

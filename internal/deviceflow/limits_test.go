@@ -62,6 +62,14 @@ func TestSpoofedForwardedForIsIgnoredWithoutTrustedHops(t *testing.T) {
 	if err != nil || a.CreatorIP != "203.0.113.51" {
 		t.Fatalf("creator ip %q (%v)", a.CreatorIP, err)
 	}
+	// A client-sent X-Forwarded-For line followed by the one the proxy appended: the proxy's entry is the client.
+	_, uc2 := e2.issue("", func(r *http.Request) {
+		r.Header.Add("X-Forwarded-For", "10.6.6.6")
+		r.Header.Add("X-Forwarded-For", "203.0.113.52")
+	})
+	if a, err := e2.srv.State().Lookup(t.Context(), uc2, time.Now()); err != nil || a.CreatorIP != "203.0.113.52" {
+		t.Fatalf("creator ip with two X-Forwarded-For lines %q (%v), want the proxy-appended entry", a.CreatorIP, err)
+	}
 	// A poll from elsewhere is audited.
 	e2.pollJSON(dc, fromIP("203.0.113.99"))
 	if e2.logs.count(auditCrossIPPoll) != 1 {
