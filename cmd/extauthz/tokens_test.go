@@ -121,7 +121,7 @@ func TestRevocationHonoured(t *testing.T) {
 		if err := revoker.Revoke(ctx, old.TokenHash); err != nil {
 			t.Fatal(err)
 		}
-		pollWithin(t, time.Second+500*time.Millisecond, "revoked token refused on both replicas", deniedEverywhere(plain))
+		pollWithin(t, 2*time.Second, "revoked token refused on both replicas", deniedEverywhere(plain))
 		for range 10 {
 			expectDeny(t, a.check(t, "GET", "/openapi/v1/me", bearer(plain)), 401, pipeline.CodeInvalidBearer,
 				map[string]string{"www-authenticate": `Bearer realm="api", error="invalid_token"`})
@@ -144,7 +144,7 @@ func TestRevocationHonoured(t *testing.T) {
 		if err := revoker.Revoke(ctx, m.RotatedHash); err != nil {
 			t.Fatal(err)
 		}
-		pollWithin(t, time.Second+500*time.Millisecond, "rotated-out token refused on both replicas", deniedEverywhere(plain))
+		pollWithin(t, 2*time.Second, "rotated-out token refused on both replicas", deniedEverywhere(plain))
 		expectAllow(t, a.check(t, "GET", "/openapi/v1/me", bearer(next)), accountHeaders(accountActive, "ada@example.com", id))
 	})
 
@@ -173,7 +173,7 @@ func TestRevocationHonoured(t *testing.T) {
 				t.Fatal(err)
 			}
 			wg.Wait()
-			pollWithin(t, time.Second+500*time.Millisecond, fmt.Sprintf("round %d: refused", round), deniedEverywhere(plain))
+			pollWithin(t, 2*time.Second, fmt.Sprintf("round %d: refused", round), deniedEverywhere(plain))
 			for range 10 {
 				if deniedEverywhere(plain)() == false {
 					t.Fatalf("round %d: revoked token allowed again", round)
