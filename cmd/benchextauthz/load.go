@@ -178,9 +178,9 @@ func (b *bench) measure(ctx context.Context) (*results, error) {
 			if err != nil {
 				return nil, err
 			}
-			fmt.Printf("round %d %-8s %8.0f req/s  p50 %7s  p99 %7s  server CPU %5.1f µs/req  denies %d  errors %d\n",
+			fmt.Printf("round %d %-8s %8.0f req/s  p50 %7s  p99 %7s  server CPU %5.1f µs/req  denies %d  errors %d  load %s\n",
 				i+1, t.name, r.rps(), fmtDur(percentile(r.latencies, 0.50)), fmtDur(percentile(r.latencies, 0.99)),
-				perRequest(r.serverCPU, r.completed()), sum(r.denies), sum(r.errors))
+				perRequest(r.serverCPU, r.completed()), sum(r.denies), sum(r.errors), loadAverage())
 			res.add(r)
 		}
 	}
