@@ -49,7 +49,12 @@ func (s *Server) Check(ctx context.Context, in *authv3.CheckRequest) (resp *auth
 				Message: "authentication is temporarily unavailable; retry shortly"})
 		}
 	}()
-	return ToCheckResponse(s.checker.Check(ctx, ToRequest(in, s.trustedHops))), nil
+	req := ToRequest(in, s.trustedHops)
+	ctx, span := startCheckSpan(ctx, req)
+	defer span.End()
+	d := s.checker.Check(ctx, req)
+	endCheckSpan(span, d)
+	return ToCheckResponse(d), nil
 }
 
 // ToRequest maps Envoy's attributes.request.http and source address onto a pipeline.Request.

@@ -1,0 +1,164 @@
+package extauthz
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/redis/go-redis/v9"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/authgate/authgate/internal/clientip"
+	"github.com/authgate/authgate/internal/config"
+	"github.com/authgate/authgate/internal/directory"
+	"github.com/authgate/authgate/internal/enterprise"
+	"github.com/authgate/authgate/internal/pipeline"
+	"github.com/authgate/authgate/internal/ratelimit"
+	"github.com/authgate/authgate/internal/telemetry"
+	"github.com/authgate/authgate/internal/tokencache"
+	"github.com/authgate/authgate/internal/tokens"
+)
+
+// localCacheEntries bounds the in-process token cache.
+const localCacheEntries = 100_000
+
+// Deps are the stores the service runs on; cmd/extauthz opens Postgres and Redis, devstack passes in-memory ones.
+type Deps struct {
+	Tokens    tokens.Store
+	Directory directory.Directory
+	Redis     redis.UniversalClient
+	// Enterprise is the EE client; nil on CE.
+	Enterprise *enterprise.Client
+	Telemetry  *telemetry.Telemetry
+}
+
+// Service is a running extauthz: the gRPC server, the admin server and the token cache's revocation follower.
+type Service struct {
+	logger          *slog.Logger
+	grpcLn, adminLn net.Listener
+	grpc            *grpc.Server
+	health          *health.Server
+	admin           *http.Server
+	ready           atomic.Bool
+
+	stopBackground context.CancelFunc
+	background     sync.WaitGroup
+}
+
+// Start builds the pipeline over deps and serves ext_authz on grpcLn and /healthz, /readyz, /metrics on adminLn. It owns
+// the listeners from then on (Shutdown closes them); the stores in deps stay the caller's.
+func Start(ctx context.Context, cfg config.Extauthz, deps Deps, grpcLn, adminLn net.Listener) (*Service, error) {
+	policy, err := pipeline.LoadPolicy(cfg.RoutesFile)
+	if err != nil {
+		return nil, &config.Error{Var: "ROUTES_FILE", Reason: err.Error()}
+	}
+	tel := deps.Telemetry
+	cache := tokencache.New(deps.Redis, tokencache.Options{TTL: cfg.TokenCacheTTL, Local: true, LocalMaxEntries: localCacheEntries})
+	pdeps := pipeline.Deps{
+		Limiter:      limiterAdapter{ratelimit.NewSlidingWindow(deps.Redis)},
+		Cache:        cacheAdapter{cache},
+		Tokens:       deps.Tokens,
+		Directory:    deps.Directory,
+		ClientBucket: clientip.Bucket,
+		Logger:       tel.Logger,
+		Meter:        tel.Meter,
+	}
+	if deps.Enterprise != nil { // a nil *Client in the interface would not read as "no enterprise service"
+		pdeps.Enterprise = deps.Enterprise
+	}
+	pl, err := pipeline.New(policy, pipeline.Options{
+		EnableOAuthBearer:          cfg.EnableOAuthBearer,
+		RateLimitPerToken:          cfg.RateLimitPerToken,
+		RateLimitFailOpen:          cfg.RateLimitFailOpen,
+		InvalidBearerPerIPPerMin:   cfg.InvalidBearerPerIPPerMin,
+		MembershipEnforcedUpstream: cfg.MembershipEnforcedUpstream,
+		CheckTimeout:               cfg.CheckTimeout,
+		ForwardAuthorization:       cfg.ForwardAuthorization,
+		EnterpriseEnabled:          cfg.EnterpriseEnabled,
+	}, pdeps)
+	if err != nil {
+		return nil, fmt.Errorf("pipeline: %w", err)
+	}
+
+	s := &Service{logger: tel.Logger, grpcLn: grpcLn, adminLn: adminLn}
+	// Envoy holds one HTTP/2 connection per upstream host for ever; ageing it out spreads load over new replicas.
+	s.grpc = grpc.NewServer(grpc.KeepaliveParams(keepalive.ServerParameters{
+		MaxConnectionAge:      cfg.MaxConnectionAge,
+		MaxConnectionAgeGrace: cfg.ShutdownTimeout,
+	}))
+	authv3.RegisterAuthorizationServer(s.grpc, NewServer(pl, tel.Logger, cfg.TrustedProxyHops))
+	s.health = health.NewServer()
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	reflection.Register(s.grpc)
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	s.health.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+
+	s.admin = &http.Server{
+		Handler:           telemetry.AdminHandler(s.ready.Load, tel.MetricsHandler()),
+		ReadHeaderTimeout: 5 * time.Second,
+	}
+
+	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.stopBackground = cancel
+	s.background.Go(func() {
+		if err := cache.Run(bg); err != nil && !errors.Is(err, context.Canceled) {
+			s.logger.Error("token cache revocation follower stopped", "error", err)
+		}
+	})
+	s.background.Go(func() {
+		if err := s.grpc.Serve(grpcLn); err != nil {
+			s.logger.Error("grpc server stopped", "error", err)
+		}
+	})
+	s.background.Go(func() {
+		if err := s.admin.Serve(adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.logger.Error("admin server stopped", "error", err)
+		}
+	})
+	s.ready.Store(true)
+	s.logger.Info("extauthz serving", "grpc", s.GRPCAddr(), "admin", s.AdminAddr(), "routes", len(policy.Routes),
+		"enterprise", cfg.EnterpriseEnabled)
+	return s, nil
+}
+
+// GRPCAddr is the bound ext_authz address (useful with :0).
+func (s *Service) GRPCAddr() string { return s.grpcLn.Addr().String() }
+
+// AdminAddr is the bound admin address.
+func (s *Service) AdminAddr() string { return s.adminLn.Addr().String() }
+
+// Shutdown stops taking new work, lets in-flight Checks finish (up to ctx), then stops the background work.
+func (s *Service) Shutdown(ctx context.Context) error {
+	s.ready.Store(false)
+	s.health.Shutdown()
+	drained := make(chan struct{})
+	go func() {
+		s.grpc.GracefulStop()
+		close(drained)
+	}()
+	var err error
+	select {
+	case <-drained:
+	case <-ctx.Done():
+		s.grpc.Stop()
+		<-drained
+		err = fmt.Errorf("shutdown: in-flight checks cut off: %w", ctx.Err())
+	}
+	if aerr := s.admin.Shutdown(ctx); aerr != nil && err == nil {
+		err = aerr
+	}
+	s.stopBackground()
+	s.background.Wait()
+	return err
+}
