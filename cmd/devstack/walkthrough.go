@@ -1,0 +1,40 @@
+package main
+
+import (
+	"io"
+	"text/template"
+)
+
+var walkthrough = template.Must(template.New("walkthrough").Parse(`
+authgate devstack: in-memory store and in-process Redis; nothing persists. Not for production.
+
+  API entry point (Envoy stand-in)  {{.A.Shim}}/openapi/v1
+  deviceflow and the /device page   {{.A.Deviceflow}}
+  extauthz gRPC                     {{.A.Extauthz}}   (metrics: {{.A.Admin}}/metrics)
+  demo upstream (echoes headers)    {{.A.Upstream}}
+  demo account {{.Email}} ({{.AccountID}}), workspace {{.TenantID}}, app {{.AppID}}
+
+1. Start a device login:
+   curl -s -X POST {{.A.Shim}}/openapi/v1/oauth/device/code -d client_id={{.Client}}
+
+2. Open {{.A.Deviceflow}}/device?user_code=<user_code>, sign in (the dev sign-in signs you in as the demo
+   account: {{.A.Deviceflow}}/signin) and approve. Or without a browser:
+   curl -s -c jar {{.A.Deviceflow}}/signin
+   curl -s -b jar -H "X-CSRF-Token: $(awk '$6=="csrf_token"{print $7}' jar)" -H 'Content-Type: application/json' \
+     -d '{"user_code":"<user_code>"}' {{.A.Deviceflow}}/openapi/v1/oauth/device/approve
+
+3. Get the token:
+   curl -s -X POST {{.A.Shim}}/openapi/v1/oauth/device/token -d client_id={{.Client}} \
+     -d grant_type=urn:ietf:params:oauth:grant-type:device_code -d device_code=<device_code>
+
+4. Call an app route through the proxy; the upstream echoes the identity headers extauthz added:
+   curl -s -X POST {{.A.Shim}}/openapi/v1/apps/{{.AppID}}/run -H "Authorization: Bearer <access_token>"
+
+`))
+
+func printWalkthrough(w io.Writer, addrs Addrs, clientID string) {
+	_ = walkthrough.Execute(w, struct {
+		A                                         Addrs
+		Client, Email, AccountID, TenantID, AppID string
+	}{addrs, clientID, demoEmail, demoAccountID, demoTenantID, demoAppID})
+}
