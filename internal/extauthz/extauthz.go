@@ -13,6 +13,8 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/trace"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -32,12 +34,13 @@ type Server struct {
 	checker     Checker
 	logger      *slog.Logger
 	trustedHops int
+	tracer      trace.Tracer
 }
 
 // NewServer returns the gRPC service over checker. trustedHops (TRUSTED_PROXY_HOPS) is how many X-Forwarded-For entries,
 // counted from the right, were appended by proxies we trust; 0 takes the client address from Envoy's source address.
 func NewServer(checker Checker, logger *slog.Logger, trustedHops int) *Server {
-	return &Server{checker: checker, logger: logger, trustedHops: trustedHops}
+	return &Server{checker: checker, logger: logger, trustedHops: trustedHops, tracer: otel.Tracer(tracerName)}
 }
 
 // Check answers every request with a CheckResponse; even a bug in a step is a 503 deny rather than an error or a crash.
@@ -50,7 +53,7 @@ func (s *Server) Check(ctx context.Context, in *authv3.CheckRequest) (resp *auth
 		}
 	}()
 	req := ToRequest(in, s.trustedHops)
-	ctx, span := startCheckSpan(ctx, req)
+	ctx, span := s.startCheckSpan(ctx, req)
 	defer span.End()
 	d := s.checker.Check(ctx, req)
 	endCheckSpan(span, d)

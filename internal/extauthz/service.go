@@ -97,7 +97,9 @@ func Start(ctx context.Context, cfg config.Extauthz, deps Deps, grpcLn, adminLn 
 		MaxConnectionAge:      cfg.MaxConnectionAge,
 		MaxConnectionAgeGrace: cfg.ShutdownTimeout,
 	}))
-	authv3.RegisterAuthorizationServer(s.grpc, NewServer(pl, tel.Logger, cfg.TrustedProxyHops))
+	checks := NewServer(pl, tel.Logger, cfg.TrustedProxyHops)
+	checks.tracer = tel.Tracer
+	authv3.RegisterAuthorizationServer(s.grpc, checks)
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)

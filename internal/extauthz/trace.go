@@ -12,17 +12,17 @@ import (
 	"github.com/authgate/authgate/internal/pipeline"
 )
 
-// tracer follows the global provider, which telemetry.Setup installs after this package is initialised.
-var tracer = otel.Tracer("github.com/authgate/authgate/internal/extauthz")
+// tracerName names NewServer's default tracer, taken from the global provider; Start uses the process's own.
+const tracerName = "github.com/authgate/authgate/internal/extauthz"
 
 // startCheckSpan opens the span of one Check. Its parent is the gRPC call's span when the server is instrumented, else the
 // W3C trace context of the proxied request itself (Envoy passes the client's traceparent in the request headers), so a
 // Check joins the caller's trace either way.
-func startCheckSpan(ctx context.Context, req pipeline.Request) (context.Context, trace.Span) {
+func (s *Server) startCheckSpan(ctx context.Context, req pipeline.Request) (context.Context, trace.Span) {
 	if !trace.SpanContextFromContext(ctx).IsValid() {
 		ctx = otel.GetTextMapPropagator().Extract(ctx, propagation.MapCarrier(req.Headers))
 	}
-	return tracer.Start(ctx, "extauthz.Check", trace.WithSpanKind(trace.SpanKindServer),
+	return s.tracer.Start(ctx, "extauthz.Check", trace.WithSpanKind(trace.SpanKindServer),
 		trace.WithAttributes(attribute.String("http.request.method", req.Method)))
 }
 

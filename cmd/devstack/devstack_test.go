@@ -1,0 +1,202 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// walkthroughURL finds the URL a printed curl command of the walkthrough calls.
+func walkthroughURL(t *testing.T, printed, pattern string) string {
+	t.Helper()
+	m := regexp.MustCompile(pattern).FindStringSubmatch(printed)
+	if m == nil {
+		t.Fatalf("the walkthrough has no line matching %s:\n%s", pattern, printed)
+	}
+	return m[1]
+}
+
+// TestMakeRunWalkthrough starts what `make run` starts, on free ports, and follows the printed walkthrough: start a device
+// login, sign in with the dev sign-in, approve, poll for the token, call an app route through the shim.
+func TestMakeRunWalkthrough(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	var out bytes.Buffer
+	ready := make(chan Addrs, 1)
+	done := make(chan error, 1)
+	opts := Options{ShimAddr: "127.0.0.1:0", DeviceflowAddr: "127.0.0.1:0", ExtauthzAddr: "127.0.0.1:0",
+		AdminAddr: "127.0.0.1:0", UpstreamAddr: "127.0.0.1:0", LogOutput: io.Discard}
+	go func() { done <- run(ctx, opts, &out, func(a Addrs) { ready <- a }) }()
+	select {
+	case <-ready:
+	case err := <-done:
+		t.Fatalf("devstack stopped before serving: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("devstack not ready within 10 s")
+	}
+	defer func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("devstack shut down with %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Error("devstack did not stop within 10 s")
+		}
+	}()
+	printed := out.String()
+
+	codeURL := walkthroughURL(t, printed, `curl -s -X POST (\S+/openapi/v1/oauth/device/code) -d client_id=difyctl`)
+	signinURL := walkthroughURL(t, printed, `curl -s -c jar (\S+/signin)`)
+	approveURL := walkthroughURL(t, printed, `(\S+/openapi/v1/oauth/device/approve)`)
+	tokenURL := walkthroughURL(t, printed, `curl -s -X POST (\S+/openapi/v1/oauth/device/token)`)
+	appURL := walkthroughURL(t, printed, `curl -s -X POST (\S+/openapi/v1/apps/\S+/run)`)
+	pageURL := walkthroughURL(t, printed, `Open (\S+/device)\?user_code=`)
+
+	// 1. Start a device login.
+	var code struct {
+		DeviceCode      string `json:"device_code"`
+		UserCode        string `json:"user_code"`
+		VerificationURI string `json:"verification_uri"`
+	}
+	decode(t, post(t, http.DefaultClient, codeURL, url.Values{"client_id": {"difyctl"}}), http.StatusOK, &code)
+	if code.VerificationURI != pageURL {
+		t.Errorf("verification_uri %q, the walkthrough opens %q", code.VerificationURI, pageURL)
+	}
+
+	// 2. Sign in with the dev sign-in (it lands on the /device page), then approve with the console cookies.
+	jar, _ := cookiejar.New(nil)
+	browser := &http.Client{Jar: jar}
+	resp, err := browser.Get(signinURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.Request.URL.Path != "/device" || !bytes.Contains(page, []byte("<html")) {
+		t.Fatalf("sign-in ended at %s with %d", resp.Request.URL, resp.StatusCode)
+	}
+	if !strings.Contains(string(page), signinURL) {
+		t.Errorf("the /device page's sign-in link is not the dev sign-in %s", signinURL)
+	}
+	var csrf string
+	for _, c := range jar.Cookies(resp.Request.URL) {
+		if c.Name == "csrf_token" {
+			csrf = c.Value
+		}
+	}
+	if csrf == "" {
+		t.Fatal("the dev sign-in set no csrf_token cookie")
+	}
+	approve, _ := http.NewRequest(http.MethodPost, approveURL, strings.NewReader(`{"user_code":"`+code.UserCode+`"}`))
+	approve.Header.Set("Content-Type", "application/json")
+	approve.Header.Set("X-CSRF-Token", csrf)
+	var approved struct{ Status string }
+	decode(t, do(t, browser, approve), http.StatusOK, &approved)
+	if approved.Status != "approved" {
+		t.Fatalf("approve: %+v", approved)
+	}
+
+	// 3. Poll for the token (the first poll is never slowed down).
+	var tok struct {
+		AccessToken string `json:"access_token"`
+	}
+	decode(t, post(t, http.DefaultClient, tokenURL, url.Values{"client_id": {"difyctl"}, "device_code": {code.DeviceCode},
+		"grant_type": {"urn:ietf:params:oauth:grant-type:device_code"}}), http.StatusOK, &tok)
+
+	// 4. An app route through the shim: the upstream echoes the identity extauthz added.
+	run, _ := http.NewRequest(http.MethodPost, appURL, nil)
+	run.Header.Set("Authorization", "Bearer "+tok.AccessToken)
+	var e echoed
+	decode(t, do(t, http.DefaultClient, run), http.StatusOK, &e)
+	for name, want := range identityHeaders {
+		if e.Headers[name] != want {
+			t.Errorf("%s = %q, want %q", name, e.Headers[name], want)
+		}
+	}
+}
+
+func post(t *testing.T, c *http.Client, target string, form url.Values) *http.Response {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, target, strings.NewReader(form.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	return do(t, c, req)
+}
+
+func do(t *testing.T, c *http.Client, req *http.Request) *http.Response {
+	t.Helper()
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", req.Method, req.URL, err)
+	}
+	return resp
+}
+
+func decode(t *testing.T, resp *http.Response, wantStatus int, v any) {
+	t.Helper()
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != wantStatus {
+		t.Fatalf("%s %s: %d %s, want %d", resp.Request.Method, resp.Request.URL.Path, resp.StatusCode, body, wantStatus)
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		t.Fatalf("%s: %v in %s", resp.Request.URL.Path, err, body)
+	}
+}
+
+// miniredis only expires keys when its clock is moved; devstack must move it or device codes and limiter windows live for
+// ever.
+func TestInProcessRedisExpiresKeys(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	m, err := startRedis(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: m.Addr()})
+	defer rdb.Close()
+	if err := rdb.Set(ctx, "k", "v", time.Second).Err(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for rdb.Exists(ctx, "k").Val() == 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("a key with a 1 s TTL still exists after 5 s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// The limiter's script reads Redis TIME; on miniredis that must be the wall clock, or windows never slide.
+func TestInProcessRedisTimeIsTheWallClock(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	m, err := startRedis(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: m.Addr()})
+	defer rdb.Close()
+	got, err := rdb.Time(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(got); d < -5*time.Second || d > 5*time.Second {
+		t.Fatalf("Redis TIME is %v away from the wall clock", d)
+	}
+}
