@@ -3,7 +3,6 @@ package extauthz
 import (
 	"context"
 
-	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
@@ -20,7 +19,7 @@ const tracerName = "github.com/authgate/authgate/internal/extauthz"
 // Check joins the caller's trace either way.
 func (s *Server) startCheckSpan(ctx context.Context, req pipeline.Request) (context.Context, trace.Span) {
 	if !trace.SpanContextFromContext(ctx).IsValid() {
-		ctx = otel.GetTextMapPropagator().Extract(ctx, propagation.MapCarrier(req.Headers))
+		ctx = propagation.TraceContext{}.Extract(ctx, propagation.MapCarrier(req.Headers))
 	}
 	return s.tracer.Start(ctx, "extauthz.Check", trace.WithSpanKind(trace.SpanKindServer),
 		trace.WithAttributes(attribute.String("http.request.method", req.Method)))
