@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 
+	"github.com/authgate/authgate/internal/ids"
 	"github.com/authgate/authgate/internal/tokens"
 )
 
@@ -26,7 +27,7 @@ func (s *Server) handleRevokeSession(w http.ResponseWriter, r *http.Request) err
 		return err
 	}
 	id := r.PathValue("session_id")
-	if !isUUID(id) {
+	if !ids.Valid(id) {
 		return sessionNotFound()
 	}
 	return s.revokeOwned(w, r, c.Token.Subject(), id, "session")
@@ -106,25 +107,4 @@ func (s *Server) handleRevoke(w http.ResponseWriter, r *http.Request) error {
 	}
 	w.WriteHeader(http.StatusOK)
 	return nil
-}
-
-// isUUID accepts the canonical 8-4-4-4-12 hex form of a session id; anything else cannot name a row.
-func isUUID(s string) bool {
-	if len(s) != 36 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch i {
-		case 8, 13, 18, 23:
-			if c != '-' {
-				return false
-			}
-		default:
-			if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
-				return false
-			}
-		}
-	}
-	return true
 }

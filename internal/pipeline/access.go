@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/authgate/authgate/internal/directory"
+	"github.com/authgate/authgate/internal/ids"
 	"github.com/authgate/authgate/internal/tokens"
 )
 
@@ -51,7 +52,7 @@ func (p *Pipeline) checkLicense(ctx context.Context) (Decision, bool) {
 // checkApp is step 11.
 func (p *Pipeline) checkApp(ctx context.Context, c *caller, appID string) (Decision, bool) {
 	notFound := deny(404, CodeAppNotFound, "no such app")
-	if !isUUID(appID) {
+	if !ids.Valid(appID) {
 		return notFound, false
 	}
 	appID = strings.ToLower(appID)
@@ -89,7 +90,7 @@ func (p *Pipeline) checkMembership(ctx context.Context, c *caller, params map[st
 		if tenant == "" {
 			tenant = workspaceQuery
 		}
-		if !isUUID(tenant) {
+		if !ids.Valid(tenant) {
 			return deny(400, CodeInvalidQuery, "workspace_id must be a workspace id"), false
 		}
 		tenant = strings.ToLower(tenant)
@@ -162,25 +163,4 @@ func (p *Pipeline) checkAppAccess(ctx context.Context, c *caller) (Decision, boo
 		return noAccess, false
 	}
 	return Decision{}, true
-}
-
-// isUUID accepts the canonical 8-4-4-4-12 hex form only.
-func isUUID(s string) bool {
-	if len(s) != 36 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch i {
-		case 8, 13, 18, 23:
-			if c != '-' {
-				return false
-			}
-		default:
-			if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
-				return false
-			}
-		}
-	}
-	return true
 }

@@ -6,14 +6,14 @@ import (
 	"slices"
 
 	"github.com/authgate/authgate/internal/directory"
-	"github.com/authgate/authgate/internal/store/internal/rules"
+	"github.com/authgate/authgate/internal/ids"
 	"github.com/authgate/authgate/internal/tokens"
 )
 
 // Seed replaces the directory content. Ids are kept in Postgres's canonical (lower-case) form, as Postgres would return them.
 func (s *Store) Seed(f directory.Fixture) {
 	canon := func(id string) string {
-		if c, ok := rules.CanonicalUUID(id); ok {
+		if c, ok := ids.Canonical(id); ok {
 			return c
 		}
 		return id
@@ -45,7 +45,7 @@ func (s *Store) AppWithTenant(ctx context.Context, appID string) (directory.App,
 	if err := ctx.Err(); err != nil {
 		return directory.App{}, directory.Tenant{}, false, err
 	}
-	id, ok := rules.CanonicalUUID(appID)
+	id, ok := ids.Canonical(appID)
 	if !ok {
 		return directory.App{}, directory.Tenant{}, false, directory.ErrNotFound
 	}
@@ -65,7 +65,7 @@ func (s *Store) Tenant(ctx context.Context, id string) (directory.Tenant, error)
 	if err := ctx.Err(); err != nil {
 		return directory.Tenant{}, err
 	}
-	id, ok := rules.CanonicalUUID(id)
+	id, ok := ids.Canonical(id)
 	if !ok {
 		return directory.Tenant{}, directory.ErrNotFound
 	}
@@ -91,7 +91,7 @@ func (s *Store) Account(ctx context.Context, id string) (directory.Account, erro
 	if err := ctx.Err(); err != nil {
 		return directory.Account{}, err
 	}
-	id, ok := rules.CanonicalUUID(id)
+	id, ok := ids.Canonical(id)
 	if !ok {
 		return directory.Account{}, directory.ErrNotFound
 	}
@@ -148,8 +148,8 @@ func (s *Store) IsActiveMember(ctx context.Context, tenantID, accountID string) 
 	if err := ctx.Err(); err != nil {
 		return false, err
 	}
-	tenantID, tenantOK := rules.CanonicalUUID(tenantID)
-	accountID, accountOK := rules.CanonicalUUID(accountID)
+	tenantID, tenantOK := ids.Canonical(tenantID)
+	accountID, accountOK := ids.Canonical(accountID)
 	if !tenantOK || !accountOK {
 		return false, nil
 	}
@@ -170,7 +170,7 @@ func (s *Store) Workspaces(ctx context.Context, accountID string) ([]directory.W
 		return nil, err
 	}
 	list := []directory.Workspace{}
-	accountID, ok := rules.CanonicalUUID(accountID)
+	accountID, ok := ids.Canonical(accountID)
 	if !ok {
 		return list, nil
 	}

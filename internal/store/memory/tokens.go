@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/authgate/authgate/internal/directory"
+	"github.com/authgate/authgate/internal/ids"
 	"github.com/authgate/authgate/internal/store/internal/rules"
 	"github.com/authgate/authgate/internal/tokens"
 )
@@ -60,7 +61,7 @@ func (s *Store) Mint(ctx context.Context, req tokens.MintRequest) (tokens.Minted
 		return tokens.Minted{Token: *t, RotatedHash: replaced}, nil
 	}
 	t := &tokens.Token{
-		ID: rules.NewUUID(), SubjectEmail: row.Email, SubjectIssuer: row.Issuer, AccountID: row.AccountID,
+		ID: ids.New(), SubjectEmail: row.Email, SubjectIssuer: row.Issuer, AccountID: row.AccountID,
 		ClientID: row.ClientID, DeviceLabel: row.DeviceLabel, Prefix: row.Prefix, TokenHash: row.TokenHash,
 		CreatedAt: row.CreatedAt, ExpiresAt: row.ExpiresAt,
 	}
@@ -99,7 +100,7 @@ func (s *Store) HardExpire(ctx context.Context, id string, now time.Time) (bool,
 	if err := ctx.Err(); err != nil {
 		return false, err
 	}
-	id, ok := rules.CanonicalUUID(id)
+	id, ok := ids.Canonical(id)
 	if !ok {
 		return false, nil
 	}
@@ -118,7 +119,7 @@ func (s *Store) Revoke(ctx context.Context, subject tokens.Subject, id string, n
 	if err := ctx.Err(); err != nil {
 		return tokens.Token{}, err
 	}
-	id, idOK := rules.CanonicalUUID(id)
+	id, idOK := ids.Canonical(id)
 	owner, ownerOK := rules.OwnerOf(subject)
 	if !idOK || !ownerOK {
 		return tokens.Token{}, tokens.ErrNotFound

@@ -9,7 +9,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/authgate/authgate/internal/directory"
-	"github.com/authgate/authgate/internal/store/internal/rules"
+	"github.com/authgate/authgate/internal/ids"
 	"github.com/authgate/authgate/internal/tokens"
 )
 
@@ -25,7 +25,7 @@ func NewDirectory(pool *pgxpool.Pool) *Directory { return &Directory{pool: pool}
 
 // AppWithTenant implements directory.Directory.
 func (d *Directory) AppWithTenant(ctx context.Context, appID string) (directory.App, directory.Tenant, bool, error) {
-	id, ok := rules.CanonicalUUID(appID)
+	id, ok := ids.Canonical(appID)
 	if !ok {
 		return directory.App{}, directory.Tenant{}, false, directory.ErrNotFound
 	}
@@ -47,7 +47,7 @@ func (d *Directory) AppWithTenant(ctx context.Context, appID string) (directory.
 
 // Tenant implements directory.Directory.
 func (d *Directory) Tenant(ctx context.Context, id string) (directory.Tenant, error) {
-	id, ok := rules.CanonicalUUID(id)
+	id, ok := ids.Canonical(id)
 	if !ok {
 		return directory.Tenant{}, directory.ErrNotFound
 	}
@@ -61,7 +61,7 @@ func (d *Directory) Tenant(ctx context.Context, id string) (directory.Tenant, er
 
 // Account implements directory.Directory.
 func (d *Directory) Account(ctx context.Context, id string) (directory.Account, error) {
-	id, ok := rules.CanonicalUUID(id)
+	id, ok := ids.Canonical(id)
 	if !ok {
 		return directory.Account{}, directory.ErrNotFound
 	}
@@ -92,8 +92,8 @@ func (d *Directory) AccountByEmail(ctx context.Context, email string) (directory
 
 // IsActiveMember implements directory.Directory. Ids that are not UUIDs name no member.
 func (d *Directory) IsActiveMember(ctx context.Context, tenantID, accountID string) (bool, error) {
-	tenantID, tenantOK := rules.CanonicalUUID(tenantID)
-	accountID, accountOK := rules.CanonicalUUID(accountID)
+	tenantID, tenantOK := ids.Canonical(tenantID)
+	accountID, accountOK := ids.Canonical(accountID)
 	if !tenantOK || !accountOK {
 		return false, nil
 	}
@@ -112,7 +112,7 @@ func (d *Directory) IsActiveMember(ctx context.Context, tenantID, accountID stri
 // bytewise (COLLATE "C") so the order does not depend on the database's locale.
 func (d *Directory) Workspaces(ctx context.Context, accountID string) ([]directory.Workspace, error) {
 	list := []directory.Workspace{}
-	accountID, ok := rules.CanonicalUUID(accountID)
+	accountID, ok := ids.Canonical(accountID)
 	if !ok {
 		return list, nil
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/authgate/authgate/internal/ids"
 	"github.com/authgate/authgate/internal/store/internal/rules"
 	"github.com/authgate/authgate/internal/tokens"
 )
@@ -109,7 +110,7 @@ func (s *TokenStore) LookupByHash(ctx context.Context, hash string) (tokens.Toke
 // HardExpire implements tokens.Store. The expiry condition keeps a hard-expire that raced a rotation of the same row (same id,
 // new hash, new expiry) from killing the fresh token.
 func (s *TokenStore) HardExpire(ctx context.Context, id string, now time.Time) (bool, error) {
-	id, ok := rules.CanonicalUUID(id)
+	id, ok := ids.Canonical(id)
 	if !ok {
 		return false, nil
 	}
@@ -123,7 +124,7 @@ func (s *TokenStore) HardExpire(ctx context.Context, id string, now time.Time) (
 
 // Revoke implements tokens.Store.
 func (s *TokenStore) Revoke(ctx context.Context, subject tokens.Subject, id string, now time.Time) (tokens.Token, error) {
-	id, idOK := rules.CanonicalUUID(id)
+	id, idOK := ids.Canonical(id)
 	owner, ownerOK := rules.OwnerOf(subject)
 	if !idOK || !ownerOK {
 		return tokens.Token{}, tokens.ErrNotFound

@@ -3,53 +3,17 @@
 package rules
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"math"
-	"strings"
 	"time"
 
+	"github.com/authgate/authgate/internal/ids"
 	"github.com/authgate/authgate/internal/tokens"
 )
 
 // Precision is what a timestamptz keeps; the in-memory store truncates to it so both stores hand back the same instants.
 const Precision = time.Microsecond
-
-// CanonicalUUID returns s in Postgres's canonical text form (lower-case 8-4-4-4-12 hex) and whether s is a UUID in that
-// layout. Ids from clients are checked with it first, so a malformed id is "not found" rather than a SQL error.
-func CanonicalUUID(s string) (string, bool) {
-	if len(s) != 36 {
-		return "", false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch i {
-		case 8, 13, 18, 23:
-			if c != '-' {
-				return "", false
-			}
-		default:
-			if !isHex(c) {
-				return "", false
-			}
-		}
-	}
-	return strings.ToLower(s), true
-}
-
-// NewUUID returns a random (version 4) UUID.
-func NewUUID() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on supported platforms
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	h := hex.EncodeToString(b[:])
-	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
-}
-
-func isHex(c byte) bool { return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F' }
 
 // ErrInvalidMint: a mint request that no caller should build (a programming error, not a client error).
 var ErrInvalidMint = errors.New("store: invalid mint request")
@@ -85,7 +49,7 @@ func Mint(req tokens.MintRequest) (MintRow, error) {
 		return MintRow{}, fmt.Errorf("%w: expiry is not after creation", ErrInvalidMint)
 	}
 	if s.Type == tokens.SubjectAccount {
-		id, ok := CanonicalUUID(s.AccountID)
+		id, ok := ids.Canonical(s.AccountID)
 		if !ok {
 			return MintRow{}, fmt.Errorf("%w: account subject without a UUID account id", ErrInvalidMint)
 		}
@@ -119,7 +83,7 @@ type Owner struct {
 func OwnerOf(s tokens.Subject) (o Owner, ok bool) {
 	switch s.Type {
 	case tokens.SubjectAccount:
-		id, ok := CanonicalUUID(s.AccountID)
+		id, ok := ids.Canonical(s.AccountID)
 		return Owner{AccountID: id}, ok
 	case tokens.SubjectExternalSSO:
 		email := tokens.NormalizeEmail(s.Email)
