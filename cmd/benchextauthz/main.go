@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -138,5 +139,11 @@ func run(ctx context.Context, o options) (err error) {
 	res.cache = cacheDelta(cacheBefore, cacheAfter)
 	res.print(os.Stdout, o, len(reqs))
 	fmt.Printf("load average after: %s; whole run %s\n", loadAverage(), time.Since(started).Round(time.Second))
-	return res.sanity()
+	if err := res.sanity(); err != nil {
+		if lines := servers.ext.errorLines(10); len(lines) > 0 {
+			fmt.Printf("extauthz's last error log lines:\n%s\n", strings.Join(lines, "\n"))
+		}
+		return err
+	}
+	return nil
 }

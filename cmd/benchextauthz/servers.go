@@ -184,6 +184,18 @@ func (p *process) logTail() string {
 	return string(b)
 }
 
+// errorLines returns the last n lines of the process's log at level ERROR: why extauthz denied with 503, when it did.
+func (p *process) errorLines(n int) []string {
+	b, _ := os.ReadFile(p.logPath)
+	var lines []string
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if strings.Contains(line, `"level":"ERROR"`) {
+			lines = append(lines, line)
+		}
+	}
+	return lines[max(len(lines)-n, 0):]
+}
+
 // alive reports an early exit, which would otherwise show up only as a wall of connection errors.
 func (p *process) alive() error {
 	select {
