@@ -114,6 +114,14 @@ func run(ctx context.Context, o options) (err error) {
 		return err
 	}
 	defer servers.stop()
+	defer func() {
+		var insane *insaneError
+		if errors.As(err, &insane) {
+			if lines := servers.ext.errorLines(10); len(lines) > 0 {
+				fmt.Printf("extauthz's last error log lines:\n%s\n", strings.Join(lines, "\n"))
+			}
+		}
+	}()
 
 	reqs, err := buildRequests(w)
 	if err != nil {
@@ -139,11 +147,5 @@ func run(ctx context.Context, o options) (err error) {
 	res.cache = cacheDelta(cacheBefore, cacheAfter)
 	res.print(os.Stdout, o, len(reqs))
 	fmt.Printf("load average after: %s; whole run %s\n", loadAverage(), time.Since(started).Round(time.Second))
-	if err := res.sanity(); err != nil {
-		if lines := servers.ext.errorLines(10); len(lines) > 0 {
-			fmt.Printf("extauthz's last error log lines:\n%s\n", strings.Join(lines, "\n"))
-		}
-		return err
-	}
-	return nil
+	return res.sanity()
 }
