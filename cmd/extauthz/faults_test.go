@@ -107,7 +107,7 @@ func TestRedisOutage(t *testing.T) {
 	expectDeny(t, open.check(t, "POST", run, bearer(cy)), 403, pipeline.CodeWorkspaceMembershipRevoked, nil)
 	expectDeny(t, open.check(t, "GET", "/openapi/v1/me", bearer("dfoa_"+strings.Repeat("q", 43))), 401, pipeline.CodeInvalidBearer,
 		map[string]string{"www-authenticate": `Bearer realm="api", error="invalid_token"`})
-	eventually(t, "token revoked during the outage refused", func() bool {
+	testenv.Eventually(t, 5*time.Second, "token revoked during the outage refused", func() bool {
 		return open.check(t, "GET", "/openapi/v1/me", bearer(doomed)).GetDeniedResponse() != nil
 	})
 	expectDeny(t, strict.check(t, "GET", "/openapi/v1/me", bearer(ada)), 503, pipeline.CodeAuthUnavailable, nil)
@@ -116,10 +116,10 @@ func TestRedisOutage(t *testing.T) {
 	}
 
 	rs.Start()
-	eventually(t, "limiter back", func() bool {
+	testenv.Eventually(t, 5*time.Second, "limiter back", func() bool {
 		return len(rateHeaders(open.check(t, "GET", "/openapi/v1/me", bearer(ada)))) == 3
 	})
-	eventually(t, "strict replica back", func() bool {
+	testenv.Eventually(t, 5*time.Second, "strict replica back", func() bool {
 		return strict.check(t, "GET", "/openapi/v1/me", bearer(ada)).GetOkResponse() != nil
 	})
 	expectDeny(t, open.check(t, "GET", "/openapi/v1/me", bearer(doomed)), 401, pipeline.CodeInvalidBearer,
@@ -148,7 +148,8 @@ func TestPostgresOutage(t *testing.T) {
 // re-validated, and a banned account's token is never admitted from Postgres.
 func TestBannedAccountRefused(t *testing.T) {
 	w := newWorld(t)
-	srv := w.start(map[string]string{"TOKEN_CACHE_TTL": "1s"})
+	// The limiter is off so the polling below cannot run into 429 before the cache entry expires.
+	srv := w.start(map[string]string{"TOKEN_CACHE_TTL": "1s", "OPENAPI_RATE_LIMIT_PER_TOKEN": "0"})
 	ada, adaID := w.accountToken(accountActive, "ada@example.com")
 	expectAllow(t, srv.check(t, "GET", "/openapi/v1/me", bearer(ada)), accountHeaders(accountActive, "ada@example.com", adaID))
 	if _, err := w.pool.Exec(context.Background(), `UPDATE accounts SET status = 'banned' WHERE id = $1`, accountActive); err != nil {
@@ -157,7 +158,7 @@ func TestBannedAccountRefused(t *testing.T) {
 	// Membership is refused at once (the account is no longer active) for verdicts not yet cached ...
 	expectDeny(t, srv.check(t, "POST", "/openapi/v1/apps/"+appOK+"/run", bearer(ada)), 403, pipeline.CodeWorkspaceMembershipRevoked, nil)
 	// ... and the token itself once its cache entry has expired.
-	eventually(t, "banned account's token refused", func() bool {
+	testenv.Eventually(t, 5*time.Second, "banned account's token refused", func() bool {
 		d := srv.check(t, "GET", "/openapi/v1/me", bearer(ada)).GetDeniedResponse()
 		return d != nil && d.GetStatus().GetCode() == 401
 	})

@@ -1,14 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"log/slog"
 	"os"
 	"slices"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -82,7 +79,7 @@ type world struct {
 	dbURL    string
 	redisURL string
 	store    *postgres.TokenStore
-	audit    *syncBuffer
+	audit    *testenv.LogBuffer
 }
 
 func newWorld(t testing.TB) *world {
@@ -90,7 +87,7 @@ func newWorld(t testing.TB) *world {
 	pool := testenv.Postgres(t)
 	testenv.SeedDirectory(t, pool, fixture)
 	return &world{t: t, pool: pool, dbURL: pool.Config().ConnString(), redisURL: testenv.RedisURL(t),
-		store: postgres.NewTokenStore(pool), audit: &syncBuffer{}}
+		store: postgres.NewTokenStore(pool), audit: &testenv.LogBuffer{}}
 }
 
 // env builds an extauthz configuration the way the process does, from variables.
@@ -343,42 +340,6 @@ func with(base map[string]string, kv ...string) map[string]string {
 		out[kv[i]] = kv[i+1]
 	}
 	return out
-}
-
-// eventually polls cond until it holds or 5 s pass.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not reached within 5s", what)
-		}
-		time.Sleep(20 * time.Millisecond) // polling interval of a bounded wait
-	}
-}
-
-// syncBuffer collects the servers' JSON logs for assertions on audit events.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) count(substr string) int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return strings.Count(b.buf.String(), substr)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 func writeFile(t *testing.T, path, content string) {

@@ -31,7 +31,7 @@ func TestWarmCheckCost(t *testing.T) {
 		srv.check(t, p.method, p.path, bearer(ada))
 	}
 	rdb := rs.Client()
-	eventually(t, "warm", func() bool {
+	testenv.Eventually(t, 5*time.Second, "warm", func() bool {
 		before := redisCommands(t, rdb)
 		acquires := srv.app.pool.Stat().AcquireCount()
 		for _, p := range paths {
@@ -110,7 +110,7 @@ func TestGracefulShutdownDrains(t *testing.T) {
 		}
 		done <- got
 	}()
-	eventually(t, "check reached the enterprise service", func() bool { return ent.RequestCount() > 0 })
+	testenv.Eventually(t, 5*time.Second, "check reached the enterprise service", func() bool { return ent.RequestCount() > 0 })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := srv.app.Shutdown(ctx); err != nil {

@@ -9,10 +9,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/authgate/authgate/internal/pipeline"
+	"github.com/authgate/authgate/internal/testenv"
 	"github.com/authgate/authgate/internal/tokencache"
 	"github.com/authgate/authgate/internal/tokens"
-	"github.com/redis/go-redis/v9"
 )
 
 func (w *world) redisClient() *redis.Client {
@@ -48,7 +50,7 @@ func TestExpiredTokenHardExpiredOnce(t *testing.T) {
 	cached, _ := tokens.Generate(tokens.Account)
 	cachedID := w.mintHash("dfoa_", subject, cached, 1500*time.Millisecond)
 	expectAllow(t, a.check(t, "GET", "/openapi/v1/me", bearer(cached)), accountHeaders(accountActive, "ada@example.com", cachedID))
-	eventually(t, "cached token expires", func() bool { return w.expired(cachedID) })
+	testenv.Eventually(t, 5*time.Second, "cached token expires", func() bool { return w.expired(cachedID) })
 
 	for _, tok := range []struct{ plain, id string }{{uncached, uncachedID}, {cached, cachedID}} {
 		var wg sync.WaitGroup
@@ -121,7 +123,7 @@ func TestRevocationHonoured(t *testing.T) {
 		if err := revoker.Revoke(ctx, old.TokenHash); err != nil {
 			t.Fatal(err)
 		}
-		pollWithin(t, 2*time.Second, "revoked token refused on both replicas", deniedEverywhere(plain))
+		testenv.Eventually(t, 2*time.Second, "revoked token refused on both replicas", deniedEverywhere(plain))
 		for range 10 {
 			expectDeny(t, a.check(t, "GET", "/openapi/v1/me", bearer(plain)), 401, pipeline.CodeInvalidBearer,
 				map[string]string{"www-authenticate": `Bearer realm="api", error="invalid_token"`})
@@ -144,7 +146,7 @@ func TestRevocationHonoured(t *testing.T) {
 		if err := revoker.Revoke(ctx, m.RotatedHash); err != nil {
 			t.Fatal(err)
 		}
-		pollWithin(t, 2*time.Second, "rotated-out token refused on both replicas", deniedEverywhere(plain))
+		testenv.Eventually(t, 2*time.Second, "rotated-out token refused on both replicas", deniedEverywhere(plain))
 		expectAllow(t, a.check(t, "GET", "/openapi/v1/me", bearer(next)), accountHeaders(accountActive, "ada@example.com", id))
 	})
 
@@ -173,7 +175,7 @@ func TestRevocationHonoured(t *testing.T) {
 				t.Fatal(err)
 			}
 			wg.Wait()
-			pollWithin(t, 2*time.Second, fmt.Sprintf("round %d: refused", round), deniedEverywhere(plain))
+			testenv.Eventually(t, 2*time.Second, fmt.Sprintf("round %d: refused", round), deniedEverywhere(plain))
 			for range 10 {
 				if deniedEverywhere(plain)() == false {
 					t.Fatalf("round %d: revoked token allowed again", round)
@@ -184,18 +186,6 @@ func TestRevocationHonoured(t *testing.T) {
 			}
 		}
 	})
-}
-
-// pollWithin polls cond until it holds or d passes.
-func pollWithin(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not reached within %v", what, d)
-		}
-		time.Sleep(10 * time.Millisecond) // polling interval of a bounded wait
-	}
 }
 
 // TestTokenRowChecks: a row whose prefix disagrees with the presented token is refused and logged; an unknown token

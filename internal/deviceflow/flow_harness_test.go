@@ -69,22 +69,7 @@ func (c *flowClock) Set(t time.Time) { c.mu.Lock(); c.fixed = t; c.mu.Unlock() }
 func (c *flowClock) Advance(d time.Duration) { c.Set(c.Now().Add(d)) }
 
 // flowLogs collects the server's log lines.
-type flowLogs struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *flowLogs) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *flowLogs) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
+type flowLogs struct{ testenv.LogBuffer }
 
 // events returns the audit events logged so far, in order.
 func (l *flowLogs) events() []map[string]any {

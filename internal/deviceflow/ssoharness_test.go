@@ -9,7 +9,6 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -38,24 +37,6 @@ var (
 	}
 )
 
-// syncBuffer collects log output from concurrent handlers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // webHarness is a deviceflow server over real Postgres and Redis with a fake enterprise service.
 type webHarness struct {
 	t       testing.TB
@@ -64,7 +45,7 @@ type webHarness struct {
 	rdb     *redis.Client
 	ent     *enterprisetest.Server
 	cfg     Config
-	logs    *syncBuffer
+	logs    *testenv.LogBuffer
 }
 
 func newWebHarness(t testing.TB, enterpriseEnabled bool, tweak func(*Config)) *webHarness {
@@ -85,7 +66,7 @@ func newWebHarness(t testing.TB, enterpriseEnabled bool, tweak func(*Config)) *w
 	if tweak != nil {
 		tweak(&cfg)
 	}
-	logs := &syncBuffer{}
+	logs := &testenv.LogBuffer{}
 	deps := Deps{
 		Tokens:    postgres.NewTokenStore(pool),
 		Directory: postgres.NewDirectory(pool),

@@ -14,6 +14,7 @@ import (
 
 	"github.com/authgate/authgate/internal/enterprise"
 	"github.com/authgate/authgate/internal/enterprise/enterprisetest"
+	"github.com/authgate/authgate/internal/testenv"
 )
 
 const (
@@ -24,18 +25,6 @@ const (
 func newClient(t testing.TB, srv *enterprisetest.Server, opts enterprise.Options) *enterprise.Client {
 	t.Helper()
 	return enterprise.New(srv.URL(), srv.SecretKey(), opts)
-}
-
-// eventually polls cond for up to 5 s.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 func TestHappyPaths(t *testing.T) {
@@ -232,13 +221,13 @@ func TestBreakerClosesAfterRecovery(t *testing.T) {
 	})
 	ctx := t.Context()
 	srv.FailWith(http.StatusBadGateway)
-	eventually(t, "the breaker to open", func() bool {
+	testenv.Eventually(t, 5*time.Second, "the breaker to open", func() bool {
 		_, _ = c.WebAppAccessMode(ctx, appID)
 		return transitions.Load() >= 1
 	})
 	srv.FailWith(0)
 	srv.SetAccessMode(appID, enterprise.AccessPublic)
-	eventually(t, "the breaker to close after recovery", func() bool {
+	testenv.Eventually(t, 5*time.Second, "the breaker to close after recovery", func() bool {
 		mode, err := c.WebAppAccessMode(ctx, appID)
 		return err == nil && mode == enterprise.AccessPublic
 	})
@@ -266,7 +255,7 @@ func TestCallerCancelDoesNotOpenBreaker(t *testing.T) {
 	srv.SetDelay(time.Minute)
 	ctx, cancel := context.WithCancel(t.Context())
 	go func() {
-		eventually(t, "the call to arrive", func() bool { return srv.RequestCount() == 1 })
+		testenv.Eventually(t, 5*time.Second, "the call to arrive", func() bool { return srv.RequestCount() == 1 })
 		cancel()
 	}()
 	if _, err := c.WebAppAccessMode(ctx, appID); !errors.Is(err, enterprise.ErrUnavailable) {
@@ -306,12 +295,12 @@ func TestLicenseCacheExpires(t *testing.T) {
 		t.Fatalf("LicenseStatus = %q, %v", got, err)
 	}
 	srv.SetLicenseStatus(enterprise.LicenseLost)
-	eventually(t, "the new license status", func() bool {
+	testenv.Eventually(t, 5*time.Second, "the new license status", func() bool {
 		got, err := c.LicenseStatus(ctx)
 		return err == nil && got == enterprise.LicenseLost
 	})
 	srv.SetLicenseStatus("")
-	eventually(t, "a missing License to read as none", func() bool {
+	testenv.Eventually(t, 5*time.Second, "a missing License to read as none", func() bool {
 		got, err := c.LicenseStatus(ctx)
 		return err == nil && got == enterprise.LicenseNone
 	})

@@ -1,14 +1,12 @@
 package telemetry_test
 
 import (
-	"bytes"
 	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -16,25 +14,8 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 
 	"github.com/authgate/authgate/internal/telemetry"
+	"github.com/authgate/authgate/internal/testenv"
 )
-
-// syncBuffer lets the test read what the logger wrote.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 func setup(t *testing.T, out io.Writer) *telemetry.Telemetry {
 	t.Helper()
@@ -47,7 +28,7 @@ func setup(t *testing.T, out io.Writer) *telemetry.Telemetry {
 }
 
 func TestLogLineCarriesTraceID(t *testing.T) {
-	var out syncBuffer
+	var out testenv.LogBuffer
 	tel := setup(t, &out)
 	ctx, span := tel.Tracer.Start(t.Context(), "check")
 	tel.Logger.InfoContext(ctx, "decided", "code", "ok")
@@ -75,7 +56,7 @@ func TestLogLineCarriesTraceID(t *testing.T) {
 }
 
 func TestLogLevel(t *testing.T) {
-	var out syncBuffer
+	var out testenv.LogBuffer
 	tel, err := telemetry.Setup(t.Context(), "authgate-test", telemetry.Config{LogLevel: "warn", LogOutput: &out})
 	if err != nil {
 		t.Fatal(err)
@@ -173,7 +154,7 @@ func TestAdminHandler(t *testing.T) {
 }
 
 func TestCredentialAttributesAreRedacted(t *testing.T) {
-	var out syncBuffer
+	var out testenv.LogBuffer
 	logger, err := telemetry.NewLogger(&out, "info")
 	if err != nil {
 		t.Fatal(err)

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/authgate/authgate/internal/testenv"
 )
 
 func newHash() string {
@@ -51,19 +53,7 @@ func runLocal(t testing.TB, c *Cache) {
 			t.Errorf("Run: %v", err)
 		}
 	})
-	waitFor(t, "local layer to follow the stream", func() bool {
+	testenv.Eventually(t, 5*time.Second, "local layer to follow the stream", func() bool {
 		return time.Now().UnixNano() < c.local.freshUntil.Load()
 	})
-}
-
-// waitFor polls cond until it holds, failing the test after a bounded deadline.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond) // polling interval of a bounded wait
-	}
 }

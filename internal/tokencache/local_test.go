@@ -7,8 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/authgate/authgate/internal/testenv"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/authgate/authgate/internal/testenv"
 )
 
 // overwrite changes the Redis entry behind the local layer's back (no stream event), so a test can tell which layer answered.
@@ -152,18 +153,18 @@ func TestLocalLayerFlushesWhenRedisRestarts(t *testing.T) {
 
 	srv.Stop()
 	// Cut off from the stream, the local layer must stop answering: Get goes to (dead) Redis and reports its error.
-	waitFor(t, "Get to fail with Redis down", func() bool {
+	testenv.Eventually(t, 5*time.Second, "Get to fail with Redis down", func() bool {
 		_, st, err := c.Get(ctx, h)
 		return err != nil && st == Miss
 	})
 	srv.Start() // empty: the entry, and any revocation published meanwhile, are gone
-	waitFor(t, "Get to miss after the restart", func() bool {
+	testenv.Eventually(t, 5*time.Second, "Get to miss after the restart", func() bool {
 		_, st, err := c.Get(ctx, h)
 		return err == nil && st == Miss
 	})
 
 	// And it recovers: following the new stream, it serves again.
-	waitFor(t, "local layer to follow the new stream", func() bool {
+	testenv.Eventually(t, 5*time.Second, "local layer to follow the new stream", func() bool {
 		return time.Now().UnixNano() < c.local.freshUntil.Load()
 	})
 	if err := c.Fill(ctx, h, accountEntry()); err != nil {
@@ -172,7 +173,7 @@ func TestLocalLayerFlushesWhenRedisRestarts(t *testing.T) {
 	changed := accountEntry()
 	changed.ClientID = "changed-in-redis"
 	overwrite(t, c, h, changed)
-	waitFor(t, "local hit after recovery", func() bool {
+	testenv.Eventually(t, 5*time.Second, "local hit after recovery", func() bool {
 		got, st, err := c.Get(ctx, h)
 		return err == nil && st == Hit && got.ClientID == accountEntry().ClientID
 	})
@@ -220,7 +221,7 @@ func TestLocalLayerNeverServesAnExpiredToken(t *testing.T) {
 	if err := c.Fill(ctx, h, e); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the entry to expire", func() bool {
+	testenv.Eventually(t, 5*time.Second, "the entry to expire", func() bool {
 		before := time.Now()
 		_, st, err := c.Get(ctx, h)
 		if err != nil {
@@ -319,7 +320,7 @@ func TestLocalLayerFlushesWhenItFellBehindATrim(t *testing.T) {
 	readCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- c.read(readCtx, &lastID) }()
-	waitFor(t, "the local layer to drop h", func() bool {
+	testenv.Eventually(t, 5*time.Second, "the local layer to drop h", func() bool {
 		_, ok := c.local.entries.Peek(h)
 		return !ok
 	})
