@@ -109,6 +109,9 @@ func (b *bench) round(ctx context.Context, t target) (*roundResult, error) {
 				res.raw = nil
 				err := conn.Invoke(rctx, checkMethod, req, &res)
 				t1 := time.Now()
+				if rctx.Err() != nil {
+					return // interrupted, or a server hung past the grace period: the round is void either way
+				}
 				if t0.Before(from) || t1.After(to) {
 					continue
 				}
@@ -135,6 +138,9 @@ func (b *bench) round(ctx context.Context, t target) (*roundResult, error) {
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
+	}
+	if rctx.Err() != nil {
+		return nil, &insaneError{fmt.Sprintf("%s: Checks still unanswered 10 s after the round ended", t.name)}
 	}
 
 	r := &roundResult{server: t.name, elapsed: o.duration, denies: map[string]int{}, errors: map[string]int{}}
