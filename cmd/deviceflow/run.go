@@ -120,15 +120,17 @@ func serve(ctx context.Context, lookup config.Lookup, stderr io.Writer, listenin
 		log.WarnContext(ctx, "configuration adjusted", "detail", w)
 	}
 
+	// Parsed before anything connects, so a bad REDIS_URL stops start-up at once. The reason is fixed: go-redis passes on
+	// net/url's error, which quotes the whole URL, AUTH password included.
+	redisOpts, err := redis.ParseURL(cfg.RedisURL)
+	if err != nil {
+		return &config.Error{Var: "REDIS_URL", Reason: "not a redis:// or rediss:// URL"}
+	}
 	pool, err := openPool(ctx, cfg.DatabaseURL)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	redisOpts, err := redis.ParseURL(cfg.RedisURL)
-	if err != nil {
-		return fmt.Errorf("REDIS_URL: %w", err)
-	}
 	rdb := redis.NewClient(redisOpts)
 	defer rdb.Close()
 

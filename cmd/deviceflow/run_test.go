@@ -129,3 +129,33 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 		t.Error("unknown command accepted")
 	}
 }
+
+// A URL that fails to parse must not put its password on stderr: go-redis passes on net/url's error, which quotes the
+// whole URL.
+func TestBadURLErrorsKeepPasswordsOut(t *testing.T) {
+	const password = "s3cret-pw"
+	cases := []struct {
+		args  []string
+		set   map[string]string
+		wantV string
+	}{
+		{nil, map[string]string{"REDIS_URL": "redis://:" + password + "@redis:badport/0"}, "REDIS_URL"},
+		{nil, map[string]string{"REDIS_URL": "rediss://user:" + password + "@[::1/0"}, "REDIS_URL"},
+		{nil, map[string]string{"DATABASE_URL": "postgres://dify:" + password + "@db:badport/dify"}, "DATABASE_URL"},
+		{[]string{"migrate"}, map[string]string{"DATABASE_URL": "postgres://dify:" + password + "@db/dify?sslmode=bogus"}, "DATABASE_URL"},
+	}
+	for _, c := range cases {
+		vars := map[string]string{"DATABASE_URL": "postgres://x", "REDIS_URL": "redis://x", "SECRET_KEY": "k"}
+		for k, v := range c.set {
+			vars[k] = v
+		}
+		err := Run(t.Context(), c.args, env(vars), io.Discard, nil)
+		if err == nil || !strings.HasPrefix(err.Error(), c.wantV+": ") {
+			t.Errorf("%v with %v: %v, want an error naming %s", c.args, c.set, err, c.wantV)
+			continue
+		}
+		if strings.Contains(err.Error(), password) {
+			t.Errorf("%v with %v: the error shows the password: %v", c.args, c.set, err)
+		}
+	}
+}
