@@ -77,7 +77,8 @@ type worker struct {
 	errors    map[string]int
 }
 
-// round runs o.warmup of unmeasured load, then measures o.duration: only Checks that start and end inside the window count.
+// round runs o.warmup of unmeasured load, then measures o.duration: only Checks that start (or are due) and end inside the
+// window count. Without -rate the loop is closed: each worker sends its next Check as soon as the last is answered.
 func (b *bench) round(ctx context.Context, t target) (*roundResult, error) {
 	o := b.opts
 	start := time.Now()
@@ -86,6 +87,10 @@ func (b *bench) round(ctx context.Context, t target) (*roundResult, error) {
 	rctx, cancel := context.WithDeadline(ctx, to.Add(10*time.Second))
 	defer cancel()
 
+	var interval time.Duration // between one worker's sends, with -rate
+	if o.rate > 0 {
+		interval = time.Duration(float64(o.concurrency) / o.rate * float64(time.Second))
+	}
 	workers := make([]*worker, o.concurrency)
 	expected := int(o.duration.Seconds()*60_000)/o.concurrency + 1024
 	var wg sync.WaitGroup
@@ -94,6 +99,9 @@ func (b *bench) round(ctx context.Context, t target) (*roundResult, error) {
 		workers[i] = w
 		conn := t.conns[i%len(t.conns)]
 		next := i * len(b.reqs) / o.concurrency // workers walk the mix from spread-out offsets
+		// With -rate, each worker sends on its own schedule, staggered from the others', and a Check's latency runs from when
+		// it was due, so a server that falls behind is charged for the wait (no coordinated omission).
+		due := start.Add(time.Duration(i) * interval / time.Duration(o.concurrency))
 		wg.Go(func() {
 			var res checkResult
 			for {
@@ -103,6 +111,12 @@ func (b *bench) round(ctx context.Context, t target) (*roundResult, error) {
 					next = 0
 				}
 				t0 := time.Now()
+				if o.rate > 0 {
+					if wait := due.Sub(t0); wait > 0 {
+						time.Sleep(wait)
+					}
+					t0, due = due, due.Add(interval)
+				}
 				if !t0.Before(to) {
 					return
 				}

@@ -25,6 +25,7 @@ type options struct {
 	warmup      time.Duration
 	rounds      int
 	concurrency int
+	rate        float64 // total Checks/s offered; 0 = closed loop
 	conns       int
 	tokens      int
 	databaseURL string
@@ -46,6 +47,8 @@ func main() {
 	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "unmeasured load before each round")
 	flag.IntVar(&o.rounds, "rounds", 3, "rounds per server; the servers alternate null, extauthz, null, ...")
 	flag.IntVar(&o.concurrency, "concurrency", 32, "concurrent workers, each with one Check in flight")
+	flag.Float64Var(&o.rate, "rate", 0,
+		"offer this many Checks/s in total, paced, to compare latencies at equal load (0: closed loop, as fast as each server goes)")
 	flag.IntVar(&o.conns, "conns", 4, "gRPC connections per server, shared round-robin by the workers")
 	flag.IntVar(&o.tokens, "tokens", 1000, "tokens minted of each kind (dfoa_ and dfoe_)")
 	flag.StringVar(&o.databaseURL, "database-url", envOr("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"),
@@ -55,8 +58,8 @@ func main() {
 	flag.StringVar(&o.checkTimeout, "check-timeout", "",
 		"extauthz CHECK_TIMEOUT (default: extauthz's own, 150ms); Checks past it are 503 denies, which invalidate the run")
 	flag.Parse()
-	if o.rounds < 1 || o.concurrency < 1 || o.conns < 1 || o.tokens < 1 || o.duration <= 0 {
-		fmt.Fprintln(os.Stderr, "benchextauthz: -rounds, -concurrency, -conns, -tokens and -duration must be positive")
+	if o.rounds < 1 || o.concurrency < 1 || o.conns < 1 || o.tokens < 1 || o.duration <= 0 || o.rate < 0 {
+		fmt.Fprintln(os.Stderr, "benchextauthz: -rounds, -concurrency, -conns, -tokens and -duration must be positive, -rate not negative")
 		os.Exit(2)
 	}
 

@@ -64,8 +64,12 @@ func (t serverTotals) rps() float64 { return float64(t.requests) / t.elapsed.Sec
 
 func (r *results) print(w io.Writer, o options, distinct int) {
 	null, ext := r.totals("null"), r.totals("extauthz")
-	fmt.Fprintf(w, "\n%d rounds of %s per server (after %s warm-up each), %d workers over %d connections, %d distinct requests\n",
-		o.rounds, o.duration, o.warmup, o.concurrency, o.conns, distinct)
+	load := "closed loop"
+	if o.rate > 0 {
+		load = fmt.Sprintf("paced at %.0f Checks/s offered (throughput shows only whether a server kept up)", o.rate)
+	}
+	fmt.Fprintf(w, "\n%d rounds of %s per server (after %s warm-up each), %d workers over %d connections, %d distinct requests, %s\n",
+		o.rounds, o.duration, o.warmup, o.concurrency, o.conns, distinct, load)
 	// Redis is shared with whatever else runs on the machine, so its CPU is shown as a share of one core: the null rows show
 	// the background, the extauthz rows the background plus the limiter's and cache's work.
 	fmt.Fprintf(w, "%-9s %10s %9s %9s %9s %14s %15s %10s\n", "server", "req/s", "p50", "p90", "p99", "server µs/req",
