@@ -246,3 +246,23 @@ func TestFirstErrorWins(t *testing.T) {
 	_, _, err := config.LoadDeviceflow(env(map[string]string{"DATABASE_URL": "", "SECRET_KEY": "", "LOG_LEVEL": "loud"}))
 	wantVarError(t, err, "DATABASE_URL")
 }
+
+// A rejected URL is quoted in the error to help the operator, but never with the password of its user info.
+func TestRejectedURLsKeepPasswordsOut(t *testing.T) {
+	const password = "s3cret-pw"
+	for _, v := range []string{
+		"ftp://user:" + password + "@enterprise:8082",  // parses: shown redacted
+		"http://user:" + password + "@enterprise:port", // does not parse
+		"user:" + password + "@enterprise",
+	} {
+		_, _, err := config.LoadExtauthz(env(map[string]string{"ENTERPRISE_API_URL": v}))
+		if err == nil {
+			t.Errorf("ENTERPRISE_API_URL=%q accepted", v)
+			continue
+		}
+		wantVarError(t, err, "ENTERPRISE_API_URL")
+		if strings.Contains(err.Error(), password) {
+			t.Errorf("ENTERPRISE_API_URL=%q: the error shows the password: %v", v, err)
+		}
+	}
+}

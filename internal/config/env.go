@@ -109,10 +109,21 @@ func (r *reader) URL(name, def string) string {
 	}
 	u, err := url.Parse(v)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		r.fail(name, "not an absolute http(s) URL: %q", v)
+		r.fail(name, "not an absolute http(s) URL: %s", shownURL(v, u, err))
 		return v
 	}
 	return strings.TrimRight(v, "/")
+}
+
+// shownURL is a rejected URL as an error may quote it: never with a password from its user info.
+func shownURL(v string, u *url.URL, parseErr error) string {
+	if parseErr == nil && u.User != nil {
+		return strconv.Quote(u.Redacted())
+	}
+	if strings.Contains(v, "@") { // user info that net/url did not recognise as such
+		return "(not shown: it may hold a password)"
+	}
+	return strconv.Quote(v)
 }
 
 // List reads a comma-separated list, dropping empty items.
