@@ -177,9 +177,10 @@ func TestPolicyAndPipelineCE(t *testing.T) {
 
 	t.Run("smuggled identity headers on a dfoe_ request are removed", func(t *testing.T) {
 		resp := srv.check(t, "GET", v1+"/me", with(bearer(ext), pipeline.HeaderAccountID, accountActive,
-			pipeline.HeaderTenantID, tenantMain, "x-authgate-role", "admin"))
+			pipeline.HeaderTenantID, tenantMain, "x-authgate-role", "admin", "x_authgate_account_id", accountActive))
 		removed := expectAllow(t, resp, extH)
-		for _, h := range []string{pipeline.HeaderAccountID, pipeline.HeaderTenantID, pipeline.HeaderAppID, "x-authgate-role"} {
+		for _, h := range []string{pipeline.HeaderAccountID, pipeline.HeaderTenantID, pipeline.HeaderAppID, "x-authgate-role",
+			"x_authgate_account_id"} {
 			if !slices.Contains(removed, h) {
 				t.Errorf("%s not in headers_to_remove %v", h, removed)
 			}

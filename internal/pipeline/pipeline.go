@@ -123,7 +123,8 @@ func (p *Pipeline) finish(req *Request, d *Decision) {
 		}
 	}
 	for name := range req.Headers {
-		if strings.HasPrefix(name, IdentityHeaderPrefix) && !set[name] && !isIdentityHeader(name) {
+		// x_authgate_account_id too: a WSGI upstream reads it as x-authgate-account-id, and Istio passes underscores.
+		if strings.HasPrefix(strings.ReplaceAll(name, "_", "-"), IdentityHeaderPrefix) && !set[name] && !isIdentityHeader(name) {
 			d.RemoveHeaders = append(d.RemoveHeaders, name)
 		}
 	}
