@@ -190,6 +190,49 @@ func TestEnvoyExtAuthzFailsClosed(t *testing.T) {
 		t.Errorf("ext_authz calls cluster %q, want extauthz", ea.GetGrpcService().GetEnvoyGrpc().GetClusterName())
 	}
 
+	// Settings that would let a request past extauthz, or keep extauthz from seeing what it decides on.
+	if f := hcm.GetHttpFilters()[i]; f.GetDisabled() || f.GetIsOptional() {
+		t.Error("the ext_authz filter must be neither disabled by default nor optional")
+	}
+	if ea.GetShadowMode() {
+		t.Error("shadow_mode must be off: Envoy would let denied requests through")
+	}
+	if ea.GetFilterEnabled() != nil || ea.GetFilterEnabledMetadata() != nil {
+		t.Error("filter_enabled/filter_enabled_metadata would skip the Check for some requests")
+	}
+	if ea.GetHttpService() != nil {
+		t.Error("http_service: extauthz is a gRPC server, and allowed_upstream_headers would drop the identity headers")
+	}
+	if ea.GetDecoderHeaderMutationRules() != nil {
+		t.Error("decoder_header_mutation_rules could refuse the x-authgate-* headers extauthz sets")
+	}
+	if body := ea.GetWithRequestBody(); body != nil && (body.GetMaxRequestBytes() == 0 || body.GetMaxRequestBytes() > 64<<10) {
+		t.Errorf("with_request_body: extauthz decides on headers; a body, if sent at all, must be bounded (max_request_bytes %d)",
+			body.GetMaxRequestBytes())
+	}
+	// Headers extauthz decides on: the bearer, the client address for the invalid-bearer budget, CORS preflight, the
+	// request id and trace context.
+	for _, h := range []string{"authorization", "x-forwarded-for", "origin", "access-control-request-method", "x-request-id", "traceparent"} {
+		if allowed := ea.GetAllowedHeaders(); allowed != nil && !listMatches(t, allowed.GetPatterns(), h) {
+			t.Errorf("allowed_headers does not let %s reach extauthz", h)
+		}
+		if listMatches(t, ea.GetDisallowedHeaders().GetPatterns(), h) {
+			t.Errorf("disallowed_headers keeps %s from extauthz", h)
+		}
+	}
+	for _, vh := range hcm.GetRouteConfig().GetVirtualHosts() {
+		for _, r := range vh.GetRoutes() {
+			cfg, ok := r.GetTypedPerFilterConfig()[extAuthzFilter]
+			if !ok {
+				continue
+			}
+			per := unpack[*extauthzv3.ExtAuthzPerRoute](t, "route "+r.GetName(), cfg)
+			if !proto.Equal(per, &extauthzv3.ExtAuthzPerRoute{Override: &extauthzv3.ExtAuthzPerRoute_Disabled{Disabled: true}}) {
+				t.Errorf("route %s: ExtAuthzPerRoute may only disable the Check, got %v", r.GetName(), per)
+			}
+		}
+	}
+
 	timeout := ea.GetGrpcService().GetTimeout()
 	if timeout == nil {
 		t.Fatal("the ext_authz grpc_service needs an explicit timeout")
@@ -310,6 +353,16 @@ func TestEnvoyAccessLogKeepsSecretsOut(t *testing.T) {
 			}
 		}
 	}
+}
+
+func listMatches(t *testing.T, patterns []*matcherv3.StringMatcher, s string) bool {
+	t.Helper()
+	for _, m := range patterns {
+		if stringMatches(t, m, s) {
+			return true
+		}
+	}
+	return false
 }
 
 func stringMatches(t *testing.T, m *matcherv3.StringMatcher, s string) bool {
