@@ -4,8 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"math"
 	"os"
 	"slices"
+	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -80,14 +84,33 @@ type world struct {
 	redisURL string
 	store    *postgres.TokenStore
 	audit    *testenv.LogBuffer
+
+	mu     sync.Mutex
+	minted []string // every plaintext token this world minted: none may ever reach a log line
 }
 
 func newWorld(t testing.TB) *world {
 	t.Helper()
 	pool := testenv.Postgres(t)
 	testenv.SeedDirectory(t, pool, fixture)
-	return &world{t: t, pool: pool, dbURL: pool.Config().ConnString(), redisURL: testenv.RedisURL(t),
+	w := &world{t: t, pool: pool, dbURL: pool.Config().ConnString(), redisURL: testenv.RedisURL(t),
 		store: postgres.NewTokenStore(pool), audit: &testenv.LogBuffer{}}
+	// Registered first, so it runs last: after every server of this world has shut down and logged its last line.
+	t.Cleanup(func() { w.assertNoTokenLogged(t) })
+	return w
+}
+
+// assertNoTokenLogged fails the test if any minted plaintext token appears anywhere in the logs (debug level included).
+func (w *world) assertNoTokenLogged(t testing.TB) {
+	t.Helper()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	logs := w.audit.String()
+	for _, plain := range w.minted {
+		if strings.Contains(logs, plain) || strings.Contains(logs, plain[5:]) {
+			t.Errorf("a token (%s…) was logged", plain[:8])
+		}
+	}
 }
 
 // env builds an extauthz configuration the way the process does, from variables.
@@ -124,7 +147,8 @@ func (w *world) start(vars map[string]string) *server {
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	tel.Logger = slog.New(slog.NewJSONHandler(w.audit, nil))
+	// Debug level: a token must not leak even into the most verbose logs.
+	tel.Logger = slog.New(slog.NewJSONHandler(w.audit, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	app, err := Start(context.Background(), cfg, tel)
 	if err != nil {
 		w.t.Fatalf("start: %v", err)
@@ -156,6 +180,9 @@ func (w *world) mint(kind tokens.Kind, subject tokens.Subject, expiresIn time.Du
 
 func (w *world) mintHash(prefix string, subject tokens.Subject, plain string, expiresIn time.Duration) string {
 	w.t.Helper()
+	w.mu.Lock()
+	w.minted = append(w.minted, plain)
+	w.mu.Unlock()
 	now := time.Now()
 	m, err := w.store.Mint(context.Background(), tokens.MintRequest{
 		Subject: subject, ClientID: "difyctl", DeviceLabel: "device-" + tokens.Hash(plain)[:12], Prefix: prefix,
@@ -239,8 +266,15 @@ func expectDeny(t *testing.T, resp *authv3.CheckResponse, status int, code pipel
 	wantKeys := 2
 	if status == 429 {
 		wantKeys = 3
-		if ms, _ := body["retry_after_ms"].(float64); ms < 1000 || ms > 60000 {
+		ms, _ := body["retry_after_ms"].(float64)
+		if ms < 1000 || ms > 60000 {
 			t.Errorf("retry_after_ms %v", body["retry_after_ms"])
+		}
+		// Retry-After is the same wait in whole seconds, rounded up.
+		for _, h := range d.GetHeaders() {
+			if h.GetHeader().GetKey() == "retry-after" && h.GetHeader().GetValue() != strconv.Itoa(int(math.Ceil(ms/1000))) {
+				t.Errorf("retry-after %q disagrees with retry_after_ms %v", h.GetHeader().GetValue(), ms)
+			}
 		}
 	}
 	if len(body) != wantKeys {

@@ -1,0 +1,258 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+
+	"github.com/authgate/authgate/internal/config"
+	"github.com/authgate/authgate/internal/pipeline"
+	"github.com/authgate/authgate/internal/telemetry"
+	"github.com/authgate/authgate/internal/tokens"
+)
+
+// blackHole accepts TCP connections and never answers: a Postgres that hangs instead of refusing.
+func blackHole(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return ln.Addr().String()
+}
+
+// checkAll sends the requests concurrently and returns the responses; a gRPC error (the client's own 10 s deadline, when a
+// Check hangs) fails the test.
+func checkAll(t *testing.T, s *server, reqs []*authv3.CheckRequest) []*authv3.CheckResponse {
+	t.Helper()
+	out := make([]*authv3.CheckResponse, len(reqs))
+	var wg sync.WaitGroup
+	for i, req := range reqs {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			resp, err := s.client.Check(ctx, req)
+			if err != nil {
+				t.Errorf("Check %d: %v", i, err)
+				return
+			}
+			out[i] = resp
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	return out
+}
+
+func unknownTokens(n int) []*authv3.CheckRequest {
+	reqs := make([]*authv3.CheckRequest, n)
+	for i := range reqs {
+		reqs[i] = checkRequest("GET", "/openapi/v1/me", bearer("dfoa_"+strings.Repeat(strconv.Itoa(i%10), 43)))
+	}
+	return reqs
+}
+
+// TestCheckDeadlineCoversPostgres: CHECK_TIMEOUT bounds every Postgres call, connecting and queueing for a pooled
+// connection included: a Postgres that hangs (rather than refuses) is a 503 answered while it still hangs, never a Check
+// stuck until Envoy gives up.
+func TestCheckDeadlineCoversPostgres(t *testing.T) {
+	w := newWorld(t)
+	ada, adaID := w.accountToken(accountActive, "ada@example.com")
+
+	t.Run("connect hangs", func(t *testing.T) {
+		srv := w.start(map[string]string{"CHECK_TIMEOUT": "300ms",
+			"DATABASE_URL": "postgres://postgres@" + blackHole(t) + "/none?sslmode=disable"})
+		for _, resp := range checkAll(t, srv, unknownTokens(4)) {
+			expectDeny(t, resp, 503, pipeline.CodeAuthUnavailable, nil)
+		}
+	})
+
+	t.Run("queries and pool acquires wait on a lock", func(t *testing.T) {
+		u, err := url.Parse(w.dbURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		q := u.Query()
+		q.Set("pool_max_conns", "1") // concurrent Checks queue in the pool for the one connection
+		u.RawQuery = q.Encode()
+		srv := w.start(map[string]string{"CHECK_TIMEOUT": "300ms", "DATABASE_URL": u.String()})
+
+		ctx := context.Background()
+		tx, err := w.pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx.Rollback(ctx)
+		if _, err := tx.Exec(ctx, `LOCK TABLE oauth_access_tokens IN ACCESS EXCLUSIVE MODE`); err != nil {
+			t.Fatal(err)
+		}
+		for _, resp := range checkAll(t, srv, unknownTokens(4)) {
+			expectDeny(t, resp, 503, pipeline.CodeAuthUnavailable, nil)
+		}
+		if err := tx.Rollback(ctx); err != nil {
+			t.Fatal(err)
+		}
+		expectAllow(t, srv.check(t, "GET", "/openapi/v1/me", bearer(ada)), accountHeaders(accountActive, "ada@example.com", adaID))
+	})
+}
+
+// TestNegativeCacheAndDeadAccounts: a hash Postgres does not know, or whose account is gone, is cached as Dify's negative
+// value for 10 s, and no rejected token ever reaches a log line.
+func TestNegativeCacheAndDeadAccounts(t *testing.T) {
+	w := newWorld(t)
+	srv := w.start(nil)
+	rdb := w.redisClient()
+	ctx := context.Background()
+	invalidToken := map[string]string{"www-authenticate": `Bearer realm="api", error="invalid_token"`}
+
+	// An account token whose account row does not exist.
+	orphan, _ := w.mint(tokens.Account, tokens.AccountSubject("aaaaaaaa-0000-4000-8000-00000000dead", "gone@example.com"), time.Hour)
+	unknown := "dfoe_" + strings.Repeat("u", 43)
+	for _, tok := range []string{unknown, orphan} {
+		expectDeny(t, srv.check(t, "GET", "/openapi/v1/me", bearer(tok)), 401, pipeline.CodeInvalidBearer, invalidToken)
+		key := "auth:token:" + tokens.Hash(tok)
+		if v, err := rdb.Get(ctx, key).Result(); err != nil || v != "invalid" {
+			t.Errorf("%s…: cache %q, %v; want the negative value", tok[:8], v, err)
+		}
+		if ttl := rdb.TTL(ctx, key).Val(); ttl <= 0 || ttl > 10*time.Second {
+			t.Errorf("%s…: negative entry TTL %v, want at most 10 s", tok[:8], ttl)
+		}
+		expectDeny(t, srv.check(t, "GET", "/openapi/v1/me", bearer(tok)), 401, pipeline.CodeInvalidBearer, invalidToken)
+	}
+
+	rejected := []string{unknown, "app-" + strings.Repeat("k", 24), "dfoa_" + strings.Repeat("m", 42),
+		"dfoa_" + strings.Repeat("o", 4100)}
+	for _, tok := range rejected[1:] {
+		expectDeny(t, srv.check(t, "GET", "/openapi/v1/me", bearer(tok)), 401, pipeline.CodeInvalidBearer, invalidToken)
+	}
+	expectDeny(t, srv.check(t, "GET", "/openapi/v1/me", bearer(orphan+","+unknown)), 400, pipeline.CodeInvalidRequest, nil)
+	for _, tok := range rejected {
+		if strings.Contains(w.audit.String(), tok[5:min(len(tok), 40)]) {
+			t.Errorf("rejected token %s… was logged", tok[:8])
+		}
+	}
+}
+
+// TestRouteEdges: preflights, HEAD, and tenant ids as the client spelled them.
+func TestRouteEdges(t *testing.T) {
+	w := newWorld(t)
+	srv := w.start(nil)
+	ada, adaID := w.accountToken(accountActive, "ada@example.com")
+	adaH := accountHeaders(accountActive, "ada@example.com", adaID)
+	const v1 = "/openapi/v1"
+	preflight := func(method string) map[string]string {
+		return map[string]string{"origin": "https://app.example.com", "access-control-request-method": method}
+	}
+
+	// A preflight is allowed only where the request it announces could be: an EE route on CE does not exist.
+	expectDeny(t, srv.check(t, "OPTIONS", v1+"/apps/permitted", preflight("GET")), 404, pipeline.CodeRouteNotFound, nil)
+	expectDeny(t, srv.check(t, "OPTIONS", v1+"/me", preflight("PUT")), 404, pipeline.CodeRouteNotFound, nil)
+	expectAllow(t, srv.check(t, "OPTIONS", v1+"/me", preflight("HEAD")), map[string]string{})
+	// Origin alone is not a preflight.
+	expectDeny(t, srv.check(t, "OPTIONS", v1+"/me", map[string]string{"origin": "https://app.example.com"}), 404,
+		pipeline.CodeRouteNotFound, nil)
+
+	expectAllow(t, srv.check(t, "HEAD", v1+"/apps/"+appOK+"/info", bearer(ada)),
+		with(adaH, pipeline.HeaderAppID, appOK, pipeline.HeaderTenantID, tenantMain))
+	expectAllow(t, srv.check(t, "HEAD", v1+"/apps/"+strings.ToUpper(appOK)+"/info", bearer(ada)),
+		with(adaH, pipeline.HeaderAppID, appOK, pipeline.HeaderTenantID, tenantMain))
+	// The verified tenant is announced in canonical form, whatever case the client used.
+	expectAllow(t, srv.check(t, "GET", v1+"/apps?workspace_id="+strings.ToUpper(tenantMain), bearer(ada)),
+		with(adaH, pipeline.HeaderTenantID, tenantMain))
+	expectAllow(t, srv.check(t, "GET", v1+"/workspaces/"+strings.ToUpper(tenantMain), bearer(ada)),
+		with(adaH, pipeline.HeaderTenantID, tenantMain))
+	// Parameters the pipeline neither reads nor rejects may repeat.
+	expectAllow(t, srv.check(t, "GET", v1+"/apps?page=1&page=2&workspace_id="+tenantMain, bearer(ada)),
+		with(adaH, pipeline.HeaderTenantID, tenantMain))
+	// A tenant the client claims but no step verified is stripped.
+	removed := expectAllow(t, srv.check(t, "GET", v1+"/workspaces", with(bearer(ada), pipeline.HeaderTenantID, tenantOther)), adaH)
+	if !strings.Contains(strings.Join(removed, " "), pipeline.HeaderTenantID) {
+		t.Errorf("client-sent tenant id not removed: %v", removed)
+	}
+}
+
+// TestDynamicMetadata: the identity of an allow, and the route and error of a deny, go to Envoy's access logs.
+func TestDynamicMetadata(t *testing.T) {
+	w := newWorld(t)
+	srv := w.start(nil)
+	ada, adaID := w.accountToken(accountActive, "ada@example.com")
+
+	md := srv.check(t, "POST", "/openapi/v1/apps/"+appOK+"/run", bearer(ada)).GetDynamicMetadata().GetFields()
+	want := map[string]string{"route": "app_run", "request_id": "req-1", "subject_type": "account",
+		"subject_email": "ada@example.com", "subject_issuer": "dify:account", "account_id": accountActive, "token_id": adaID,
+		"client_id": "difyctl", "scopes": "full", "tenant_id": tenantMain, "app_id": appOK}
+	for k, v := range want {
+		if md[k].GetStringValue() != v {
+			t.Errorf("allow metadata %s = %q, want %q", k, md[k].GetStringValue(), v)
+		}
+	}
+	if len(md) != len(want) {
+		t.Errorf("allow metadata %v has fields beyond %v", md, want)
+	}
+
+	md = srv.check(t, "POST", "/openapi/v1/apps/"+appAPIDisabled+"/run", bearer(ada)).GetDynamicMetadata().GetFields()
+	if md["route"].GetStringValue() != "app_run" || md["error"].GetStringValue() != string(pipeline.CodeServiceAPIDisabled) {
+		t.Errorf("deny metadata %v", md)
+	}
+}
+
+// TestStartErrorsNameTheVariable: a configuration that cannot work stops start-up with one line naming the variable.
+func TestStartErrorsNameTheVariable(t *testing.T) {
+	w := newWorld(t)
+	tel, err := telemetry.Setup(context.Background(), "extauthz-test", telemetry.Config{LogLevel: "info"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	for name, c := range map[string]struct{ vars map[string]string }{
+		"REDIS_URL":          {map[string]string{"REDIS_URL": "http://127.0.0.1:6379"}},
+		"DATABASE_URL":       {map[string]string{"DATABASE_URL": "postgres://%zz"}},
+		"EXTAUTHZ_GRPC_ADDR": {map[string]string{"EXTAUTHZ_GRPC_ADDR": busy.Addr().String()}},
+		"ADMIN_ADDR":         {map[string]string{"ADMIN_ADDR": busy.Addr().String()}},
+		"ROUTES_FILE":        {map[string]string{"ROUTES_FILE": t.TempDir() + "/missing.yaml"}},
+	} {
+		app, err := Start(context.Background(), w.config(c.vars), tel)
+		if app != nil {
+			_ = app.Shutdown(context.Background())
+		}
+		var cerr *config.Error
+		if !errors.As(err, &cerr) || cerr.Var != name || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%s: start error %v, want one line naming %s", name, err, name)
+		}
+	}
+}
