@@ -77,6 +77,20 @@ func decodeBody(w http.ResponseWriter, r *http.Request) (params, *apiError) {
 		"the body must be application/json or application/x-www-form-urlencoded")
 }
 
+// limitBody answers 413 to a declared body over maxBody on every route, also on routes that never read a body, and caps what
+// any handler can read; decodeBody also catches an undeclared (chunked) oversized body.
+func limitBody(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength > maxBody {
+			tooBig := tooLarge()
+			writeError(w, tooBig.Status, tooBig.Code, tooBig.Message)
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+		next.ServeHTTP(w, r)
+	})
+}
+
 func tooLarge() *apiError {
 	return errorf(http.StatusRequestEntityTooLarge, codeRequestTooLarge, "the request body is larger than 64 KiB")
 }

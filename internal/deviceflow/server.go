@@ -84,7 +84,7 @@ func New(deps Deps, cfg Config) (*Server, error) {
 		s.clients[id] = true
 	}
 	s.state = NewState(deps.Redis)
-	s.handler = securityHeaders(jsonFallback(s.routes()))
+	s.handler = securityHeaders(limitBody(jsonFallback(s.routes())))
 	return s, nil
 }
 

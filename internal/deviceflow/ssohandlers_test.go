@@ -88,6 +88,14 @@ func TestSSOBranchEndToEndMintsExternalToken(t *testing.T) {
 	if _, err := tokens.Parse(tok); err != nil {
 		t.Errorf("minted token does not parse: %v", err)
 	}
+	if v, present := body["default_workspace_id"]; !present || v != nil {
+		t.Errorf("default_workspace_id = %v (present %v), want null", v, present)
+	}
+	for _, secret := range []string{tok, grant.Value, deviceCode, sent.SignedState} {
+		if strings.Contains(h.logs.String(), secret) {
+			t.Fatal("a token, grant cookie, device code or signed state was logged in clear")
+		}
+	}
 
 	// The grant was used up with the approval.
 	rec = h.do("POST", "/openapi/v1/oauth/device/approve-external", map[string]string{"user_code": userCode},
