@@ -10,41 +10,38 @@ import (
 	"github.com/authgate/authgate/internal/envoyshim"
 )
 
-// deviceflowSelfAuthenticated are the paths envoy/envoy.yaml routes to deviceflow with ExtAuthzPerRoute{disabled: true}:
-// deviceflow authenticates them itself (device code, console session or grant cookie).
-var deviceflowSelfAuthenticated = []string{
-	"/openapi/v1/oauth/device",
-	"/openapi/v1/oauth/revoke",
-	"/.well-known/oauth-authorization-server",
-	"/openapi/v1/.well-known/oauth-authorization-server",
-	"/device",
-}
-
-// deviceflowBearerRoutes go to deviceflow too, but through extauthz (rate limit, revocation within 1 s).
-var deviceflowBearerRoutes = []string{
-	"/openapi/v1/me",
-	"/openapi/v1/account",
-	"/openapi/v1/oauth/authorizations/self",
+// shimRoutes are envoy/envoy.yaml's routes: deviceflow's own paths with ExtAuthzPerRoute{disabled: true} (it authenticates
+// them itself: device code, console session or grant cookie), its bearer routes through extauthz (rate limit, revocation
+// within 1 s), and the rest of /openapi/v1 to the upstream (Dify's API).
+func shimRoutes(deviceflow, upstream *url.URL) []envoyshim.Route {
+	self := func(r envoyshim.Route) envoyshim.Route { r.Upstream, r.AuthzDisabled = deviceflow, true; return r }
+	bearer := func(r envoyshim.Route) envoyshim.Route { r.Upstream = deviceflow; return r }
+	return []envoyshim.Route{
+		self(envoyshim.Route{Prefix: "/openapi/v1/oauth/device"}),
+		self(envoyshim.Route{Path: "/openapi/v1/oauth/revoke"}),
+		self(envoyshim.Route{Prefix: "/.well-known/oauth-authorization-server"}),
+		self(envoyshim.Route{Path: "/openapi/v1/.well-known/oauth-authorization-server"}),
+		self(envoyshim.Route{Prefix: "/device"}),
+		bearer(envoyshim.Route{Path: "/openapi/v1/me"}),
+		bearer(envoyshim.Route{Path: "/openapi/v1/account"}),
+		bearer(envoyshim.Route{Prefix: "/openapi/v1/account/sessions"}),
+		bearer(envoyshim.Route{Path: "/openapi/v1/oauth/authorizations/self"}),
+		{Prefix: "/openapi/v1", Upstream: upstream},
+	}
 }
 
 // shimConfig mirrors envoy/envoy.yaml's listener: x-authgate-* stripped before ext_authz, use_remote_address,
-// normalize_path and merge_slashes, a 200 ms Check timeout with status_on_error 503, device-flow routes to deviceflow and
-// the rest of /openapi/v1 to the upstream (Dify's API).
+// normalize_path and merge_slashes, a 200 ms Check timeout with status_on_error 503, and its routes.
 func shimConfig(authz authv3.AuthorizationClient, deviceflow, upstream *url.URL, logger *slog.Logger) envoyshim.Config {
-	routes := []envoyshim.Route{{Prefix: "/openapi/v1", Upstream: upstream}}
-	for _, p := range append(append([]string{}, deviceflowSelfAuthenticated...), deviceflowBearerRoutes...) {
-		routes = append(routes, envoyshim.Route{Prefix: p, Upstream: deviceflow})
-	}
 	return envoyshim.Config{
 		Authz:                      authz,
 		Timeout:                    200 * time.Millisecond,
 		StatusOnError:              503,
-		DisabledPrefixes:           deviceflowSelfAuthenticated,
 		StripRequestHeaderPrefixes: []string{"x-authgate-"},
 		UseRemoteAddress:           true,
 		MergeSlashes:               true,
 		NormalizePath:              true,
-		Routes:                     routes,
+		Routes:                     shimRoutes(deviceflow, upstream),
 		Logger:                     logger,
 	}
 }

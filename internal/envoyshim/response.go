@@ -137,7 +137,7 @@ func writeLocalReply(w http.ResponseWriter, reply *authv3.DeniedHttpResponse, fa
 // route picks the upstream by longest matching prefix.
 func (s *Shim) route(path string) (Route, bool) {
 	for _, r := range s.cfg.Routes {
-		if strings.HasPrefix(path, r.Prefix) {
+		if r.matches(path) {
 			return r, true
 		}
 	}
@@ -146,7 +146,12 @@ func (s *Shim) route(path string) (Route, bool) {
 
 func sortedRoutes(routes []Route) []Route {
 	out := append([]Route(nil), routes...)
-	sort.SliceStable(out, func(i, j int) bool { return len(out[i].Prefix) > len(out[j].Prefix) })
+	sort.SliceStable(out, func(i, j int) bool {
+		if (out[i].Path != "") != (out[j].Path != "") {
+			return out[i].Path != ""
+		}
+		return len(out[i].Prefix) > len(out[j].Prefix)
+	})
 	return out
 }
 

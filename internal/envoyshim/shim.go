@@ -20,10 +20,27 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 )
 
-// Route sends requests whose path starts with Prefix to Upstream (Envoy: route.match.prefix -> route.cluster).
+// Route sends matching requests to Upstream (route.match -> route.cluster). Path matches one path exactly
+// (route.match.path). Otherwise a Prefix ending in "/" matches as route.match.prefix, any other as
+// route.match.path_separated_prefix: the path itself or the path followed by "/", so /device does not take /devices.
 type Route struct {
+	Path     string
 	Prefix   string
 	Upstream *url.URL
+	// AuthzDisabled skips the Check on this route (typed_per_filter_config ExtAuthzPerRoute{disabled: true}). It belongs to
+	// the route, as in Envoy, so a path is never unchecked and sent to another route's upstream.
+	AuthzDisabled bool
+}
+
+func (r Route) matches(path string) bool {
+	switch {
+	case r.Path != "":
+		return path == r.Path
+	case strings.HasSuffix(r.Prefix, "/"):
+		return strings.HasPrefix(path, r.Prefix)
+	default:
+		return path == r.Prefix || strings.HasPrefix(path, r.Prefix+"/")
+	}
 }
 
 // Config describes the shim. Authz and at least one Route are required.
@@ -35,8 +52,6 @@ type Config struct {
 	// StatusOnError answers a Check that fails or times out (ExtAuthz.status_on_error with failure_mode_allow: false).
 	// Envoy's own default is 403; authgate's envoy.yaml sets 503 so clients retry, and so does this default.
 	StatusOnError int
-	// DisabledPrefixes skip the Check for paths under them (ExtAuthzPerRoute{disabled: true} on those routes).
-	DisabledPrefixes []string
 	// StripRequestHeaderPrefixes removes matching client headers before the Check, so neither extauthz nor the
 	// upstream ever sees a client-supplied value (a header_mutation filter placed before ext_authz in Envoy; a
 	// route-level request_headers_to_remove would run in the router, after ext_authz, and strip injected headers too).
@@ -47,7 +62,7 @@ type Config struct {
 	// MergeSlashes and NormalizePath mirror HttpConnectionManager.merge_slashes and normalize_path: the Check and
 	// the upstream see the normalized path.
 	MergeSlashes, NormalizePath bool
-	// Routes are matched longest prefix first.
+	// Routes are matched exact paths first, then longest prefix first.
 	Routes []Route
 	// Transport reaches the upstreams; default http.DefaultTransport.
 	Transport http.RoundTripper
@@ -70,8 +85,11 @@ func New(cfg Config) (*Shim, error) {
 		return nil, errors.New("envoyshim: at least one route is required")
 	}
 	for _, r := range cfg.Routes {
+		if (r.Path == "") == (r.Prefix == "") {
+			return nil, fmt.Errorf("envoyshim: route %q%q needs a Path or a Prefix, not both", r.Path, r.Prefix)
+		}
 		if r.Upstream == nil || r.Upstream.Scheme == "" || r.Upstream.Host == "" {
-			return nil, fmt.Errorf("envoyshim: route %q needs an absolute upstream URL", r.Prefix)
+			return nil, fmt.Errorf("envoyshim: route %q needs an absolute upstream URL", r.Path+r.Prefix)
 		}
 	}
 	if cfg.Timeout <= 0 {
@@ -99,12 +117,13 @@ func (s *Shim) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	// Envoy's filter skips the Check when no route matches (getPerRouteFlags: no route -> skip) and the router then
 	// answers 404 with an empty body.
-	if _, ok := s.route(r.URL.Path); !ok {
+	route, ok := s.route(r.URL.Path)
+	if !ok {
 		w.WriteHeader(http.StatusNotFound)
 		return
 	}
 
-	if !s.authzDisabled(r.URL.Path) {
+	if !route.AuthzDisabled {
 		resp, err := s.check(r)
 		switch {
 		case err != nil:
@@ -131,15 +150,6 @@ func (s *Shim) check(r *http.Request) (*authv3.CheckResponse, error) {
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.Timeout)
 	defer cancel()
 	return s.cfg.Authz.Check(ctx, checkRequest(r, time.Now()))
-}
-
-func (s *Shim) authzDisabled(path string) bool {
-	for _, p := range s.cfg.DisabledPrefixes {
-		if strings.HasPrefix(path, p) {
-			return true
-		}
-	}
-	return false
 }
 
 func (s *Shim) upstreamError(w http.ResponseWriter, r *http.Request, err error) {

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -446,9 +447,11 @@ func TestDisabledRouteSkipsCheck(t *testing.T) {
 	up := startUpstream(t)
 	shim := startShim(t, envoyshim.Config{
 		Authz:                      client,
-		DisabledPrefixes:           []string{"/openapi/v1/oauth/device/"},
 		StripRequestHeaderPrefixes: []string{"x-authgate-"},
-		Routes:                     []envoyshim.Route{{Prefix: "/", Upstream: up.url(t)}},
+		Routes: []envoyshim.Route{
+			{Prefix: "/openapi/v1/oauth/device/", Upstream: up.url(t), AuthzDisabled: true},
+			{Prefix: "/", Upstream: up.url(t)},
+		},
 	})
 	req := newRequest(t, http.MethodPost, shim.URL+"/openapi/v1/oauth/device/code")
 	req.Header.Set("X-Authgate-Account-Id", "smuggled")
@@ -524,6 +527,45 @@ func TestRoutingAndNoRoute(t *testing.T) {
 	}
 }
 
+// A prefix without a trailing slash matches as Envoy's path_separated_prefix, and a Path exactly; the Check is skipped only
+// on the route that disables it: a path that merely starts like a device-flow route is routed, and checked, as any other.
+func TestRouteMatchingAndPerRouteDisable(t *testing.T) {
+	authz, client := startAuthz(t, allow())
+	api, device := startUpstream(t), startUpstream(t)
+	shim := startShim(t, envoyshim.Config{Authz: client,
+		Routes: []envoyshim.Route{
+			{Prefix: "/openapi/v1", Upstream: api.url(t)},
+			{Prefix: "/openapi/v1/oauth/device", Upstream: device.url(t), AuthzDisabled: true},
+			{Path: "/openapi/v1/oauth/revoke", Upstream: device.url(t), AuthzDisabled: true},
+			{Path: "/openapi/v1/me", Upstream: device.url(t)},
+		}})
+	cases := []struct {
+		path            string
+		status          int
+		toAPI, toDevice int
+		checks          int
+	}{
+		{"/openapi/v1/oauth/device/code", 200, 0, 1, 0},
+		{"/openapi/v1/oauth/device", 200, 0, 1, 0},
+		{"/openapi/v1/oauth/devices", 200, 1, 0, 1},
+		{"/openapi/v1/oauth/device-code", 200, 1, 0, 1},
+		{"/openapi/v1", 200, 1, 0, 1},
+		{"/openapi/v1x", 404, 0, 0, 0},
+		{"/openapi/v1/oauth/revoke", 200, 0, 1, 0},
+		{"/openapi/v1/oauth/revoke/x", 200, 1, 0, 1},
+		{"/openapi/v1/me", 200, 0, 1, 1},
+		{"/openapi/v1/me/x", 200, 1, 0, 1},
+	}
+	for _, c := range cases {
+		a, d, n := len(api.received()), len(device.received()), len(authz.received())
+		resp, body := do(t, newRequest(t, http.MethodGet, shim.URL+c.path))
+		got := []int{resp.StatusCode, len(api.received()) - a, len(device.received()) - d, len(authz.received()) - n}
+		if want := []int{c.status, c.toAPI, c.toDevice, c.checks}; !slices.Equal(got, want) {
+			t.Errorf("%s: status, to api, to device, checks = %v, want %v (%q)", c.path, got, want, body)
+		}
+	}
+}
+
 func TestNormalizeAndRemoteAddress(t *testing.T) {
 	authz, client := startAuthz(t, allow())
 	up := startUpstream(t)
@@ -557,6 +599,9 @@ func TestNewValidates(t *testing.T) {
 		"no authz":    {Routes: []envoyshim.Route{{Prefix: "/", Upstream: &url.URL{Scheme: "http", Host: "x"}}}},
 		"no routes":   {Authz: client},
 		"relative up": {Authz: client, Routes: []envoyshim.Route{{Prefix: "/", Upstream: &url.URL{Path: "/x"}}}},
+		"no match":    {Authz: client, Routes: []envoyshim.Route{{Upstream: &url.URL{Scheme: "http", Host: "x"}}}},
+		"path and prefix": {Authz: client, Routes: []envoyshim.Route{
+			{Path: "/a", Prefix: "/", Upstream: &url.URL{Scheme: "http", Host: "x"}}}},
 	} {
 		if _, err := envoyshim.New(cfg); err == nil {
 			t.Errorf("%s: New accepted it", name)

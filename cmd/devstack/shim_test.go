@@ -1,0 +1,96 @@
+package main
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/grpc"
+
+	"github.com/authgate/authgate/internal/envoyshim"
+)
+
+// recordingAuthz allows every Check and counts them.
+type recordingAuthz struct {
+	mu     sync.Mutex
+	checks int
+}
+
+func (a *recordingAuthz) Check(context.Context, *authv3.CheckRequest, ...grpc.CallOption) (*authv3.CheckResponse, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.checks++
+	return &authv3.CheckResponse{HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{}}}, nil
+}
+
+// hostRecorder answers 200 and remembers which upstream host each request went to.
+type hostRecorder struct{ hosts []string }
+
+func (h *hostRecorder) RoundTrip(r *http.Request) (*http.Response, error) {
+	h.hosts = append(h.hosts, r.URL.Host)
+	return &http.Response{StatusCode: http.StatusOK, Header: http.Header{}, Body: io.NopCloser(strings.NewReader("")), Request: r}, nil
+}
+
+// TestShimRoutesAsEnvoyDoes checks devstack's shim against envoy/envoy.yaml's routes (deploy/envoy_test.go's
+// routeExpectations): the same upstream, and extauthz consulted on the same paths.
+func TestShimRoutesAsEnvoyDoes(t *testing.T) {
+	const deviceflow, upstream = "deviceflow:8080", "dify-api:5001"
+	authz, transport := &recordingAuthz{}, &hostRecorder{}
+	cfg := shimConfig(authz, &url.URL{Scheme: "http", Host: deviceflow}, &url.URL{Scheme: "http", Host: upstream},
+		slog.New(slog.DiscardHandler))
+	cfg.Transport = transport
+	shim, err := envoyshim.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		path    string
+		to      string // "" = not proxied
+		checked bool
+	}{
+		{"/openapi/v1/oauth/device/code", deviceflow, false},
+		{"/openapi/v1/oauth/device/token", deviceflow, false},
+		{"/openapi/v1/oauth/device/sso-complete?sso_assertion=x", deviceflow, false},
+		{"/openapi/v1/oauth/revoke", deviceflow, false},
+		{"/.well-known/oauth-authorization-server/openapi/v1", deviceflow, false},
+		{"/openapi/v1/.well-known/oauth-authorization-server", deviceflow, false},
+		{"/device", deviceflow, false},
+		{"/device/sso-complete", deviceflow, false},
+		{"/openapi/v1/me", deviceflow, true},
+		{"/openapi/v1/account", deviceflow, true},
+		{"/openapi/v1/account/sessions?page=2", deviceflow, true},
+		{"/openapi/v1/account/sessions/self", deviceflow, true},
+		{"/openapi/v1/oauth/authorizations/self", deviceflow, true},
+		{"/openapi/v1/apps/3f0c2a8e-0000-4000-8000-000000000001/run", upstream, true},
+		{"/openapi/v1/_health", upstream, true},
+		{"/openapi/v1/oauth/devices", upstream, true},
+		{"/openapi/v1/oauth/revoke/x", upstream, true},
+		{"/openapi/v1/meow", upstream, true},
+		{"/openapi/v1/accounts", upstream, true},
+		{"/openapi/v1/account/sessionsx", upstream, true},
+		{"/openapi/v1/me/x", upstream, true},
+		{"/openapi/v1/OAUTH/device/code", upstream, true},
+		{"/devices", "", false},
+		{"/openapi/v2/apps", "", false},
+	}
+	for _, c := range cases {
+		checks, proxied := authz.checks, len(transport.hosts)
+		rec := httptest.NewRecorder()
+		shim.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, c.path, nil))
+		to := ""
+		if len(transport.hosts) > proxied {
+			to = transport.hosts[len(transport.hosts)-1]
+		}
+		if to != c.to || (authz.checks > checks) != c.checked {
+			t.Errorf("%s: went to %q, checked %v; want %q, %v (as envoy.yaml routes it)", c.path, to, authz.checks > checks, c.to,
+				c.checked)
+		}
+	}
+}
