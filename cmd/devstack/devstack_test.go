@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"net/http/cookiejar"
+	"net/netip"
 	"net/url"
 	"regexp"
 	"strings"
@@ -198,5 +200,16 @@ func TestInProcessRedisTimeIsTheWallClock(t *testing.T) {
 	}
 	if d := time.Since(got); d < -5*time.Second || d > 5*time.Second {
 		t.Fatalf("Redis TIME is %v away from the wall clock", d)
+	}
+}
+
+// devstack's secret key is public and /signin signs anyone in: by default nothing listens beyond this machine.
+func TestDefaultsListenOnLoopbackOnly(t *testing.T) {
+	o := defaultOptions()
+	for _, addr := range []string{o.ShimAddr, o.DeviceflowAddr, o.ExtauthzAddr, o.AdminAddr, o.UpstreamAddr} {
+		host, _, err := net.SplitHostPort(addr)
+		if ip, perr := netip.ParseAddr(host); err != nil || perr != nil || !ip.IsLoopback() {
+			t.Errorf("default listen address %q is not a loopback address", addr)
+		}
 	}
 }

@@ -43,9 +43,11 @@ type Options struct {
 	LogOutput io.Writer
 }
 
+// defaultOptions listen on loopback only: devstack's SECRET_KEY is public and /signin makes anyone who reaches it the demo
+// account. -shim-addr :8000 (and so on) exposes it on purpose, e.g. from inside a container.
 func defaultOptions() Options {
-	return Options{ShimAddr: ":8000", DeviceflowAddr: ":8080", ExtauthzAddr: ":9191", AdminAddr: ":9090",
-		UpstreamAddr: "127.0.0.1:0"}
+	return Options{ShimAddr: "127.0.0.1:8000", DeviceflowAddr: "127.0.0.1:8080", ExtauthzAddr: "127.0.0.1:9191",
+		AdminAddr: "127.0.0.1:9090", UpstreamAddr: "127.0.0.1:0"}
 }
 
 // Addrs are the base URLs (and extauthz's gRPC address) devstack is serving on.
