@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -266,6 +267,7 @@ func TestExternalApprovalChecksInOrder(t *testing.T) {
 
 func TestApproveExternalRateLimitPerEmail(t *testing.T) {
 	h := newWebHarness(t, true, nil)
+	start := time.Now()
 	_, userCode := h.issue()
 	grant := h.completeSSO("ext@partner.example", userCode)
 	for i := range 10 {
@@ -276,8 +278,16 @@ func TestApproveExternalRateLimitPerEmail(t *testing.T) {
 	}
 	rec := h.do("POST", "/openapi/v1/oauth/device/approve-external", map[string]string{"user_code": userCode}, nil, grant)
 	wantError(t, rec, http.StatusTooManyRequests, codeRateLimited)
-	if ra := rec.Header().Get("Retry-After"); ra == "" || ra == "0" {
-		t.Errorf("Retry-After = %q", ra)
+	wantRetryAfter(t, rec.Header(), time.Hour, start)
+}
+
+// wantRetryAfter asserts whole seconds within a window that began during the test.
+func wantRetryAfter(t *testing.T, h http.Header, window time.Duration, testStart time.Time) {
+	t.Helper()
+	secs, err := strconv.Atoi(h.Get("Retry-After"))
+	low := int((window - time.Since(testStart)).Seconds()) - 1
+	if err != nil || secs < 1 || secs > int(window.Seconds()) || secs < low {
+		t.Errorf("Retry-After %q, want whole seconds within [%d, %d]", h.Get("Retry-After"), low, int(window.Seconds()))
 	}
 }
 
@@ -311,6 +321,7 @@ func TestSSOInitiateFailures(t *testing.T) {
 	})
 	t.Run("rate limit per IP", func(t *testing.T) {
 		h := newWebHarness(t, true, nil)
+		start := time.Now()
 		for i := range 60 {
 			if rec := h.do("GET", "/openapi/v1/oauth/device/sso-initiate?user_code=BBBB-BBBB", nil, nil); rec.Code != http.StatusNotFound {
 				t.Fatalf("request %d: %d", i+1, rec.Code)
@@ -318,9 +329,7 @@ func TestSSOInitiateFailures(t *testing.T) {
 		}
 		rec := h.do("GET", "/openapi/v1/oauth/device/sso-initiate?user_code=BBBB-BBBB", nil, nil)
 		wantError(t, rec, http.StatusTooManyRequests, codeRateLimited)
-		if rec.Header().Get("Retry-After") == "" {
-			t.Error("no Retry-After")
-		}
+		wantRetryAfter(t, rec.Header(), time.Hour, start)
 	})
 }
 
