@@ -256,3 +256,26 @@ func TestStartErrorsNameTheVariable(t *testing.T) {
 		}
 	}
 }
+
+// TestRedisHangingFailsOpen: a Redis that accepts connections but never answers (a partition, not a refusal) is as
+// unreachable as a stopped one: the fail-open limiter is skipped and Postgres answers within CHECK_TIMEOUT, instead of
+// every Redis call in turn eating the deadline.
+func TestRedisHangingFailsOpen(t *testing.T) {
+	w := newWorld(t)
+	w.redisURL = "redis://" + blackHole(t) + "/0"
+	open := w.start(map[string]string{"CHECK_TIMEOUT": "1s"})
+	strict := w.start(map[string]string{"CHECK_TIMEOUT": "1s", "RATE_LIMIT_FAIL_OPEN": "false"})
+	ada, adaID := w.accountToken(accountActive, "ada@example.com")
+	cy, _ := w.accountToken(accountNotMember, "cy@example.com")
+
+	resp := open.check(t, "POST", "/openapi/v1/apps/"+appOK+"/run", bearer(ada))
+	expectAllow(t, resp, with(accountHeaders(accountActive, "ada@example.com", adaID),
+		pipeline.HeaderAppID, appOK, pipeline.HeaderTenantID, tenantMain))
+	if rl := rateHeaders(resp); len(rl) != 0 {
+		t.Errorf("limiter skipped, yet RateLimit headers %v", rl)
+	}
+	expectDeny(t, open.check(t, "POST", "/openapi/v1/apps/"+appOK+"/run", bearer(cy)), 403, pipeline.CodeWorkspaceMembershipRevoked, nil)
+	expectDeny(t, open.check(t, "GET", "/openapi/v1/me", bearer("dfoa_"+strings.Repeat("h", 43))), 401, pipeline.CodeInvalidBearer,
+		map[string]string{"www-authenticate": `Bearer realm="api", error="invalid_token"`})
+	expectDeny(t, strict.check(t, "GET", "/openapi/v1/me", bearer(ada)), 503, pipeline.CodeAuthUnavailable, nil)
+}

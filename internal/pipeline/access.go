@@ -103,11 +103,14 @@ func (p *Pipeline) checkMembership(ctx context.Context, c *caller, params map[st
 			p.dependencyFailed(ctx, "postgres", "membership lookup", err)
 			return denyUnavailable(), false
 		}
-		rctx, cancel := p.redisCtx(ctx)
-		err = p.deps.Cache.RecordVerdict(rctx, c.hash, tenant, member)
-		cancel()
-		if err != nil {
-			p.deps.Logger.DebugContext(ctx, "membership verdict not cached", "error", err)
+		if !c.redisDown {
+			rctx, cancel := p.redisCtx(ctx)
+			err = p.deps.Cache.RecordVerdict(rctx, c.hash, tenant, member)
+			cancel()
+			if err != nil {
+				c.redisDown = true
+				p.deps.Logger.DebugContext(ctx, "membership verdict not cached", "error", err)
+			}
 		}
 	}
 	if !member {

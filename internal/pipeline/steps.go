@@ -80,6 +80,7 @@ func (p *Pipeline) authenticate(ctx context.Context, req *Request, route *Route,
 			p.dependencyFailed(ctx, "redis", "rate limiter", err)
 			return denyUnavailable()
 		case err != nil:
+			c.redisDown = true
 			p.metrics.rateLimitSkipped.Add(ctx, 1, skippedToken)
 			p.deps.Logger.WarnContext(ctx, "rate limiter unavailable; skipped (RATE_LIMIT_FAIL_OPEN)", "error", err)
 		case !rd.Allowed:

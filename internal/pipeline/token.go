@@ -11,35 +11,45 @@ import (
 
 const invalidBearerWindow = time.Minute
 
+// errRedisDown stands for a Redis call skipped because an earlier one of the same Check failed.
+var errRedisDown = errors.New("redis unreachable earlier in this check")
+
 // resolveToken is SPEC §3.2 step 7: the cache first, Postgres on a miss, with the rules that keep a dead token dead.
 func (p *Pipeline) resolveToken(ctx context.Context, req *Request, c *caller) (Decision, bool) {
-	rctx, cancel := p.redisCtx(ctx)
-	entry, status, err := p.deps.Cache.Get(rctx, c.hash)
-	cancel()
+	var entry TokenEntry
+	status, err := CacheMiss, errRedisDown
+	if !c.redisDown {
+		rctx, cancel := p.redisCtx(ctx)
+		entry, status, err = p.deps.Cache.Get(rctx, c.hash)
+		cancel()
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return denyUnavailable(), false
 		}
 		// Redis being down must not stop authentication: Postgres answers.
 		p.metrics.cacheResult(ctx, "error")
-		p.deps.Logger.WarnContext(ctx, "token cache unavailable; reading Postgres", "error", err)
+		if !c.redisDown {
+			p.deps.Logger.WarnContext(ctx, "token cache unavailable; reading Postgres", "error", err)
+		}
+		c.redisDown = true
 		status = CacheMiss
 	}
 	now := p.deps.Now()
 	switch status {
 	case CacheInvalid:
 		p.metrics.cacheResult(ctx, "invalid")
-		return p.invalidBearer(ctx, req), false
+		return p.invalidBearer(ctx, req, c), false
 	case CacheHit:
 		p.metrics.cacheResult(ctx, "hit")
 		if !entryMatchesKind(entry, c.kind) {
 			p.deps.Logger.ErrorContext(ctx, "cached token entry inconsistent with its prefix", "token_id", entry.TokenID,
 				"prefix", c.kind.Prefix)
-			return p.invalidBearer(ctx, req), false
+			return p.invalidBearer(ctx, req, c), false
 		}
 		if !now.Before(entry.ExpiresAt) {
 			p.hardExpire(ctx, entry.TokenID, entry.ClientID, now)
-			return p.invalidBearer(ctx, req), false
+			return p.invalidBearer(ctx, req, c), false
 		}
 		c.entry = entry
 		return Decision{}, true
@@ -48,14 +58,14 @@ func (p *Pipeline) resolveToken(ctx context.Context, req *Request, c *caller) (D
 		p.metrics.cacheResult(ctx, "miss")
 	}
 
-	if d, ok := p.checkInvalidBudget(ctx, req); !ok {
+	if d, ok := p.checkInvalidBudget(ctx, req, c); !ok {
 		return d, false
 	}
 	tok, err := p.deps.Tokens.LookupByHash(ctx, c.hash)
 	switch {
 	case errors.Is(err, tokens.ErrNotFound):
-		p.markUnknown(ctx, c.hash)
-		return p.invalidBearer(ctx, req), false
+		p.markUnknown(ctx, c)
+		return p.invalidBearer(ctx, req, c), false
 	case err != nil:
 		p.dependencyFailed(ctx, "postgres", "token lookup", err)
 		return denyUnavailable(), false
@@ -65,28 +75,31 @@ func (p *Pipeline) resolveToken(ctx context.Context, req *Request, c *caller) (D
 	if tok.Prefix != c.kind.Prefix || !entryMatchesKind(entry, c.kind) {
 		p.deps.Logger.ErrorContext(ctx, "token row inconsistent with the presented prefix", "token_id", tok.ID,
 			"row_prefix", tok.Prefix, "prefix", c.kind.Prefix)
-		return p.invalidBearer(ctx, req), false
+		return p.invalidBearer(ctx, req, c), false
 	}
 	if tok.Expired(now) {
 		p.hardExpire(ctx, tok.ID, tok.ClientID, now)
-		return p.invalidBearer(ctx, req), false
+		return p.invalidBearer(ctx, req, c), false
 	}
 	if c.kind.Subject == tokens.SubjectAccount {
 		acct, err := p.deps.Directory.Account(ctx, tok.AccountID)
 		switch {
 		case errors.Is(err, directory.ErrNotFound) || err == nil && acct.Status != directory.AccountStatusActive:
-			p.markUnknown(ctx, c.hash)
-			return p.invalidBearer(ctx, req), false
+			p.markUnknown(ctx, c)
+			return p.invalidBearer(ctx, req, c), false
 		case err != nil:
 			p.dependencyFailed(ctx, "postgres", "account lookup", err)
 			return denyUnavailable(), false
 		}
 	}
 	// SET NX: a tombstone written by a concurrent revocation wins over this fill.
-	rctx, cancel = p.redisCtx(ctx)
-	defer cancel()
-	if err := p.deps.Cache.Fill(rctx, c.hash, entry); err != nil {
-		p.deps.Logger.DebugContext(ctx, "token cache fill failed", "error", err)
+	if !c.redisDown {
+		rctx, cancel := p.redisCtx(ctx)
+		defer cancel()
+		if err := p.deps.Cache.Fill(rctx, c.hash, entry); err != nil {
+			c.redisDown = true
+			p.deps.Logger.DebugContext(ctx, "token cache fill failed", "error", err)
+		}
 	}
 	c.entry = entry
 	return Decision{}, true
@@ -115,10 +128,14 @@ func (p *Pipeline) hardExpire(ctx context.Context, tokenID, clientID string, now
 	}
 }
 
-func (p *Pipeline) markUnknown(ctx context.Context, hash string) {
+func (p *Pipeline) markUnknown(ctx context.Context, c *caller) {
+	if c.redisDown {
+		return
+	}
 	rctx, cancel := p.redisCtx(ctx)
 	defer cancel()
-	if err := p.deps.Cache.MarkUnknown(rctx, hash); err != nil {
+	if err := p.deps.Cache.MarkUnknown(rctx, c.hash); err != nil {
+		c.redisDown = true
 		p.deps.Logger.DebugContext(ctx, "token cache negative fill failed", "error", err)
 	}
 }
@@ -137,17 +154,21 @@ func (p *Pipeline) ipBudgetKey(req *Request) string {
 
 // checkInvalidBudget refuses a lookup to a client that has spent its invalid_bearer budget (random-token floods). Without
 // Redis the budget cannot be read; the lookup goes ahead, as the token itself is still checked.
-func (p *Pipeline) checkInvalidBudget(ctx context.Context, req *Request) (Decision, bool) {
+func (p *Pipeline) checkInvalidBudget(ctx context.Context, req *Request, c *caller) (Decision, bool) {
 	if p.opts.InvalidBearerPerIPPerMin <= 0 {
 		return Decision{}, true
 	}
-	rctx, cancel := p.redisCtx(ctx)
-	rd, err := p.deps.Limiter.Exceeded(rctx, p.ipBudgetKey(req), p.opts.InvalidBearerPerIPPerMin, invalidBearerWindow)
-	cancel()
+	rd, err := RateDecision{}, errRedisDown
+	if !c.redisDown {
+		rctx, cancel := p.redisCtx(ctx)
+		rd, err = p.deps.Limiter.Exceeded(rctx, p.ipBudgetKey(req), p.opts.InvalidBearerPerIPPerMin, invalidBearerWindow)
+		cancel()
+	}
 	switch {
 	case err != nil && ctx.Err() != nil:
 		return denyUnavailable(), false
 	case err != nil:
+		c.redisDown = true
 		p.metrics.rateLimitSkipped.Add(ctx, 1, skippedIPBudget)
 		return Decision{}, true
 	case !rd.Allowed:
@@ -157,11 +178,12 @@ func (p *Pipeline) checkInvalidBudget(ctx context.Context, req *Request) (Decisi
 }
 
 // invalidBearer counts the outcome against the client's budget and denies.
-func (p *Pipeline) invalidBearer(ctx context.Context, req *Request) Decision {
-	if p.opts.InvalidBearerPerIPPerMin > 0 {
+func (p *Pipeline) invalidBearer(ctx context.Context, req *Request, c *caller) Decision {
+	if p.opts.InvalidBearerPerIPPerMin > 0 && !c.redisDown {
 		rctx, cancel := p.redisCtx(ctx)
 		defer cancel()
 		if err := p.deps.Limiter.Add(rctx, p.ipBudgetKey(req), invalidBearerWindow); err != nil {
+			c.redisDown = true
 			p.deps.Logger.DebugContext(ctx, "invalid-bearer budget not counted", "error", err)
 		}
 	}
