@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
@@ -278,4 +279,16 @@ func TestRedisHangingFailsOpen(t *testing.T) {
 	expectDeny(t, open.check(t, "GET", "/openapi/v1/me", bearer("dfoa_"+strings.Repeat("h", 43))), 401, pipeline.CodeInvalidBearer,
 		map[string]string{"www-authenticate": `Bearer realm="api", error="invalid_token"`})
 	expectDeny(t, strict.check(t, "GET", "/openapi/v1/me", bearer(ada)), 503, pipeline.CodeAuthUnavailable, nil)
+
+	// Readiness is the process's, not Redis's: an outage must not take every replica out of the Service at once.
+	for _, s := range []*server{open, strict} {
+		resp, err := http.Get("http://" + s.app.AdminAddr() + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("/readyz %d during a Redis outage", resp.StatusCode)
+		}
+	}
 }
