@@ -28,10 +28,14 @@ bench-extauthz:
 bench-deviceflow:
 	$(GO) test -run '^$$' -bench . -benchtime 3s ./internal/deviceflow/
 
-# Short fuzz runs of every fuzz target; `go test -fuzz=NAME ./pkg` runs one for longer.
+# Short fuzz runs of every fuzz target (`make fuzz FUZZTIME=1m` for longer; `go test -fuzz=NAME ./pkg` runs one). A package
+# whose tests do not build fails the run instead of silently contributing no targets.
+FUZZTIME ?= 10s
 fuzz:
-	@for pkg in $$($(GO) list ./...); do \
-	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
-	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime 10s $$pkg || exit 1; \
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  targets=$$($(GO) test -list '^Fuzz' $$pkg) || { echo "$$targets"; exit 1; }; \
+	  for f in $$(echo "$$targets" | grep '^Fuzz' || true); do \
+	    echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
+	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
 	  done; \
 	done
