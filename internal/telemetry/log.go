@@ -28,7 +28,10 @@ func NewLogger(w io.Writer, level string) (*slog.Logger, error) {
 var secretKeys = map[string]bool{
 	"authorization": true, "cookie": true, "set-cookie": true, "token": true, "access_token": true,
 	"refresh_token": true, "device_code": true, "assertion": true, "sso_assertion": true, "signed_state": true,
-	"secret": true, "secret_key": true, "password": true, "csrf_token": true,
+	"secret": true, "secret_key": true, "password": true, "csrf_token": true, "x-csrf-token": true,
+	"device_approval_grant": true, "enterprise_api_secret_key": true,
+	// Connection URLs may carry a password.
+	"database_url": true, "redis_url": true,
 }
 
 func redact(_ []string, a slog.Attr) slog.Attr {

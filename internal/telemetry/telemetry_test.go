@@ -160,12 +160,13 @@ func TestCredentialAttributesAreRedacted(t *testing.T) {
 		t.Fatal(err)
 	}
 	logger.Info("request", "authorization", "Bearer dfoa_secret", "Device_Code", "dc_secret",
-		slog.Group("req", slog.String("cookie", "access_token=secret")), "token_id", "kept-id")
+		slog.Group("req", slog.String("cookie", "access_token=secret")), "token_id", "kept-id",
+		"redis_url", "redis://:secret@redis:6379/0", "X-CSRF-Token", "secret-csrf")
 	line := out.String()
 	if strings.Contains(line, "secret") {
 		t.Fatalf("credential logged: %s", line)
 	}
-	if !strings.Contains(line, "kept-id") || strings.Count(line, "[REDACTED]") != 3 {
+	if !strings.Contains(line, "kept-id") || strings.Count(line, "[REDACTED]") != 5 {
 		t.Fatalf("unexpected redaction: %s", line)
 	}
 }
