@@ -76,6 +76,18 @@ func TestIstioMeshConfigFailsClosed(t *testing.T) {
 	if grpc.GetService() != svc.Name+"."+svc.Namespace+".svc.cluster.local" || grpc.GetPort() != 9191 {
 		t.Errorf("provider calls %s:%d, want the extauthz Service %s.%s on 9191", grpc.GetService(), grpc.GetPort(), svc.Name, svc.Namespace)
 	}
+	if body := grpc.GetIncludeRequestBodyInCheck(); body != nil && (body.GetMaxRequestBytes() == 0 || body.GetMaxRequestBytes() > 64<<10) {
+		t.Errorf("includeRequestBodyInCheck: extauthz decides on headers; a body, if sent at all, must be bounded (maxRequestBytes %d)",
+			body.GetMaxRequestBytes())
+	}
+	// Istio's default access log format logs the path with its query, and sso-complete carries the SSO assertion there.
+	if mesh.GetAccessLogFile() != "" {
+		format := strings.ToLower(mesh.GetAccessLogFormat())
+		rest := strings.ReplaceAll(format, "%req_without_query(", "")
+		if format == "" || strings.Contains(rest, "path)%") || strings.Contains(rest, "authorization") || strings.Contains(rest, "cookie") {
+			t.Errorf("accessLogFile is set: accessLogFormat %q must log the path without its query and no credentials", format)
+		}
+	}
 	switch n := mesh.GetPathNormalization().GetNormalization(); n {
 	case meshv1alpha1.MeshConfig_ProxyPathNormalization_MERGE_SLASHES, meshv1alpha1.MeshConfig_ProxyPathNormalization_DECODE_AND_MERGE_SLASHES:
 	default:
