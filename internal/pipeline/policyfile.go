@@ -160,6 +160,9 @@ func buildRoute(rf routeFile) (*Route, string, error) {
 			return nil, "subjects", errors.New("subjects on an auth: none route")
 		case rf.LicenseRequired:
 			return nil, "license_required", errors.New("license_required on an auth: none route")
+		case len(rf.RejectQuery) > 0:
+			// auth: none routes are allowed before the query step runs: the list would silently never apply.
+			return nil, "reject_query", errors.New("reject_query on an auth: none route")
 		}
 		return r, "", nil
 	case "", "bearer":

@@ -147,6 +147,7 @@ func TestParsePolicyErrors(t *testing.T) {
 		{"unknown top field", "prefx: /x\nroutes: []\n", "line 1: field prefx not found"},
 		{"scope on none", "routes:\n  - name: a\n    method: GET\n    path: /a\n    auth: none\n    scope: apps:run\n", "p.yaml:6: route \"a\": scope on an auth: none route"},
 		{"steps on none", "routes:\n  - {name: a, method: GET, path: /a, auth: none, steps: [membership]}\n", "p.yaml:2: route \"a\": steps on an auth: none"},
+		{"reject_query on none", "routes:\n  - name: a\n    method: GET\n    path: /a\n    auth: none\n    reject_query: [tag]\n", "p.yaml:6: route \"a\": reject_query on an auth: none route"},
 		{"subjects on none", "routes:\n  - {name: a, method: GET, path: /a, auth: none, subjects: [account]}\n", "p.yaml:2: route \"a\": subjects on an auth: none"},
 		{"app without app_id", "routes:\n  - name: a\n    method: GET\n    path: /apps/{id}\n    subjects: [account]\n    steps: [app]\n", "p.yaml:6: route \"a\": an app step needs an {app_id}"},
 		{"duplicate", "routes:\n  - {name: a, method: GET, path: \"/a/{x}\", auth: none}\n  - {name: b, method: GET, path: \"/a/{y}\", auth: none}\n", "p.yaml:3: GET /a/{y} conflicts with route \"a\" (p.yaml:2)"},
