@@ -82,6 +82,7 @@ func decodeBody(w http.ResponseWriter, r *http.Request) (params, *apiError) {
 func limitBody(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.ContentLength > maxBody {
+			noStore(w) // the token endpoint answers every refusal uncacheable; this one comes before its handler
 			tooBig := tooLarge()
 			writeError(w, tooBig.Status, tooBig.Code, tooBig.Message)
 			return

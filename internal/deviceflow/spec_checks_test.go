@@ -84,6 +84,12 @@ func TestOversizedBodyIs413OnEveryRoute(t *testing.T) {
 	if r := e.get("/me", withBearer(tok)); r.Status != http.StatusOK {
 		t.Fatalf("a refused oversized DELETE revoked the token: %d %s", r.Status, r.Raw)
 	}
+	// The token endpoint's refusals are never cached, also this one.
+	r := e.do(http.MethodPost, apiPrefix+"/oauth/device/token", "application/x-www-form-urlencoded", big())
+	wantErr(t, r, http.StatusRequestEntityTooLarge, "request_too_large")
+	if r.Header.Get("Cache-Control") != "no-store" {
+		t.Fatalf("413 from the token endpoint with Cache-Control %q", r.Header.Get("Cache-Control"))
+	}
 }
 
 // Security headers on the answers the other header test does not reach: the page, its assets, 405, 204 and 429.
