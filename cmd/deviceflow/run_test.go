@@ -77,6 +77,17 @@ func TestServeMigratePrune(t *testing.T) {
 	if res.StatusCode != http.StatusOK {
 		t.Fatalf("device code: %d", res.StatusCode)
 	}
+	// devstack's dev sign-in (a console session for anyone) must never exist in the production server.
+	for _, path := range []string{"/signin", "/device/signin", "/openapi/v1/signin"} {
+		res, err := http.Get("http://" + a.api.String() + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != http.StatusNotFound || len(res.Cookies()) != 0 {
+			t.Fatalf("GET %s = %d with cookies %v, want 404 and none", path, res.StatusCode, res.Cookies())
+		}
+	}
 	if status, _ := get("http://" + a.admin.String() + "/readyz"); status != http.StatusOK {
 		t.Fatalf("readyz %d", status)
 	}
