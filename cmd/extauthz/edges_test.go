@@ -17,6 +17,7 @@ import (
 	"github.com/authgate/authgate/internal/config"
 	"github.com/authgate/authgate/internal/pipeline"
 	"github.com/authgate/authgate/internal/telemetry"
+	"github.com/authgate/authgate/internal/testenv"
 	"github.com/authgate/authgate/internal/tokens"
 )
 
@@ -290,5 +291,31 @@ func TestRedisHangingFailsOpen(t *testing.T) {
 		if resp.StatusCode != http.StatusOK {
 			t.Errorf("/readyz %d during a Redis outage", resp.StatusCode)
 		}
+	}
+}
+
+// TestRedisAuth: REDIS_URL carries Redis AUTH; with the right password the limiter counts in Redis, with a wrong one Redis
+// is as unreachable as a stopped server (fail open, Postgres answers).
+func TestRedisAuth(t *testing.T) {
+	rs := testenv.StartRedisServer(t)
+	if err := rs.Client().ConfigSet(context.Background(), "requirepass", "s3cret").Err(); err != nil {
+		t.Fatal(err)
+	}
+	w := newWorld(t)
+	ada, adaID := w.accountToken(accountActive, "ada@example.com")
+	adaH := accountHeaders(accountActive, "ada@example.com", adaID)
+
+	w.redisURL = "redis://:s3cret@" + rs.Addr + "/0"
+	resp := w.start(nil).check(t, "GET", "/openapi/v1/me", bearer(ada))
+	expectAllow(t, resp, adaH)
+	if rl := rateHeaders(resp); rl["ratelimit-remaining"] != "59" {
+		t.Errorf("with AUTH: RateLimit headers %v, want the limiter counting", rl)
+	}
+
+	w.redisURL = "redis://:wrong@" + rs.Addr + "/0"
+	resp = w.start(nil).check(t, "GET", "/openapi/v1/me", bearer(ada))
+	expectAllow(t, resp, adaH)
+	if rl := rateHeaders(resp); len(rl) != 0 {
+		t.Errorf("wrong password: RateLimit headers %v, want the limiter skipped", rl)
 	}
 }
