@@ -30,18 +30,20 @@ func shimRoutes(deviceflow, upstream *url.URL) []envoyshim.Route {
 	}
 }
 
-// shimConfig mirrors envoy/envoy.yaml's listener: x-authgate-* stripped before ext_authz, use_remote_address,
-// normalize_path and merge_slashes, a 200 ms Check timeout with status_on_error 503, and its routes.
+// shimConfig mirrors envoy/envoy.yaml's listener: x-authgate-* stripped before ext_authz, header names with underscores
+// refused, use_remote_address, normalize_path and merge_slashes, a 200 ms Check timeout with status_on_error 503, and its
+// routes.
 func shimConfig(authz authv3.AuthorizationClient, deviceflow, upstream *url.URL, logger *slog.Logger) envoyshim.Config {
 	return envoyshim.Config{
-		Authz:                      authz,
-		Timeout:                    200 * time.Millisecond,
-		StatusOnError:              503,
-		StripRequestHeaderPrefixes: []string{"x-authgate-"},
-		UseRemoteAddress:           true,
-		MergeSlashes:               true,
-		NormalizePath:              true,
-		Routes:                     shimRoutes(deviceflow, upstream),
-		Logger:                     logger,
+		Authz:                        authz,
+		Timeout:                      200 * time.Millisecond,
+		StatusOnError:                503,
+		StripRequestHeaderPrefixes:   []string{"x-authgate-"},
+		RejectHeadersWithUnderscores: true,
+		UseRemoteAddress:             true,
+		MergeSlashes:                 true,
+		NormalizePath:                true,
+		Routes:                       shimRoutes(deviceflow, upstream),
+		Logger:                       logger,
 	}
 }

@@ -80,6 +80,14 @@ func TestShimRoutesAsEnvoyDoes(t *testing.T) {
 		{"/devices", "", false},
 		{"/openapi/v2/apps", "", false},
 	}
+	smuggled := httptest.NewRecorder()
+	req := httptest.NewRequest(http.MethodGet, "/openapi/v1/me", nil)
+	req.Header["x_authgate_account_id"] = []string{"smuggled"}
+	shim.ServeHTTP(smuggled, req)
+	if smuggled.Code != http.StatusBadRequest || authz.checks != 0 || len(transport.hosts) != 0 {
+		t.Errorf("x_authgate_account_id: %d, %d checks, proxied %v; want 400 as envoy.yaml's headers_with_underscores_action",
+			smuggled.Code, authz.checks, transport.hosts)
+	}
 	for _, c := range cases {
 		checks, proxied := authz.checks, len(transport.hosts)
 		rec := httptest.NewRecorder()

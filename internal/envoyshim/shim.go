@@ -56,6 +56,10 @@ type Config struct {
 	// upstream ever sees a client-supplied value (a header_mutation filter placed before ext_authz in Envoy; a
 	// route-level request_headers_to_remove would run in the router, after ext_authz, and strip injected headers too).
 	StripRequestHeaderPrefixes []string
+	// RejectHeadersWithUnderscores answers 400 to a request with an underscore in a header name
+	// (common_http_protocol_options.headers_with_underscores_action: REJECT_REQUEST): a WSGI upstream reads
+	// x_authgate_account_id as x-authgate-account-id, past the stripping above.
+	RejectHeadersWithUnderscores bool
 	// UseRemoteAddress mirrors HttpConnectionManager.use_remote_address: true: the client's address is appended to
 	// x-forwarded-for and x-forwarded-proto is set to the downstream scheme, before the Check.
 	UseRemoteAddress bool
@@ -113,6 +117,14 @@ func New(cfg Config) (*Shim, error) {
 }
 
 func (s *Shim) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.RejectHeadersWithUnderscores {
+		for name := range r.Header {
+			if strings.Contains(name, "_") {
+				w.WriteHeader(http.StatusBadRequest)
+				return
+			}
+		}
+	}
 	r = s.prepare(r)
 
 	// Envoy's filter skips the Check when no route matches (getPerRouteFlags: no route -> skip) and the router then

@@ -506,6 +506,24 @@ func TestClientAuthgateHeadersNeverReachUpstream(t *testing.T) {
 	}
 }
 
+func TestHeadersWithUnderscoresAreRejected(t *testing.T) {
+	authz, client := startAuthz(t, allow())
+	up := startUpstream(t)
+	shim := startShim(t, envoyshim.Config{Authz: client, RejectHeadersWithUnderscores: true,
+		Routes: []envoyshim.Route{{Prefix: "/", Upstream: up.url(t)}}})
+	req := newRequest(t, http.MethodGet, shim.URL+"/openapi/v1/me")
+	req.Header["x_authgate_account_id"] = []string{"smuggled"}
+	if resp, _ := do(t, req); resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("underscore header = %d, want 400", resp.StatusCode)
+	}
+	if len(authz.received()) != 0 || len(up.received()) != 0 {
+		t.Fatal("a rejected request reached ext_authz or the upstream")
+	}
+	if resp, _ := do(t, newRequest(t, http.MethodGet, shim.URL+"/openapi/v1/me")); resp.StatusCode != http.StatusOK {
+		t.Fatalf("plain request = %d", resp.StatusCode)
+	}
+}
+
 func TestRoutingAndNoRoute(t *testing.T) {
 	authz, client := startAuthz(t, allow())
 	api, device := startUpstream(t), startUpstream(t)
