@@ -93,7 +93,8 @@ func (c *Cache) Get(ctx context.Context, hash string) (Entry, Status, error) {
 		}
 		seen = c.local.generation()
 	}
-	v, err := c.rdb.Get(ctx, redisKey(hash)).Bytes()
+	sent := time.Now()
+	v, ttl, err := c.readEntry(ctx, hash)
 	switch {
 	case errors.Is(err, redis.Nil):
 		return Entry{}, Miss, nil
@@ -107,9 +108,31 @@ func (c *Cache) Get(ctx context.Context, hash string) (Entry, Status, error) {
 		return Entry{}, Miss, nil
 	}
 	if c.local != nil {
-		c.local.put(hash, e, seen, time.Now())
+		var notAfter time.Time
+		if ttl > 0 {
+			// Measured from before the request, so the local copy is gone no later than Redis's.
+			notAfter = sent.Add(ttl)
+		}
+		c.local.put(hash, e, seen, time.Now(), notAfter)
 	}
 	return e, Hit, nil
+}
+
+// readEntry GETs hash's entry and, when the local layer may keep it, its remaining TTL in the same round trip: a copy must not
+// outlive the Redis entry it was read from. ttl is 0 when unknown or unbounded.
+func (c *Cache) readEntry(ctx context.Context, hash string) (v []byte, ttl time.Duration, err error) {
+	if c.local == nil {
+		v, err = c.rdb.Get(ctx, redisKey(hash)).Bytes()
+		return v, 0, err
+	}
+	pipe := c.rdb.Pipeline()
+	get := pipe.Get(ctx, redisKey(hash))
+	pttl := pipe.PTTL(ctx, redisKey(hash))
+	_, _ = pipe.Exec(ctx) // errors are per command
+	if v, err = get.Bytes(); err != nil {
+		return nil, 0, err
+	}
+	return v, max(pttl.Val(), 0), nil
 }
 
 // Fill caches e for hash for the cache TTL (less if the token expires sooner) unless anything is cached there already, a
@@ -132,7 +155,7 @@ func (c *Cache) Fill(ctx context.Context, hash string, e Entry) error {
 		return err
 	}
 	if stored && c.local != nil {
-		c.local.put(hash, e, seen, time.Now())
+		c.local.put(hash, e, seen, time.Now(), time.Time{})
 	}
 	return nil
 }

@@ -49,11 +49,15 @@ func (l *local) get(hash string, now time.Time) (Entry, bool) {
 func (l *local) generation() uint64 { return l.gen.Load() }
 
 // put stores e unless anything was evicted or flushed since seen was read: that eviction may have been this very hash,
-// processed between our Redis read and now.
-func (l *local) put(hash string, e Entry, seen uint64, now time.Time) {
+// processed between our Redis read and now. The copy lives for the cache TTL, never past the token's expiry, nor past
+// notAfter (when set): the end of the Redis entry it was read from.
+func (l *local) put(hash string, e Entry, seen uint64, now, notAfter time.Time) {
 	until := now.Add(l.ttl)
 	if e.ExpiresAt.Before(until) {
 		until = e.ExpiresAt
+	}
+	if !notAfter.IsZero() && notAfter.Before(until) {
+		until = notAfter
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -338,13 +338,13 @@ func TestLocalPutLosesToAnEvictionItDidNotSee(t *testing.T) {
 
 	seen := l.generation() // read before going to Redis
 	l.evict("revoked-meanwhile")
-	l.put("h", e, seen, now) // the Redis read may predate that revocation
+	l.put("h", e, seen, now, time.Time{}) // the Redis read may predate that revocation
 	if _, ok := l.get("h", now); ok {
 		t.Fatal("an entry read before an eviction was stored after it")
 	}
 
 	seen = l.generation()
-	l.put("h", e, seen, now)
+	l.put("h", e, seen, now, time.Time{})
 	if _, ok := l.get("h", now); !ok {
 		t.Fatal("an entry read after the last eviction was not stored")
 	}
@@ -352,8 +352,36 @@ func TestLocalPutLosesToAnEvictionItDidNotSee(t *testing.T) {
 	if _, ok := l.get("h", now); ok {
 		t.Fatal("served after a flush")
 	}
-	l.put("h2", e, l.generation(), now)
+	l.put("h2", e, l.generation(), now, time.Time{})
 	if n := l.entries.Len(); n != 0 {
 		t.Fatalf("stored %d entries while not following the stream", n)
+	}
+}
+
+// TestLocalLayerNeverOutlivesTheRedisEntry: an entry read from Redis late in its life is kept locally only as long as Redis
+// keeps it, so a change that only the TTL propagates (a banned account, a lost membership) is seen within TOKEN_CACHE_TTL
+// on every replica, not within twice that.
+func TestLocalLayerNeverOutlivesTheRedisEntry(t *testing.T) {
+	ctx := context.Background()
+	rdb := testenv.Redis(t)
+	c := New(rdb, Options{TTL: time.Minute, Local: true})
+	runLocal(t, c)
+	h := newHash()
+	// Another replica filled the entry most of a TTL ago: half a second of it is left.
+	b, err := encode(accountEntry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.Set(ctx, redisKey(h), b, 500*time.Millisecond).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, st, err := c.Get(ctx, h); err != nil || st != Hit {
+		t.Fatalf("Get: %v, %v; want a hit", st, err)
+	}
+	testenv.Eventually(t, 5*time.Second, "the Redis entry to expire", func() bool {
+		return rdb.Exists(ctx, redisKey(h)).Val() == 0
+	})
+	if _, st, err := c.Get(ctx, h); err != nil || st != Miss {
+		t.Fatalf("after Redis dropped the entry: %v, %v; want a miss", st, err)
 	}
 }
