@@ -41,22 +41,19 @@ type caller struct {
 }
 
 func (c *caller) identityHeaders() []Header {
-	scopes := make([]string, len(c.kind.Scopes))
-	for i, s := range c.kind.Scopes {
-		scopes[i] = string(s)
-	}
-	h := []Header{
-		{HeaderSubjectType, string(c.kind.Subject)},
-		{HeaderSubjectEmail, c.entry.SubjectEmail},
-		{HeaderSubjectIssuer, c.entry.SubjectIssuer},
-	}
+	h := make([]Header, 0, len(IdentityHeaders))
+	h = append(h,
+		Header{HeaderSubjectType, string(c.kind.Subject)},
+		Header{HeaderSubjectEmail, c.entry.SubjectEmail},
+		Header{HeaderSubjectIssuer, c.entry.SubjectIssuer},
+	)
 	if c.entry.AccountID != "" {
 		h = append(h, Header{HeaderAccountID, c.entry.AccountID})
 	}
 	h = append(h,
 		Header{HeaderTokenID, c.entry.TokenID},
 		Header{HeaderClientID, c.entry.ClientID},
-		Header{HeaderScopes, strings.Join(scopes, " ")},
+		Header{HeaderScopes, scopeHeader(c.kind)},
 	)
 	if c.tenantID != "" {
 		h = append(h, Header{HeaderTenantID, c.tenantID})
@@ -67,11 +64,46 @@ func (c *caller) identityHeaders() []Header {
 	return h
 }
 
-// metadata is the caller's identity for access logs, keyed like the headers without their prefix.
-func (c *caller) metadata() map[string]string {
-	m := map[string]string{}
-	for _, h := range c.identityHeaders() {
-		m[strings.ReplaceAll(strings.TrimPrefix(h.Name, IdentityHeaderPrefix), "-", "_")] = h.Value
+// metadataKeys are the identity headers' access-log keys (the name without its prefix, in snake case), computed once: a
+// warm Check is cheap enough that building them per request shows in its profile.
+var metadataKeys = func() map[string]string {
+	m := make(map[string]string, len(IdentityHeaders))
+	for _, name := range IdentityHeaders {
+		m[name] = strings.ReplaceAll(strings.TrimPrefix(name, IdentityHeaderPrefix), "-", "_")
 	}
 	return m
+}()
+
+// identityMetadata is the caller's identity for access logs, keyed like its headers without their prefix, with room for
+// the keys finish adds.
+func identityMetadata(headers []Header) map[string]string {
+	m := make(map[string]string, len(headers)+2)
+	for _, h := range headers {
+		m[metadataKeys[h.Name]] = h.Value
+	}
+	return m
+}
+
+// scopeHeaders holds each known kind's x-authgate-scopes value, so a Check does not join the same scopes again.
+var scopeHeaders = func() map[string]string {
+	m := make(map[string]string, len(tokens.Kinds))
+	for _, k := range tokens.Kinds {
+		m[k.Prefix] = joinScopes(k.Scopes)
+	}
+	return m
+}()
+
+func scopeHeader(k tokens.Kind) string {
+	if v, ok := scopeHeaders[k.Prefix]; ok {
+		return v
+	}
+	return joinScopes(k.Scopes)
+}
+
+func joinScopes(scopes []tokens.Scope) string {
+	names := make([]string, len(scopes))
+	for i, s := range scopes {
+		names[i] = string(s)
+	}
+	return strings.Join(names, " ")
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -113,18 +114,17 @@ func (p *Pipeline) finish(req *Request, d *Decision) {
 		d.Metadata["error"] = string(d.Code)
 		return
 	}
-	set := make(map[string]bool, len(d.SetHeaders))
-	for _, h := range d.SetHeaders {
-		set[h.Name] = true
+	set := func(name string) bool {
+		return slices.ContainsFunc(d.SetHeaders, func(h Header) bool { return h.Name == name })
 	}
 	for _, name := range IdentityHeaders {
-		if !set[name] {
+		if !set(name) {
 			d.RemoveHeaders = append(d.RemoveHeaders, name)
 		}
 	}
 	for name := range req.Headers {
 		// x_authgate_account_id too: a WSGI upstream reads it as x-authgate-account-id, and Istio passes underscores.
-		if strings.HasPrefix(strings.ReplaceAll(name, "_", "-"), IdentityHeaderPrefix) && !set[name] && !isIdentityHeader(name) {
+		if strings.HasPrefix(strings.ReplaceAll(name, "_", "-"), IdentityHeaderPrefix) && !set(name) && !isIdentityHeader(name) {
 			d.RemoveHeaders = append(d.RemoveHeaders, name)
 		}
 	}

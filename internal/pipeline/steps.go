@@ -134,7 +134,8 @@ func (p *Pipeline) authenticate(ctx context.Context, req *Request, route *Route,
 	}
 
 	// 14. Caller mount.
-	d := Decision{Allow: true, SetHeaders: c.identityHeaders(), ResponseHeaders: rateHeaders, Metadata: c.metadata()}
+	headers := c.identityHeaders()
+	d := Decision{Allow: true, SetHeaders: headers, ResponseHeaders: rateHeaders, Metadata: identityMetadata(headers)}
 	if !p.opts.ForwardAuthorization {
 		d.RemoveHeaders = append(d.RemoveHeaders, "authorization")
 	}
