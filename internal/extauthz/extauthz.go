@@ -64,17 +64,22 @@ func (s *Server) Check(ctx context.Context, in *authv3.CheckRequest) (resp *auth
 func ToRequest(in *authv3.CheckRequest, trustedHops int) pipeline.Request {
 	attrs := in.GetAttributes()
 	h := attrs.GetRequest().GetHttp()
-	headers := make(map[string]string, len(h.GetHeaders()))
-	for k, v := range h.GetHeaders() {
-		addHeader(headers, k, v)
-	}
-	// Envoy sends header_map instead of headers when encode_raw_headers is set.
-	for _, hv := range h.GetHeaderMap().GetHeaders() {
-		v := hv.GetValue()
-		if v == "" {
-			v = string(hv.GetRawValue())
+	// Envoy sends lower-cased names, already joined: the usual map is used as it is (the pipeline only reads it), which
+	// spares a warm Check a copy.
+	headers := h.GetHeaders()
+	if len(h.GetHeaderMap().GetHeaders()) > 0 || !namesLowerCase(headers) {
+		headers = make(map[string]string, len(h.GetHeaders()))
+		for k, v := range h.GetHeaders() {
+			addHeader(headers, k, v)
 		}
-		addHeader(headers, hv.GetKey(), v)
+		// Envoy sends header_map instead of headers when encode_raw_headers is set.
+		for _, hv := range h.GetHeaderMap().GetHeaders() {
+			v := hv.GetValue()
+			if v == "" {
+				v = string(hv.GetRawValue())
+			}
+			addHeader(headers, hv.GetKey(), v)
+		}
 	}
 	path := h.GetPath()
 	if path == "" {
@@ -99,6 +104,17 @@ func ToRequest(in *authv3.CheckRequest, trustedHops int) pipeline.Request {
 		ClientIP:  clientip.FromForwarded(peer, headers["x-forwarded-for"], trustedHops),
 		RequestID: id,
 	}
+}
+
+func namesLowerCase(headers map[string]string) bool {
+	for name := range headers {
+		for i := 0; i < len(name); i++ {
+			if 'A' <= name[i] && name[i] <= 'Z' {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // addHeader lower-cases the name and joins repeats with commas, as Envoy does.

@@ -117,6 +117,7 @@ func (p *Pipeline) finish(req *Request, d *Decision) {
 	set := func(name string) bool {
 		return slices.ContainsFunc(d.SetHeaders, func(h Header) bool { return h.Name == name })
 	}
+	d.RemoveHeaders = slices.Grow(d.RemoveHeaders, len(IdentityHeaders))
 	for _, name := range IdentityHeaders {
 		if !set(name) {
 			d.RemoveHeaders = append(d.RemoveHeaders, name)
