@@ -19,7 +19,8 @@ const (
 // two changes that keep the count exact: the check and the add are atomic, and members are unique per request (Dify's member
 // is the second, so requests within one second collapse into one entry). The clock is Redis's TIME, never a replica's.
 //
-// KEYS[1] bucket; ARGV[1] limit; ARGV[2] window in seconds; ARGV[3] mode; ARGV[4] a per-request unique suffix.
+// KEYS[1] bucket; ARGV[1] limit; ARGV[2] window in seconds; ARGV[3] mode; ARGV[4] the member, unique per request (the
+// score already holds the time, so the member carries nothing else: a short one is cheaper to store and compare).
 // Returns {allowed 0|1, count after this decision, oldest counted score or -1, TIME seconds, TIME microseconds}.
 var slidingWindow = redis.NewScript(`
 local key = KEYS[1]
@@ -32,7 +33,7 @@ redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
 local count = redis.call('ZCARD', key)
 local allowed = 0
 if mode == 'add' or (mode == 'allow' and count < limit) then
-  redis.call('ZADD', key, now, t[1] .. '.' .. t[2] .. '-' .. ARGV[4])
+  redis.call('ZADD', key, now, ARGV[4])
   redis.call('EXPIRE', key, window * 2)
   count = count + 1
   allowed = 1
@@ -40,7 +41,9 @@ elseif mode == 'check' and count < limit then
   allowed = 1
 end
 local oldest = -1
-if count > 0 then
+if count == 1 and allowed == 1 and mode ~= 'check' then
+  oldest = now -- the entry just added is the only one
+elseif count > 0 then
   oldest = tonumber(redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2])
 end
 return {allowed, count, oldest, now, tonumber(t[2])}
