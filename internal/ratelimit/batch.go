@@ -23,8 +23,8 @@ const (
 // for their own reply or their own ctx, never for each other.
 type batcher struct {
 	rdb      redis.UniversalClient
-	instance string        // random per process, so members from different replicas never collide
-	seq      atomic.Uint64 // per request, so members within one microsecond never collide
+	instance string        // random per process (64 bits), so members from different replicas or restarts never collide
+	seq      atomic.Uint64 // per request, so members of one process never collide
 
 	mu      sync.Mutex
 	queue   []*call
@@ -46,7 +46,7 @@ type result struct {
 }
 
 func newBatcher(rdb redis.UniversalClient) *batcher {
-	var b [6]byte
+	var b [8]byte
 	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24+)
 	return &batcher{rdb: rdb, instance: hex.EncodeToString(b[:])}
 }
