@@ -450,6 +450,27 @@ func TestTrustedProxyHops(t *testing.T) {
 	}
 }
 
+// TestTokenCacheTTLIsShared: deviceflow's revocation tombstones must outlive extauthz's cache entries, so both read the one
+// value explicitly rather than each falling back on its own default.
+func TestTokenCacheTTLIsShared(t *testing.T) {
+	for _, dir := range renderedDirs {
+		m := render(t, dir)
+		values := map[string]string{}
+		for _, name := range []string{"extauthz", "deviceflow"} {
+			c, _ := authgateContainer(t, m.deployments[name].Spec.Template.Spec)
+			env, _ := envOf(t, m, c)
+			v, ok := env["TOKEN_CACHE_TTL"]
+			if !ok {
+				t.Errorf("%s: %s has no TOKEN_CACHE_TTL", dir, name)
+			}
+			values[name] = v
+		}
+		if values["extauthz"] != values["deviceflow"] {
+			t.Errorf("%s: TOKEN_CACHE_TTL extauthz %q, deviceflow %q: want one value", dir, values["extauthz"], values["deviceflow"])
+		}
+	}
+}
+
 func TestMigrationJob(t *testing.T) {
 	for _, dir := range renderedDirs {
 		j := render(t, dir).jobs["authgate-migrate"]
