@@ -358,6 +358,13 @@ func envOf(t *testing.T, m *manifests, c corev1.Container) (env map[string]strin
 			}
 			env[e.Name] = "from-secret-" + e.ValueFrom.SecretKeyRef.Key
 			fromSecret[e.Name] = true
+		case e.ValueFrom != nil && e.ValueFrom.ConfigMapKeyRef != nil:
+			ref := e.ValueFrom.ConfigMapKeyRef
+			v, ok := m.configMaps[ref.Name].Data[ref.Key]
+			if !ok {
+				t.Errorf("%s: %s: ConfigMap %s has no key %s", c.Name, e.Name, ref.Name, ref.Key)
+			}
+			env[e.Name] = v
 		case e.ValueFrom == nil:
 			env[e.Name] = e.Value
 		default:
@@ -377,6 +384,19 @@ var loaders = map[string]func(config.Lookup) error{
 		_, _, err := config.LoadDeviceflow(l)
 		return err
 	},
+	// The subcommands that only maintain the database.
+	"deviceflow migrate": func(l config.Lookup) error {
+		_, err := config.LoadMaintenance(l)
+		return err
+	},
+}
+
+// program names what a container runs as loaders and secrets key it: the service, then its subcommand if any.
+func program(c corev1.Container, service string) string {
+	if args := append(slices.Clone(c.Command), c.Args...); len(args) > 1 {
+		return service + " " + args[1]
+	}
+	return service
 }
 
 // loadWith runs a loader on env and returns every variable it looked up and its error, with env and with nothing set (a
@@ -394,8 +414,9 @@ func loadWith(load func(config.Lookup) error, env map[string]string) (map[string
 
 func TestEnvironmentIsWhatAuthgateReads(t *testing.T) {
 	secrets := map[string][]string{
-		"extauthz":   {"DATABASE_URL", "REDIS_URL"},
-		"deviceflow": {"DATABASE_URL", "REDIS_URL", "SECRET_KEY"},
+		"extauthz":           {"DATABASE_URL", "REDIS_URL"},
+		"deviceflow":         {"DATABASE_URL", "REDIS_URL", "SECRET_KEY"},
+		"deviceflow migrate": {"DATABASE_URL"},
 	}
 	for _, dir := range renderedDirs {
 		m := render(t, dir)
@@ -410,9 +431,15 @@ func TestEnvironmentIsWhatAuthgateReads(t *testing.T) {
 		}
 		for what, pod := range containers {
 			c, service := authgateContainer(t, pod)
+			service = program(c, service)
 			where := dir + ": " + what
 			env, fromSecret := envOf(t, m, c)
-			read, err := loadWith(loaders[service], env)
+			load := loaders[service]
+			if load == nil {
+				t.Errorf("%s: no loader for %s", where, service)
+				continue
+			}
+			read, err := loadWith(load, env)
 			if err != nil {
 				t.Errorf("%s: %s would not start with this environment: %v", where, service, err)
 			}
@@ -481,6 +508,15 @@ func TestMigrationJob(t *testing.T) {
 		}
 		if j.Spec.Template.Spec.RestartPolicy != corev1.RestartPolicyNever || j.Spec.BackoffLimit == nil || j.Spec.ActiveDeadlineSeconds == nil {
 			t.Errorf("%s: the migration Job needs restartPolicy Never, a backoffLimit and a deadline", dir)
+		}
+		// Only what LoadMaintenance reads: Redis credentials and SECRET_KEY have no business in this pod.
+		var names []string
+		for _, e := range c.Env {
+			names = append(names, e.Name)
+		}
+		sort.Strings(names)
+		if len(c.EnvFrom) != 0 || !slices.Equal(names, []string{"DATABASE_URL", "LOG_LEVEL"}) {
+			t.Errorf("%s: the migration Job gets env %v and envFrom %v, want only DATABASE_URL and LOG_LEVEL", dir, names, c.EnvFrom)
 		}
 	}
 	if ann := render(t, "overlays/istio").jobs["authgate-migrate"].Spec.Template.Annotations["sidecar.istio.io/inject"]; ann != "false" {
