@@ -26,6 +26,7 @@ func (unreachable) Add(context.Context, string, time.Duration) error { return er
 func (unreachable) Get(context.Context, string) (pipeline.TokenEntry, pipeline.CacheStatus, error) {
 	return pipeline.TokenEntry{}, pipeline.CacheMiss, errDown
 }
+func (unreachable) Local(string) (pipeline.TokenEntry, bool)                { return pipeline.TokenEntry{}, false }
 func (unreachable) Fill(context.Context, string, pipeline.TokenEntry) error { return errDown }
 func (unreachable) MarkUnknown(context.Context, string) error               { return errDown }
 func (unreachable) RecordVerdict(context.Context, string, string, bool) error {

@@ -40,6 +40,11 @@ func (a cacheAdapter) Get(ctx context.Context, hash string) (pipeline.TokenEntry
 	return pipeline.TokenEntry{}, pipeline.CacheMiss, err
 }
 
+func (a cacheAdapter) Local(hash string) (pipeline.TokenEntry, bool) {
+	e, ok := a.c.Local(hash)
+	return pipeline.TokenEntry(e), ok
+}
+
 func (a cacheAdapter) Fill(ctx context.Context, hash string, e pipeline.TokenEntry) error {
 	return a.c.Fill(ctx, hash, tokencache.Entry(e))
 }

@@ -51,6 +51,8 @@ type TokenEntry struct {
 // TokenCache is the Redis token cache with its optional in-process layer (internal/tokencache).
 type TokenCache interface {
 	Get(ctx context.Context, hash string) (TokenEntry, CacheStatus, error)
+	// Local is a hit Get would serve from process memory, without Redis (false when there is none).
+	Local(hash string) (TokenEntry, bool)
 	// Fill stores a live entry unless one (or a tombstone) is there already.
 	Fill(ctx context.Context, hash string, e TokenEntry) error
 	// MarkUnknown stores a short-lived negative entry.

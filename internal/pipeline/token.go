@@ -19,9 +19,13 @@ func (p *Pipeline) resolveToken(ctx context.Context, req *Request, c *caller) (D
 	var entry TokenEntry
 	status, err := CacheMiss, errRedisDown
 	if !c.redisDown {
-		rctx, cancel := p.redisCtx(ctx)
-		entry, status, err = p.deps.Cache.Get(rctx, c.hash)
-		cancel()
+		if local, ok := p.deps.Cache.Local(c.hash); ok { // a warm Check: no Redis deadline to build
+			entry, status, err = local, CacheHit, nil
+		} else {
+			rctx, cancel := p.redisCtx(ctx)
+			entry, status, err = p.deps.Cache.Get(rctx, c.hash)
+			cancel()
+		}
 	}
 	if err != nil {
 		if ctx.Err() != nil {

@@ -83,6 +83,15 @@ func New(rdb redis.UniversalClient, opts Options) *Cache {
 
 func redisKey(hash string) string { return keyPrefix + hash }
 
+// Local is Get's first step alone: the entry when the in-process layer may serve it. It never touches Redis, so a caller
+// can skip building a Redis deadline for the common warm read.
+func (c *Cache) Local(hash string) (Entry, bool) {
+	if c.local == nil {
+		return Entry{}, false
+	}
+	return c.local.get(hash, time.Now())
+}
+
 // Get looks hash up: the local layer first (when it is following the stream), then Redis. A Redis error is returned with
 // Miss: the caller asks Postgres instead.
 func (c *Cache) Get(ctx context.Context, hash string) (Entry, Status, error) {

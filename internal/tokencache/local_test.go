@@ -39,6 +39,9 @@ func TestLocalLayerServesOnlyWhileFollowingTheStream(t *testing.T) {
 	if got, st, err := c.Get(ctx, h); err != nil || st != Hit || got.ClientID != "changed-in-redis" {
 		t.Fatalf("without Run: %+v, %v, %v; want Redis's entry", got, st, err)
 	}
+	if _, ok := c.Local(h); ok {
+		t.Fatal("Local served an entry while not following the stream")
+	}
 
 	runLocal(t, c)
 	if got, _, _ := c.Get(ctx, h); got.ClientID != "changed-in-redis" {
@@ -47,6 +50,12 @@ func TestLocalLayerServesOnlyWhileFollowingTheStream(t *testing.T) {
 	overwrite(t, c, h, e)
 	if got, st, err := c.Get(ctx, h); err != nil || st != Hit || got.ClientID != "changed-in-redis" {
 		t.Fatalf("with Run: %+v, %v, %v; want the locally cached entry", got, st, err)
+	}
+	if got, ok := c.Local(h); !ok || got.ClientID != "changed-in-redis" {
+		t.Fatalf("Local with Run: %+v, %v; want the locally cached entry", got, ok)
+	}
+	if _, ok := c.Local(newHash()); ok {
+		t.Fatal("Local served a hash it never read")
 	}
 }
 
