@@ -105,12 +105,19 @@ func (c column) String() string {
 }
 
 // checkExistingTable compares an oauth_access_tokens that is already there (Dify's, or authgate's own) with the expected shape.
-// Extra columns are tolerated: Dify may add some that authgate does not read.
+// Extra columns are tolerated: Dify may add some that authgate does not read. The columns come from pg_catalog, not
+// information_schema: the latter hides the columns of a table the role has no privileges on, so a migration role that does
+// not own Dify's table would skip this check and fail later with a bare "must be owner".
 func checkExistingTable(ctx context.Context, pool *pgxpool.Pool) error {
 	rows, err := pool.Query(ctx, `
-		SELECT column_name, data_type, character_maximum_length, is_nullable = 'YES'
-		FROM information_schema.columns
-		WHERE table_schema = current_schema() AND table_name = 'oauth_access_tokens'`)
+		SELECT a.attname, format_type(a.atttypid, NULL),
+			CASE WHEN a.atttypid IN ('varchar'::regtype, 'bpchar'::regtype) AND a.atttypmod >= 4 THEN a.atttypmod - 4 END,
+			NOT a.attnotnull
+		FROM pg_catalog.pg_attribute a
+		JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = current_schema() AND c.relname = 'oauth_access_tokens' AND c.relkind IN ('r', 'p')
+			AND a.attnum > 0 AND NOT a.attisdropped`)
 	if err != nil {
 		return fmt.Errorf("postgres: reading oauth_access_tokens columns: %w", err)
 	}

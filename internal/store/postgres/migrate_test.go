@@ -2,8 +2,11 @@ package postgres_test
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"maps"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -275,5 +278,49 @@ func TestMigrateRefusesIncompatibleTable(t *testing.T) {
 				t.Fatalf("rows after a refused migration = %d, %v; want Dify's 1", n, err)
 			}
 		})
+	}
+}
+
+// roleWithoutPrivileges creates a login role with no privileges on anything in dbURL's database and returns a pool connected
+// as it; the role is dropped at cleanup.
+func roleWithoutPrivileges(t *testing.T, admin *pgxpool.Pool, dbURL string) *pgxpool.Pool {
+	t.Helper()
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	role := "authgate_test_migrator_" + hex.EncodeToString(b[:])
+	exec(t, admin, "CREATE ROLE "+role+" LOGIN")
+	t.Cleanup(func() {
+		ctx := context.Background()
+		// Runs after the role's pool is closed and before the test database is dropped (cleanups run last-registered first);
+		// a role is cluster-wide, so it must not outlive the test.
+		if _, err := admin.Exec(ctx, "DROP OWNED BY "+role+"; DROP ROLE "+role); err != nil {
+			t.Errorf("drop role %s: %v", role, err)
+		}
+	})
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.User(role)
+	return testenv.Pool(t, u.String())
+}
+
+// TestMigrateChecksATableTheRoleCannotRead: a migration role that neither owns Dify's table nor has any privilege on it still
+// gets the readable compatibility diff, not a silently skipped check followed by an unrelated failure.
+func TestMigrateChecksATableTheRoleCannotRead(t *testing.T) {
+	dbURL := testenv.EmptyPostgresURL(t)
+	admin := testenv.Pool(t, dbURL)
+	exec(t, admin, migrations.DifyDirectoryFixture)
+	exec(t, admin, difyTable)
+	exec(t, admin, `ALTER TABLE oauth_access_tokens DROP COLUMN device_label CASCADE`)
+	exec(t, admin, `REVOKE ALL ON oauth_access_tokens FROM PUBLIC`)
+	migrator := roleWithoutPrivileges(t, admin, dbURL)
+
+	err := postgres.Migrate(context.Background(), migrator)
+	if !errors.Is(err, postgres.ErrIncompatibleSchema) || !strings.Contains(err.Error(), "column device_label: missing") {
+		t.Fatalf("Migrate as a role without privileges: err = %v, want ErrIncompatibleSchema naming device_label", err)
+	}
+	if strings.Contains(err.Error(), "column id:") || strings.Contains(err.Error(), "column subject_email:") {
+		t.Fatalf("columns the role cannot read were reported missing: %v", err)
 	}
 }
