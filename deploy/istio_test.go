@@ -123,7 +123,8 @@ func TestIstioAuthorizationPolicy(t *testing.T) {
 	if !slices.Equal(op.GetPaths(), []string{"/openapi/v1/*"}) || len(op.GetMethods()) > 0 || len(op.GetHosts()) > 0 || len(op.GetPorts()) > 0 {
 		t.Errorf("want the operation to select paths [/openapi/v1/*] only, got %v", op)
 	}
-	wantNot := []string{"/openapi/v1/oauth/device/*", "/openapi/v1/oauth/revoke", "/openapi/v1/.well-known/oauth-authorization-server"}
+	wantNot := []string{"/openapi/v1/oauth/device/*", "/openapi/v1/device/sso-complete", "/openapi/v1/oauth/revoke",
+		"/openapi/v1/.well-known/oauth-authorization-server"}
 	if got := slices.Sorted(slices.Values(op.GetNotPaths())); !slices.Equal(got, slices.Sorted(slices.Values(wantNot))) {
 		t.Errorf("notPaths = %v, want %v", got, wantNot)
 	}

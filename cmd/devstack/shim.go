@@ -18,6 +18,7 @@ func shimRoutes(deviceflow, upstream *url.URL) []envoyshim.Route {
 	bearer := func(r envoyshim.Route) envoyshim.Route { r.Upstream = deviceflow; return r }
 	return []envoyshim.Route{
 		self(envoyshim.Route{Prefix: "/openapi/v1/oauth/device"}),
+		self(envoyshim.Route{Path: "/openapi/v1/device/sso-complete"}),
 		self(envoyshim.Route{Path: "/openapi/v1/oauth/revoke"}),
 		self(envoyshim.Route{Prefix: "/.well-known/oauth-authorization-server"}),
 		self(envoyshim.Route{Path: "/openapi/v1/.well-known/oauth-authorization-server"}),

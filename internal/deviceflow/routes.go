@@ -25,7 +25,7 @@ func (s *Server) routes() *http.ServeMux {
 	// The SSO branch, served only when ENTERPRISE_ENABLED (404 on CE).
 	api("GET /oauth/device/sso-initiate", s.enterpriseOnly(s.handleSSOInitiate))
 	api("GET /oauth/device/sso-complete", s.enterpriseOnly(s.handleSSOComplete))
-	mux.Handle("GET /device/sso-complete", s.serve(s.enterpriseOnly(s.handleSSOComplete)))
+	api("GET /device/sso-complete", s.enterpriseOnly(s.handleSSOComplete)) // SPEC §4's second mount, also under the prefix
 	api("GET /oauth/device/approval-context", s.enterpriseOnly(s.handleApprovalContext))
 	api("POST /oauth/device/approve-external", s.enterpriseOnly(s.handleApproveExternal))
 	api("POST /oauth/device/deny-external", s.enterpriseOnly(s.handleDenyExternal))

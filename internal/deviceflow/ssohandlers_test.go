@@ -149,7 +149,7 @@ func TestSSOCompleteRefusals(t *testing.T) {
 
 	t.Run("replayed nonce", func(t *testing.T) {
 		assertion := signRaw(t, jwt.SigningMethodHS256, secret, envelopeKeyID, claims(nil))
-		target := "/device/sso-complete?sso_assertion=" + url.QueryEscape(assertion) // the second mount of the route
+		target := "/openapi/v1/device/sso-complete?sso_assertion=" + url.QueryEscape(assertion) // the second mount of the route
 		if rec := h.do("GET", target, nil, nil); rec.Code != http.StatusFound {
 			t.Fatalf("first use: %d %s", rec.Code, rec.Body)
 		}
@@ -340,7 +340,7 @@ func TestSSORoutesAnswer404OnCE(t *testing.T) {
 	for _, route := range []struct{ method, path string }{
 		{"GET", "/openapi/v1/oauth/device/sso-initiate?user_code=" + userCode},
 		{"GET", "/openapi/v1/oauth/device/sso-complete?sso_assertion=" + url.QueryEscape(h.assertion("e@x.example", userCode, "n"))},
-		{"GET", "/device/sso-complete?sso_assertion=x"},
+		{"GET", "/openapi/v1/device/sso-complete?sso_assertion=x"},
 		{"GET", "/openapi/v1/oauth/device/approval-context"},
 		{"POST", "/openapi/v1/oauth/device/approve-external"},
 		{"POST", "/openapi/v1/oauth/device/deny-external"},
