@@ -63,27 +63,25 @@ func openPool(ctx context.Context, url string) (*pgxpool.Pool, error) {
 }
 
 func migrate(ctx context.Context, lookup config.Lookup, stderr io.Writer) error {
-	cfg, err := config.LoadMaintenance(lookup)
-	if err != nil {
-		return err
-	}
-	log, err := telemetry.NewLogger(stderr, cfg.LogLevel)
-	if err != nil {
-		return err
-	}
-	pool, err := openPool(ctx, cfg.DatabaseURL)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-	if err := postgres.Migrate(ctx, pool); err != nil {
-		return err
-	}
-	log.InfoContext(ctx, "migrations applied")
-	return nil
+	return maintain(ctx, lookup, stderr, func(cfg config.Maintenance, log *slog.Logger, pool *pgxpool.Pool) error {
+		if err := postgres.Migrate(ctx, pool); err != nil {
+			return err
+		}
+		log.InfoContext(ctx, "migrations applied")
+		return nil
+	})
 }
 
 func prune(ctx context.Context, lookup config.Lookup, stderr io.Writer) error {
+	return maintain(ctx, lookup, stderr, func(cfg config.Maintenance, log *slog.Logger, pool *pgxpool.Pool) error {
+		_, err := deviceflow.NewPruner(postgres.NewTokenStore(pool), cfg.RetentionDays, log, nil).RunOnce(ctx)
+		return err
+	})
+}
+
+// maintain runs one maintenance subcommand: it needs only Postgres, so Redis and SECRET_KEY are neither read nor required.
+func maintain(ctx context.Context, lookup config.Lookup, stderr io.Writer,
+	task func(config.Maintenance, *slog.Logger, *pgxpool.Pool) error) error {
 	cfg, err := config.LoadMaintenance(lookup)
 	if err != nil {
 		return err
@@ -97,8 +95,7 @@ func prune(ctx context.Context, lookup config.Lookup, stderr io.Writer) error {
 		return err
 	}
 	defer pool.Close()
-	_, err = deviceflow.NewPruner(postgres.NewTokenStore(pool), cfg.RetentionDays, log, nil).RunOnce(ctx)
-	return err
+	return task(cfg, log, pool)
 }
 
 func serve(ctx context.Context, lookup config.Lookup, stderr io.Writer, listening Listening) error {
