@@ -50,13 +50,5 @@ func TestServeRunsThePruner(t *testing.T) {
 		}
 		return n == 0
 	})
-	stop()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("shutdown: %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("serve did not stop within 30 s")
-	}
+	stopServe(t, stop, done)
 }

@@ -50,13 +50,5 @@ func TestReadinessIgnoresSharedDependencies(t *testing.T) {
 	if status := readyz(); status != http.StatusOK {
 		t.Fatalf("readyz %d during a Redis outage, want 200", status)
 	}
-	stop()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("graceful shutdown: %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("serve did not stop within 30 s")
-	}
+	stopServe(t, stop, done)
 }

@@ -94,15 +94,7 @@ func TestServeMigratePrune(t *testing.T) {
 	if status, _ := get("http://" + a.admin.String() + "/healthz"); status != http.StatusOK {
 		t.Fatalf("healthz %d", status)
 	}
-	stop()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("graceful shutdown: %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("serve did not stop within 30 s")
-	}
+	stopServe(t, stop, done)
 }
 
 func TestConfigErrorsNameTheVariable(t *testing.T) {
@@ -168,5 +160,19 @@ func TestBadURLErrorsKeepPasswordsOut(t *testing.T) {
 		if strings.Contains(err.Error(), password) {
 			t.Errorf("%v with %v: the error shows the password: %v", c.args, c.set, err)
 		}
+	}
+}
+
+// stopServe cancels a running serve and fails the test unless it shuts down gracefully within a generous deadline.
+func stopServe(t *testing.T, stop func(), done <-chan error) {
+	t.Helper()
+	stop()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("graceful shutdown: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("serve did not stop within 30 s")
 	}
 }

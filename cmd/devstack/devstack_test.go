@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/authgate/authgate/internal/testenv"
 )
 
 // walkthroughURL finds the URL a printed curl command of the walkthrough calls.
@@ -161,39 +163,21 @@ func decode(t *testing.T, resp *http.Response, wantStatus int, v any) {
 // ever.
 func TestInProcessRedisExpiresKeys(t *testing.T) {
 	t.Parallel()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	m, err := startRedis(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	rdb := redis.NewClient(&redis.Options{Addr: m.Addr()})
-	defer rdb.Close()
+	ctx := t.Context()
+	rdb := inProcessRedis(t)
 	if err := rdb.Set(ctx, "k", "v", time.Second).Err(); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for rdb.Exists(ctx, "k").Val() == 1 {
-		if time.Now().After(deadline) {
-			t.Fatal("a key with a 1 s TTL still exists after 5 s")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	testenv.Eventually(t, 5*time.Second, "a key with a 1 s TTL expires", func() bool {
+		return rdb.Exists(ctx, "k").Val() == 0
+	})
 }
 
 // The limiter's script reads Redis TIME; on miniredis that must be the wall clock, or windows never slide.
 func TestInProcessRedisTimeIsTheWallClock(t *testing.T) {
 	t.Parallel()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	m, err := startRedis(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	rdb := redis.NewClient(&redis.Options{Addr: m.Addr()})
-	defer rdb.Close()
+	ctx := t.Context()
+	rdb := inProcessRedis(t)
 	got, err := rdb.Time(ctx).Result()
 	if err != nil {
 		t.Fatal(err)
@@ -212,4 +196,19 @@ func TestDefaultsListenOnLoopbackOnly(t *testing.T) {
 			t.Errorf("default listen address %q is not a loopback address", addr)
 		}
 	}
+}
+
+// inProcessRedis starts devstack's miniredis with its clock-advancing loop, stopped when the test ends.
+func inProcessRedis(t *testing.T) *redis.Client {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	m, err := startRedis(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	rdb := redis.NewClient(&redis.Options{Addr: m.Addr()})
+	t.Cleanup(func() { _ = rdb.Close() })
+	return rdb
 }
