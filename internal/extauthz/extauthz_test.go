@@ -1,6 +1,7 @@
 package extauthz
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"log/slog"
@@ -11,6 +12,8 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/authgate/authgate/internal/pipeline"
 )
@@ -26,11 +29,27 @@ func envoyRequest(method, path string, headers map[string]string, source string)
 	}}
 }
 
-func TestToRequest(t *testing.T) {
+// recorder is a Checker that keeps the request it was asked about.
+type recorder struct{ got pipeline.Request }
+
+func (r *recorder) Check(_ context.Context, req pipeline.Request) pipeline.Decision {
+	r.got = req
+	return pipeline.Decision{Allow: true}
+}
+
+// seen is the pipeline.Request a server trusting trustedHops proxies builds from in, through the wire codec.
+func seen(t *testing.T, in *authv3.CheckRequest, trustedHops int) pipeline.Request {
+	t.Helper()
+	r := &recorder{}
+	NewServer(r, slog.New(slog.DiscardHandler), trustedHops).roundTrip(t, in)
+	return r.got
+}
+
+func TestDecodeCheckRequest(t *testing.T) {
 	in := envoyRequest("GET", "/openapi/v1/apps?workspace_id=x", map[string]string{
 		":method": "GET", ":path": "/openapi/v1/apps?workspace_id=x", "Authorization": "Bearer t", "x-authgate-account-id": "a",
 	}, "::ffff:198.51.100.7")
-	got := ToRequest(in, 0)
+	got := seen(t, in, 0)
 	if got.Method != "GET" || got.Path != "/openapi/v1/apps?workspace_id=x" || got.RequestID != "id-1" {
 		t.Errorf("request %+v", got)
 	}
@@ -43,10 +62,10 @@ func TestToRequest(t *testing.T) {
 
 	// Behind one trusted proxy the client is the rightmost X-Forwarded-For entry; without trust the header is ignored.
 	xff := envoyRequest("GET", "/", map[string]string{"x-forwarded-for": "6.6.6.6, 203.0.113.5"}, "10.0.0.9")
-	if got := ToRequest(xff, 1).ClientIP.String(); got != "203.0.113.5" {
+	if got := seen(t, xff, 1).ClientIP.String(); got != "203.0.113.5" {
 		t.Errorf("trusted hop: %s", got)
 	}
-	if got := ToRequest(xff, 0).ClientIP.String(); got != "10.0.0.9" {
+	if got := seen(t, xff, 0).ClientIP.String(); got != "10.0.0.9" {
 		t.Errorf("no trusted hops: %s", got)
 	}
 
@@ -57,16 +76,35 @@ func TestToRequest(t *testing.T) {
 			{Key: "authorization", RawValue: []byte("Bearer a")}, {Key: "Authorization", RawValue: []byte("Bearer b")},
 		}}},
 	}}}
-	got = ToRequest(raw, 0)
+	got = seen(t, raw, 0)
 	if got.Method != "POST" || got.Path != "/x" || got.Headers["authorization"] != "Bearer a,Bearer b" || got.ClientIP.IsValid() {
 		t.Errorf("raw header map: %+v", got)
 	}
-	if got := ToRequest(nil, 0); got.Method != "" || got.Path != "" {
-		t.Errorf("nil request: %+v", got)
+	if got := seen(t, &authv3.CheckRequest{}, 0); got.Method != "" || got.Path != "" {
+		t.Errorf("empty request: %+v", got)
+	}
+
+	// A header that is not UTF-8 (obs-text) is decoded, not refused: a refused call is what failure_mode_allow lets through.
+	latin1 := envoyRequest("GET", "/openapi/v1/me", map[string]string{"x-note": "cafZ"}, "10.0.0.1")
+	b, err := proto.Marshal(latin1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b = bytes.Replace(b, []byte("cafZ"), []byte("caf\xe9"), 1) // same length, so every length prefix still holds
+	if err := proto.Unmarshal(b, &authv3.CheckRequest{}); err == nil {
+		t.Fatal("the fixture should be a CheckRequest that proto.Unmarshal refuses")
+	}
+	if req, err := decodeCheckRequest(b); err != nil || req.req.Headers["x-note"] != "caf\xe9" {
+		t.Errorf("latin-1 header: %q, %v", req.req.Headers["x-note"], err)
+	}
+	for _, bad := range [][]byte{{0x0a}, {0x0a, 0x05, 0x01}, {0x08}, {0x00}, {0x0c}} {
+		if _, err := decodeCheckRequest(bad); err == nil {
+			t.Errorf("malformed %x decoded without an error", bad)
+		}
 	}
 }
 
-func TestToCheckResponse(t *testing.T) {
+func TestEncodeCheckResponse(t *testing.T) {
 	for status, want := range map[int]codes.Code{400: codes.PermissionDenied, 401: codes.Unauthenticated,
 		403: codes.PermissionDenied, 404: codes.PermissionDenied, 429: codes.ResourceExhausted, 503: codes.Unavailable} {
 		d := pipeline.Decision{Status: status, Code: "some_code", Message: "m",
@@ -74,8 +112,9 @@ func TestToCheckResponse(t *testing.T) {
 		if status == 429 {
 			d.RetryAfter = 1500 * time.Millisecond
 		}
-		resp := ToCheckResponse(d)
-		if codes.Code(resp.GetStatus().GetCode()) != want || int(resp.GetDeniedResponse().GetStatus().GetCode()) != status {
+		resp := encode(t, d)
+		if codes.Code(resp.GetStatus().GetCode()) != want || int(resp.GetDeniedResponse().GetStatus().GetCode()) != status ||
+			resp.GetStatus().GetMessage() != "some_code" {
 			t.Errorf("%d: %v", status, resp)
 		}
 		var body map[string]any
@@ -95,18 +134,24 @@ func TestToCheckResponse(t *testing.T) {
 		}
 	}
 
-	allow := ToCheckResponse(pipeline.Decision{Allow: true,
+	allow := encode(t, pipeline.Decision{Allow: true,
 		SetHeaders:      []pipeline.Header{{Name: "x-authgate-token-id", Value: "t"}},
 		RemoveHeaders:   []string{"x-authgate-account-id"},
 		ResponseHeaders: []pipeline.Header{{Name: "ratelimit-limit", Value: "60"}},
-		Metadata:        map[string]string{"token_id": "t"}})
+		Metadata:        map[string]string{"token_id": "t", "empty": ""}})
 	ok := allow.GetOkResponse()
-	if codes.Code(allow.GetStatus().GetCode()) != codes.OK || ok == nil || len(ok.GetHeaders()) != 1 ||
+	if allow.GetStatus() == nil || codes.Code(allow.GetStatus().GetCode()) != codes.OK || ok == nil || len(ok.GetHeaders()) != 1 ||
 		ok.GetHeaders()[0].GetAppendAction() != corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD ||
 		ok.GetResponseHeadersToAdd()[0].GetAppendAction() != corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD ||
 		ok.GetHeadersToRemove()[0] != "x-authgate-account-id" ||
 		allow.GetDynamicMetadata().GetFields()["token_id"].GetStringValue() != "t" {
 		t.Errorf("allow: %v", allow)
+	}
+	if _, isString := allow.GetDynamicMetadata().GetFields()["empty"].GetKind().(*structpb.Value_StringValue); !isString {
+		t.Errorf("an empty metadata value must still be a string Value: %v", allow.GetDynamicMetadata())
+	}
+	if bare := encode(t, pipeline.Decision{Allow: true}); bare.GetOkResponse() == nil || bare.GetDynamicMetadata() != nil {
+		t.Errorf("bare allow: %v", bare)
 	}
 }
 
@@ -116,10 +161,10 @@ func (panicking) Check(context.Context, pipeline.Request) pipeline.Decision { pa
 
 func TestCheckNeverFails(t *testing.T) {
 	s := NewServer(panicking{}, slog.New(slog.DiscardHandler), 0)
-	resp, err := s.Check(context.Background(), envoyRequest("GET", "/", nil, "127.0.0.1"))
-	if err != nil || codes.Code(resp.GetStatus().GetCode()) != codes.Unavailable ||
+	resp := s.roundTrip(t, envoyRequest("GET", "/", nil, "127.0.0.1"))
+	if codes.Code(resp.GetStatus().GetCode()) != codes.Unavailable ||
 		resp.GetDeniedResponse().GetStatus().GetCode() != 503 || !strings.Contains(resp.GetDeniedResponse().GetBody(), "auth_unavailable") {
-		t.Errorf("panic: %v, %v", resp, err)
+		t.Errorf("panic: %v", resp)
 	}
 }
 
@@ -142,10 +187,7 @@ func FuzzCheckRequestMapping(f *testing.F) {
 	f.Add("POST", "/openapi/v1/apps/%2e%2e/run", "authorization", "bearer a,b", "")
 	f.Fuzz(func(t *testing.T, method, path, hname, hvalue, source string) {
 		in := envoyRequest(method, path, map[string]string{hname: hvalue, "origin": "https://x"}, source)
-		resp, err := s.Check(context.Background(), in)
-		if err != nil || resp == nil {
-			t.Fatalf("Check failed: %v", err)
-		}
+		resp := s.roundTrip(t, in)
 		if ok := resp.GetOkResponse(); ok != nil {
 			for _, h := range ok.GetHeaders() {
 				if strings.HasPrefix(h.GetHeader().GetKey(), pipeline.IdentityHeaderPrefix) {

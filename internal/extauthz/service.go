@@ -93,13 +93,13 @@ func Start(ctx context.Context, cfg config.Extauthz, deps Deps, grpcLn, adminLn 
 
 	s := &Service{logger: tel.Logger, grpcLn: grpcLn, adminLn: adminLn}
 	// Envoy holds one HTTP/2 connection per upstream host for ever; ageing it out spreads load over new replicas.
-	s.grpc = grpc.NewServer(grpc.KeepaliveParams(keepalive.ServerParameters{
+	s.grpc = NewGRPCServer(grpc.KeepaliveParams(keepalive.ServerParameters{
 		MaxConnectionAge:      cfg.MaxConnectionAge,
 		MaxConnectionAgeGrace: cfg.ShutdownTimeout,
 	}))
 	checks := NewServer(pl, tel.Logger, cfg.TrustedProxyHops)
 	checks.tracer = tel.Tracer
-	authv3.RegisterAuthorizationServer(s.grpc, checks)
+	checks.Register(s.grpc)
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)

@@ -25,10 +25,8 @@ func TestCheckSpanJoinsTheCallersTraceAndRecordsTheDecision(t *testing.T) {
 	srv.tracer = sdktrace.NewTracerProvider(sdktrace.WithSyncer(exporter)).Tracer("test")
 
 	const traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
-	if _, err := srv.Check(context.Background(), envoyRequest("POST", "/openapi/v1/apps/x/run",
-		map[string]string{"traceparent": "00-" + traceID + "-00f067aa0ba902b7-01"}, "10.0.0.1:1234")); err != nil {
-		t.Fatal(err)
-	}
+	srv.roundTrip(t, envoyRequest("POST", "/openapi/v1/apps/x/run",
+		map[string]string{"traceparent": "00-" + traceID + "-00f067aa0ba902b7-01"}, "10.0.0.1:1234"))
 	spans := exporter.GetSpans()
 	if len(spans) != 1 || spans[0].Name != "extauthz.Check" {
 		t.Fatalf("spans: %v", spans)
