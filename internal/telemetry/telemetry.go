@@ -75,6 +75,10 @@ func Setup(ctx context.Context, service string, cfg Config) (*Telemetry, error) 
 			return nil, fmt.Errorf("OTEL_EXPORTER_OTLP_ENDPOINT: %w", err)
 		}
 		traceOpts = append(traceOpts, sdktrace.WithBatcher(exporter))
+	} else {
+		// Nothing would export a recorded span. Unsampled spans still get trace and span ids (so log lines still carry
+		// them) but skip recording attributes and events, which was ~4% of a warm Check's CPU.
+		traceOpts = append(traceOpts, sdktrace.WithSampler(sdktrace.NeverSample()))
 	}
 	tp := sdktrace.NewTracerProvider(traceOpts...)
 

@@ -1,6 +1,7 @@
 package telemetry_test
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -9,6 +10,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
@@ -52,6 +54,25 @@ func TestLogLineCarriesTraceID(t *testing.T) {
 	}
 	if strings.Contains(lines[2], "trace_id") {
 		t.Fatalf("line without a span carries a trace id: %s", lines[2])
+	}
+	if span.IsRecording() {
+		t.Error("with no OTLP endpoint a span is recorded, which nothing would export")
+	}
+}
+
+func TestSpansRecordedWithAnExporter(t *testing.T) {
+	tel, err := telemetry.Setup(t.Context(), "authgate-test", telemetry.Config{OTLPEndpoint: "http://127.0.0.1:1", LogOutput: io.Discard})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, span := tel.Tracer.Start(t.Context(), "check")
+	recording := span.IsRecording()
+	span.End()
+	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond) // the endpoint is closed: do not wait on export
+	defer cancel()
+	_ = tel.Shutdown(ctx)
+	if !recording {
+		t.Error("with an OTLP endpoint the span is not recorded")
 	}
 }
 
