@@ -319,3 +319,32 @@ func TestRedisAuth(t *testing.T) {
 		t.Errorf("wrong password: RateLimit headers %v, want the limiter skipped", rl)
 	}
 }
+
+// extauthz speaks RESP2 to Redis unless REDIS_URL asks otherwise; CLIENT LIST on a private server shows what each
+// connection negotiated (the test's own client, running CLIENT LIST, is left out: it speaks RESP3).
+func TestRedisProtocol(t *testing.T) {
+	rs := testenv.StartRedisServer(t)
+	w := newWorld(t)
+	ada, adaID := w.accountToken(accountActive, "ada@example.com")
+	for _, c := range []struct {
+		db          int // each case its own, so CLIENT LIST tells their connections apart
+		query, want string
+	}{{1, "", "resp=2"}, {2, "?protocol=3", "resp=3"}} {
+		w.redisURL = "redis://" + rs.Addr + "/" + strconv.Itoa(c.db) + c.query
+		srv := w.start(nil)
+		expectAllow(t, srv.check(t, "GET", "/openapi/v1/me", bearer(ada)), accountHeaders(accountActive, "ada@example.com", adaID))
+		clients, err := rs.Client().ClientList(context.Background()).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for _, line := range strings.Split(clients, "\n") {
+			if strings.Contains(line, " db="+strconv.Itoa(c.db)+" ") && !strings.Contains(line, "cmd=client|list") {
+				found = found || strings.Contains(line, c.want)
+			}
+		}
+		if !found {
+			t.Errorf("REDIS_URL%s: no extauthz connection with %s in\n%s", c.query, c.want, clients)
+		}
+	}
+}
