@@ -15,30 +15,6 @@ type checkRequest struct {
 	peer string           // attributes.source.address.socket_address.address
 }
 
-// Field numbers of the envoy.service.auth.v3 and envoy.config.core.v3 messages a Check reads. Every one of them is a
-// string, a message or a map, so each arrives as a length-delimited field.
-const (
-	checkRequestAttributes = 1 // CheckRequest.attributes
-	attributesSource       = 1 // AttributeContext.source (Peer)
-	attributesRequest      = 4 // AttributeContext.request
-	peerAddress            = 1 // Peer.address (core.v3.Address)
-	addressSocketAddress   = 1 // Address.socket_address, one case of the oneof address
-	socketAddressAddress   = 2 // SocketAddress.address
-	requestHTTP            = 2 // AttributeContext.Request.http
-	httpID                 = 1
-	httpMethod             = 2
-	httpHeaders            = 3 // map<string, string>
-	httpPath               = 4
-	httpQuery              = 7
-	httpHeaderMap          = 13 // core.v3.HeaderMap, sent instead of headers with encode_raw_headers
-	headerMapHeaders       = 1
-	headerValueKey         = 1
-	headerValueValue       = 2
-	headerValueRawValue    = 3
-	mapEntryKey            = 1
-	mapEntryValue          = 2
-)
-
 // decodeCheckRequest reads a CheckRequest without building the generated message: protobuf's reflective decoding of the
 // header map (several allocations per header) was the largest cost of a warm Check. It follows protobuf's rules where
 // they matter (the last value of a scalar wins, a repeated message merges, a field of an unexpected wire type is skipped

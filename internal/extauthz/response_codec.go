@@ -13,29 +13,6 @@ import (
 // checkResponse is the Decision a Check answers with; the server's codec encodes it as a CheckResponse.
 type checkResponse struct{ d pipeline.Decision }
 
-// Field numbers of envoy.service.auth.v3.CheckResponse and the messages inside it.
-const (
-	responseStatus          = 1 // google.rpc.Status
-	responseDenied          = 2 // DeniedHttpResponse, one case of the oneof http_response
-	responseOK              = 3 // OkHttpResponse, the other case
-	responseDynamicMetadata = 4 // google.protobuf.Struct
-	statusCode              = 1
-	statusMessage           = 2
-	okHeaders               = 2
-	okHeadersToRemove       = 5
-	okResponseHeadersToAdd  = 6
-	deniedStatus            = 1 // envoy.type.v3.HttpStatus
-	deniedHeaders           = 2
-	deniedBody              = 3
-	httpStatusCode          = 1
-	headerOptionHeader      = 1 // core.v3.HeaderValue
-	headerOptionAppend      = 3 // append_action
-	headerValueKeyField     = 1
-	headerValueValueField   = 2
-	structFields            = 1 // map<string, Value>
-	valueStringValue        = 3
-)
-
 // Every header is set with OVERWRITE_IF_EXISTS_OR_ADD: Envoy's default appends a duplicate.
 const overwriteIfExistsOrAdd = uint64(corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD)
 
@@ -110,7 +87,7 @@ func okResponseSize(d pipeline.Decision) int {
 }
 
 func headerValueSize(h pipeline.Header) int {
-	return stringSize(headerValueKeyField, h.Name) + stringSize(headerValueValueField, h.Value)
+	return stringSize(headerValueKey, h.Name) + stringSize(headerValueValue, h.Value)
 }
 
 func headerOptionSize(h pipeline.Header) int {
@@ -130,8 +107,8 @@ func appendHeaderOptions(b []byte, num protowire.Number, hs []pipeline.Header) [
 	for _, h := range hs {
 		b = appendLengthPrefix(b, num, headerOptionSize(h))
 		b = appendLengthPrefix(b, headerOptionHeader, headerValueSize(h))
-		b = appendString(b, headerValueKeyField, h.Name)
-		b = appendString(b, headerValueValueField, h.Value)
+		b = appendString(b, headerValueKey, h.Name)
+		b = appendString(b, headerValueValue, h.Value)
 		b = appendVarint(b, headerOptionAppend, overwriteIfExistsOrAdd)
 	}
 	return b
