@@ -38,7 +38,7 @@ type errorBody struct {
 
 // appendCheckResponse appends d encoded as a CheckResponse. It writes the wire format directly, each message's size
 // computed before its body: building the generated messages and marshalling them by reflection (the dynamic metadata is a
-// map of Values) cost a warm Check more than deciding it. TestEncodeMatchesGenerated holds it to the generated types.
+// map of Values) cost a warm Check more than deciding it. FuzzEncodeMatchesGenerated holds it to the generated types.
 func appendCheckResponse(b []byte, d pipeline.Decision) []byte {
 	if d.Allow {
 		b = appendLengthPrefix(b, responseStatus, 0) // code OK: every field at its default, but the status is present
