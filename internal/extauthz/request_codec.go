@@ -17,10 +17,10 @@ type checkRequest struct {
 
 // decodeCheckRequest reads a CheckRequest without building the generated message: protobuf's reflective decoding of the
 // header map (several allocations per header) was the largest cost of a warm Check. It follows protobuf's rules where
-// they matter (the last value of a scalar wins, a message that appears twice merges, a field of an unexpected wire type is skipped
-// as unknown) and FuzzDecodeMatchesGenerated holds it to proto.Unmarshal. It differs in one way on purpose: strings need
-// not be valid UTF-8. proto.Unmarshal would fail the call on a header with Latin-1 bytes, and a failed call is what
-// Envoy's failure_mode_allow lets through; decoded here, the request gets an ordinary decision instead.
+// they matter (the last value of a scalar wins, a message that appears twice merges, a field of an unexpected wire type
+// is skipped as unknown) and FuzzDecodeMatchesGenerated holds it to proto.Unmarshal. It differs in one way on purpose:
+// strings need not be valid UTF-8. proto.Unmarshal would fail the call on a header with Latin-1 bytes, and a failed call
+// is what Envoy's failure_mode_allow lets through; decoded here, the request gets an ordinary decision instead.
 func decodeCheckRequest(b []byte) (checkRequest, error) {
 	d := wireDecoder{b: b, s: string(b)}
 	err := d.fields(0, len(b), func(num protowire.Number, from, to int) error {
