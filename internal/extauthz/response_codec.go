@@ -2,6 +2,8 @@ package extauthz
 
 import (
 	"encoding/json"
+	"strings"
+	"unicode/utf8"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/grpc/codes"
@@ -40,6 +42,7 @@ type errorBody struct {
 // computed before its body: building the generated messages and marshalling them by reflection (the dynamic metadata is a
 // map of Values) cost a warm Check more than deciding it. FuzzEncodeMatchesGenerated holds it to the generated types.
 func appendCheckResponse(b []byte, d pipeline.Decision) []byte {
+	d = validUTF8(d)
 	if d.Allow {
 		b = appendLengthPrefix(b, responseStatus, 0) // code OK: every field at its default, but the status is present
 		b = appendLengthPrefix(b, responseOK, okResponseSize(d))
@@ -182,4 +185,60 @@ func appendVarint(b []byte, num protowire.Number, v uint64) []byte {
 func appendLengthPrefix(b []byte, num protowire.Number, size int) []byte {
 	b = protowire.AppendTag(b, num, protowire.BytesType)
 	return protowire.AppendVarint(b, uint64(size))
+}
+
+// validUTF8 returns d with every string valid UTF-8, invalid bytes replaced by U+FFFD: protobuf requires it of string
+// fields, and a parser that enforces it (Envoy's does, for proto3) would reject the whole response. Request data reaches
+// a Decision (the request id in the metadata, client header names in headers_to_remove), and the decoder accepts any
+// bytes. d is returned as it is, without allocating, when nothing needs fixing; the deny body is JSON, valid already.
+func validUTF8(d pipeline.Decision) pipeline.Decision {
+	if decisionIsValidUTF8(d) {
+		return d
+	}
+	fix := func(s string) string { return strings.ToValidUTF8(s, "\uFFFD") }
+	fixHeaders := func(hs []pipeline.Header) []pipeline.Header {
+		out := make([]pipeline.Header, len(hs))
+		for i, h := range hs {
+			out[i] = pipeline.Header{Name: fix(h.Name), Value: fix(h.Value)}
+		}
+		return out
+	}
+	d.Code, d.Message = pipeline.Code(fix(string(d.Code))), fix(d.Message)
+	d.SetHeaders, d.DenyHeaders = fixHeaders(d.SetHeaders), fixHeaders(d.DenyHeaders)
+	d.ResponseHeaders = fixHeaders(d.ResponseHeaders)
+	removes := make([]string, len(d.RemoveHeaders))
+	for i, name := range d.RemoveHeaders {
+		removes[i] = fix(name)
+	}
+	d.RemoveHeaders = removes
+	metadata := make(map[string]string, len(d.Metadata))
+	for k, v := range d.Metadata {
+		metadata[fix(k)] = fix(v)
+	}
+	d.Metadata = metadata
+	return d
+}
+
+func decisionIsValidUTF8(d pipeline.Decision) bool {
+	if !utf8.ValidString(string(d.Code)) || !utf8.ValidString(d.Message) {
+		return false
+	}
+	for _, hs := range [][]pipeline.Header{d.SetHeaders, d.DenyHeaders, d.ResponseHeaders} {
+		for _, h := range hs {
+			if !utf8.ValidString(h.Name) || !utf8.ValidString(h.Value) {
+				return false
+			}
+		}
+	}
+	for _, name := range d.RemoveHeaders {
+		if !utf8.ValidString(name) {
+			return false
+		}
+	}
+	for k, v := range d.Metadata {
+		if !utf8.ValidString(k) || !utf8.ValidString(v) {
+			return false
+		}
+	}
+	return true
 }
