@@ -37,22 +37,7 @@ func TestServeMigratePrune(t *testing.T) {
 		"DATABASE_URL": dbURL, "REDIS_URL": testenv.RedisURL(t), "SECRET_KEY": "k",
 		"DEVICEFLOW_ADDR": "127.0.0.1:0", "ADMIN_ADDR": "127.0.0.1:0", "CONSOLE_API_URL": "https://api.test",
 	}
-	runCtx, stop := context.WithCancel(ctx)
-	defer stop()
-	type addrs struct{ api, admin net.Addr }
-	up := make(chan addrs, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- Run(runCtx, nil, env(vars), io.Discard, func(api, admin net.Addr) { up <- addrs{api, admin} })
-	}()
-	var a addrs
-	select {
-	case a = <-up:
-	case err := <-done:
-		t.Fatalf("serve stopped: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("serve did not start within 30 s")
-	}
+	a, stop := startServing(t, vars)
 	get := func(url string) (int, map[string]any) {
 		t.Helper()
 		res, err := http.Get(url)
@@ -94,7 +79,56 @@ func TestServeMigratePrune(t *testing.T) {
 	if status, _ := get("http://" + a.admin.String() + "/healthz"); status != http.StatusOK {
 		t.Fatalf("healthz %d", status)
 	}
-	stopServe(t, stop, done)
+	stop()
+}
+
+// TestDeviceCodeOverTLSRedis: with a rediss:// REDIS_URL the device flow keeps its state on a TLS-only Redis.
+// skip_verify because deviceflow trusts the system roots, which a test process cannot swap (extauthz's TestRedisOverTLS
+// shows verification is on without it).
+func TestDeviceCodeOverTLSRedis(t *testing.T) {
+	rs := testenv.StartRedisServerTLS(t)
+	a, stop := startServing(t, map[string]string{
+		"DATABASE_URL": testenv.Postgres(t).Config().ConnString(), "REDIS_URL": rs.URL() + "?skip_verify=true",
+		"SECRET_KEY": "k", "DEVICEFLOW_ADDR": "127.0.0.1:0", "ADMIN_ADDR": "127.0.0.1:0", "CONSOLE_API_URL": "https://api.test",
+	})
+	defer stop()
+	res, err := http.Post("http://"+a.api.String()+"/openapi/v1/oauth/device/code", "application/json",
+		strings.NewReader(`{"client_id":"difyctl"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("device code: %d", res.StatusCode)
+	}
+	keys, err := rs.Client().Keys(context.Background(), "device_code:*").Result()
+	if err != nil || len(keys) != 1 {
+		t.Fatalf("device codes on the TLS Redis: %v, %v", keys, err)
+	}
+}
+
+type serveAddrs struct{ api, admin net.Addr }
+
+// startServing runs Run with vars until the returned stop, which waits for a graceful shutdown.
+func startServing(t *testing.T, vars map[string]string) (serveAddrs, func()) {
+	t.Helper()
+	runCtx, cancel := context.WithCancel(t.Context())
+	up := make(chan serveAddrs, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(runCtx, nil, env(vars), io.Discard, func(api, admin net.Addr) { up <- serveAddrs{api, admin} })
+	}()
+	select {
+	case a := <-up:
+		return a, func() { stopServe(t, cancel, done) }
+	case err := <-done:
+		cancel()
+		t.Fatalf("serve stopped: %v", err)
+	case <-time.After(30 * time.Second):
+		cancel()
+		t.Fatal("serve did not start within 30 s")
+	}
+	return serveAddrs{}, nil
 }
 
 func TestConfigErrorsNameTheVariable(t *testing.T) {

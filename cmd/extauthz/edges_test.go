@@ -348,3 +348,30 @@ func TestRedisProtocol(t *testing.T) {
 		}
 	}
 }
+
+// TestRedisOverTLS: a rediss:// REDIS_URL puts every Redis user (limiter, token cache) on TLS, and verifies the server's
+// certificate. extauthz trusts the system roots (SSL_CERT_FILE points Go at a private CA in deployment); a test process
+// cannot swap those after its first handshake, so the first case skips verification and the second shows it is on.
+func TestRedisOverTLS(t *testing.T) {
+	rs := testenv.StartRedisServerTLS(t) // its plain-text port is off: anything that works here went over TLS
+	w := newWorld(t)
+	ada, adaID := w.accountToken(accountActive, "ada@example.com")
+	adaH := accountHeaders(accountActive, "ada@example.com", adaID)
+
+	w.redisURL = rs.URL() + "?skip_verify=true"
+	resp := w.start(nil).check(t, "GET", "/openapi/v1/me", bearer(ada))
+	expectAllow(t, resp, adaH)
+	if rl := rateHeaders(resp); rl["ratelimit-remaining"] != "59" {
+		t.Errorf("over TLS: RateLimit headers %v, want the limiter counting", rl)
+	}
+	if n, err := rs.Client().Exists(context.Background(), "auth:token:"+tokens.Hash(ada)).Result(); err != nil || n != 1 {
+		t.Errorf("over TLS: token cache entry exists = %d, %v", n, err)
+	}
+
+	w.redisURL = rs.URL() // the test's CA is not among the system roots
+	resp = w.start(nil).check(t, "GET", "/openapi/v1/me", bearer(ada))
+	expectAllow(t, resp, adaH)
+	if rl := rateHeaders(resp); len(rl) != 0 {
+		t.Errorf("unverifiable certificate: RateLimit headers %v, want the limiter skipped", rl)
+	}
+}

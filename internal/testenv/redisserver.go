@@ -16,10 +16,16 @@ type RedisServer struct {
 	t    testing.TB
 	Addr string
 	cmd  *exec.Cmd
+	tls  *redisTLS // nil: plain TCP
 }
 
 // StartRedisServer starts redis-server on a free loopback port; it is killed at cleanup.
 func StartRedisServer(t testing.TB) *RedisServer {
+	t.Helper()
+	return startRedisServer(t, nil)
+}
+
+func startRedisServer(t testing.TB, tlsOpts *redisTLS) *RedisServer {
 	t.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		unavailable(t, "redis-server not installed: %v", err)
@@ -30,17 +36,33 @@ func StartRedisServer(t testing.TB) *RedisServer {
 	}
 	addr := l.Addr().String()
 	l.Close()
-	s := &RedisServer{t: t, Addr: addr}
+	s := &RedisServer{t: t, Addr: addr, tls: tlsOpts}
 	s.Start()
 	t.Cleanup(s.Stop)
 	return s
 }
 
-// URL is the server's redis:// URL (database 0).
-func (s *RedisServer) URL() string { return "redis://" + s.Addr + "/0" }
+// URL is the server's redis:// URL (rediss:// for a TLS server), database 0.
+func (s *RedisServer) URL() string {
+	if s.tls != nil {
+		return "rediss://" + s.Addr + "/0"
+	}
+	return "redis://" + s.Addr + "/0"
+}
 
-// Client returns a new client for the server, closed at cleanup.
-func (s *RedisServer) Client() *redis.Client { return clientFor(s.t, s.URL()) }
+// Client returns a new client for the server, closed at cleanup; for a TLS server it trusts the test's CA.
+func (s *RedisServer) Client() *redis.Client {
+	opts, err := redis.ParseURL(s.URL())
+	if err != nil {
+		s.t.Fatalf("testenv: %v", err)
+	}
+	if s.tls != nil {
+		opts.TLSConfig = s.tls.client.Clone()
+	}
+	c := redis.NewClient(opts)
+	s.t.Cleanup(func() { _ = c.Close() })
+	return c
+}
 
 // Start (re)starts the server on its port and waits until it answers PING.
 func (s *RedisServer) Start() {
@@ -49,13 +71,21 @@ func (s *RedisServer) Start() {
 		return
 	}
 	_, port, _ := net.SplitHostPort(s.Addr)
-	cmd := exec.Command("redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-		"--daemonize", "no", "--loglevel", "warning")
+	args := []string{"--port", port}
+	if s.tls != nil {
+		args = s.tls.serverArgs(port)
+	}
+	cmd := exec.Command("redis-server", append(args, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--daemonize", "no", "--loglevel", "warning")...)
 	if err := cmd.Start(); err != nil {
 		s.t.Fatalf("testenv: start redis-server: %v", err)
 	}
 	s.cmd = cmd
-	c := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1})
+	opts := &redis.Options{Addr: s.Addr, MaxRetries: -1}
+	if s.tls != nil {
+		opts.TLSConfig = s.tls.client.Clone()
+	}
+	c := redis.NewClient(opts)
 	defer c.Close()
 	deadline := time.Now().Add(20 * time.Second)
 	for {

@@ -2,7 +2,10 @@ package testenv_test
 
 import (
 	"context"
+	"strings"
 	"testing"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/authgate/authgate/internal/testenv"
 )
@@ -48,5 +51,21 @@ func TestRedisServerStopsAndStarts(t *testing.T) {
 	s.Start()
 	if err := c.Ping(ctx).Err(); err != nil {
 		t.Fatalf("ping after restart: %v", err)
+	}
+}
+
+func TestRedisServerTLSRefusesPlainText(t *testing.T) {
+	s := testenv.StartRedisServerTLS(t)
+	ctx := context.Background()
+	if !strings.HasPrefix(s.URL(), "rediss://") {
+		t.Fatalf("URL %s", s.URL())
+	}
+	if err := s.Client().Ping(ctx).Err(); err != nil {
+		t.Fatalf("ping over TLS: %v", err)
+	}
+	plain := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1})
+	defer plain.Close()
+	if err := plain.Ping(ctx).Err(); err == nil {
+		t.Fatal("a plain-text client got an answer from the TLS-only server")
 	}
 }
