@@ -53,15 +53,7 @@ func TestServeMigratePrune(t *testing.T) {
 		body["issuer"] != "https://api.test/openapi/v1" {
 		t.Fatalf("metadata: %d %v", status, body)
 	}
-	res, err := http.Post("http://"+a.api.String()+"/openapi/v1/oauth/device/code", "application/json",
-		strings.NewReader(`{"client_id":"difyctl"}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	res.Body.Close()
-	if res.StatusCode != http.StatusOK {
-		t.Fatalf("device code: %d", res.StatusCode)
-	}
+	requestDeviceCode(t, a.api)
 	// devstack's dev sign-in (a console session for anyone) must never exist in the production server.
 	for _, path := range []string{"/signin", "/device/signin", "/openapi/v1/signin"} {
 		res, err := http.Get("http://" + a.api.String() + path)
@@ -92,7 +84,16 @@ func TestDeviceCodeOverTLSRedis(t *testing.T) {
 		"SECRET_KEY": "k", "DEVICEFLOW_ADDR": "127.0.0.1:0", "ADMIN_ADDR": "127.0.0.1:0", "CONSOLE_API_URL": "https://api.test",
 	})
 	defer stop()
-	res, err := http.Post("http://"+a.api.String()+"/openapi/v1/oauth/device/code", "application/json",
+	requestDeviceCode(t, a.api)
+	keys, err := rs.Client().Keys(context.Background(), "device_code:*").Result()
+	if err != nil || len(keys) != 1 {
+		t.Fatalf("device codes on the TLS Redis: %v, %v", keys, err)
+	}
+}
+
+func requestDeviceCode(t *testing.T, api net.Addr) {
+	t.Helper()
+	res, err := http.Post("http://"+api.String()+"/openapi/v1/oauth/device/code", "application/json",
 		strings.NewReader(`{"client_id":"difyctl"}`))
 	if err != nil {
 		t.Fatal(err)
@@ -100,10 +101,6 @@ func TestDeviceCodeOverTLSRedis(t *testing.T) {
 	res.Body.Close()
 	if res.StatusCode != http.StatusOK {
 		t.Fatalf("device code: %d", res.StatusCode)
-	}
-	keys, err := rs.Client().Keys(context.Background(), "device_code:*").Result()
-	if err != nil || len(keys) != 1 {
-		t.Fatalf("device codes on the TLS Redis: %v, %v", keys, err)
 	}
 }
 
