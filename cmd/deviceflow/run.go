@@ -13,13 +13,13 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/redis/go-redis/v9"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 
 	"github.com/authgate/authgate/internal/config"
 	"github.com/authgate/authgate/internal/deviceflow"
 	"github.com/authgate/authgate/internal/enterprise"
 	"github.com/authgate/authgate/internal/ratelimit"
+	"github.com/authgate/authgate/internal/redisclient"
 	"github.com/authgate/authgate/internal/store/postgres"
 	"github.com/authgate/authgate/internal/telemetry"
 	"github.com/authgate/authgate/internal/tokencache"
@@ -49,9 +49,9 @@ func Run(ctx context.Context, args []string, lookup config.Lookup, stderr io.Wri
 }
 
 func openPool(ctx context.Context, url string) (*pgxpool.Pool, error) {
-	pool, err := pgxpool.New(ctx, url)
+	pool, err := postgres.OpenPool(ctx, url)
 	if err != nil {
-		return nil, fmt.Errorf("DATABASE_URL: %w", err)
+		return nil, &config.Error{Var: "DATABASE_URL", Reason: err.Error()}
 	}
 	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -119,17 +119,25 @@ func serve(ctx context.Context, lookup config.Lookup, stderr io.Writer, listenin
 
 	// Parsed before anything connects, so a bad REDIS_URL stops start-up at once. The reason is fixed: go-redis passes on
 	// net/url's error, which quotes the whole URL, AUTH password included.
-	redisOpts, err := redis.ParseURL(cfg.RedisURL)
+	redisclient.SetLogger(log)
+	rdb, err := redisclient.Open(redisclient.Options{URL: cfg.RedisURL, Breaker: redisclient.BreakerOptions{
+		OnChange: func(open bool) {
+			if open {
+				log.Warn("redis unreachable; failing its calls fast until a probe answers")
+			} else {
+				log.Info("redis reachable again")
+			}
+		},
+	}})
 	if err != nil {
-		return &config.Error{Var: "REDIS_URL", Reason: "not a redis:// or rediss:// URL"}
+		return &config.Error{Var: "REDIS_URL", Reason: err.Error()}
 	}
+	defer rdb.Close()
 	pool, err := openPool(ctx, cfg.DatabaseURL)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	rdb := redis.NewClient(redisOpts)
-	defer rdb.Close()
 
 	deps := deviceflow.Deps{
 		Tokens:    postgres.NewTokenStore(pool),

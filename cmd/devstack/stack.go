@@ -14,7 +14,7 @@ import (
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
-	"github.com/redis/go-redis/v9"
+
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -24,6 +24,7 @@ import (
 	"github.com/authgate/authgate/internal/envoyshim"
 	"github.com/authgate/authgate/internal/extauthz"
 	"github.com/authgate/authgate/internal/ratelimit"
+	"github.com/authgate/authgate/internal/redisclient"
 	"github.com/authgate/authgate/internal/store/memory"
 	"github.com/authgate/authgate/internal/telemetry"
 	"github.com/authgate/authgate/internal/tokencache"
@@ -113,7 +114,10 @@ func run(ctx context.Context, opts Options, stdout io.Writer, ready func(Addrs))
 
 	store := memory.New()
 	store.Seed(demoFixture())
-	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	rdb, err := redisclient.Open(redisclient.Options{URL: "redis://" + mr.Addr()})
+	if err != nil {
+		return err
+	}
 	defer rdb.Close()
 
 	authz, err := extauthz.Start(ctx, ecfg, extauthz.Deps{Tokens: store, Directory: store, Redis: rdb, Telemetry: tel},

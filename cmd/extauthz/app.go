@@ -2,16 +2,15 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/authgate/authgate/internal/config"
 	"github.com/authgate/authgate/internal/enterprise"
 	"github.com/authgate/authgate/internal/extauthz"
+	"github.com/authgate/authgate/internal/redisclient"
 	"github.com/authgate/authgate/internal/store/postgres"
 	"github.com/authgate/authgate/internal/telemetry"
 )
@@ -20,36 +19,28 @@ import (
 type App struct {
 	*extauthz.Service
 	pool *pgxpool.Pool
-	rdb  *redis.Client
+	rdb  *redisclient.Client
 }
 
 // Start opens Postgres and Redis from cfg and starts serving. Shared dependencies are not required to be up: Postgres and
 // Redis connect lazily, so an outage turns into 503s (or the fail-open limiter), not a crash loop.
 func Start(ctx context.Context, cfg config.Extauthz, tel *telemetry.Telemetry) (*App, error) {
-	poolCfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
-	if err != nil {
-		return nil, &config.Error{Var: "DATABASE_URL", Reason: "not a Postgres URL"}
-	}
-	redisOpts, err := redis.ParseURL(cfg.RedisURL)
-	if err != nil {
-		return nil, &config.Error{Var: "REDIS_URL", Reason: "not a redis:// or rediss:// URL"}
-	}
-	// Every Redis call runs inside the Check deadline; a retry or a long dial would only burn it.
-	redisOpts.ContextTimeoutEnabled = true
-	redisOpts.MaxRetries = -1
-	redisOpts.DialerRetries = 1
-	redisOpts.DialTimeout = max(cfg.CheckTimeout, 100*time.Millisecond)
-	// RESP2 unless the URL asks for another (?protocol=3): extauthz uses nothing RESP3 adds, and on RESP3 go-redis looks
-	// for push notifications before reading every reply, ~1.5% of extauthz's CPU under load.
-	if redisOpts.Protocol == 0 {
-		redisOpts.Protocol = 2
-	}
-
 	a := &App{}
-	if a.pool, err = pgxpool.NewWithConfig(ctx, poolCfg); err != nil {
-		return nil, fmt.Errorf("postgres pool: %w", err)
+	var err error
+	if a.pool, err = postgres.OpenPool(ctx, cfg.DatabaseURL); err != nil {
+		return nil, &config.Error{Var: "DATABASE_URL", Reason: err.Error()}
 	}
-	a.rdb = redis.NewClient(redisOpts)
+	// Every Redis call runs inside the Check deadline; a long dial would only burn it.
+	a.rdb, err = redisclient.Open(redisclient.Options{
+		URL:         cfg.RedisURL,
+		CallTimeout: max(cfg.CheckTimeout, 100*time.Millisecond),
+		DialTimeout: max(cfg.CheckTimeout, 100*time.Millisecond),
+		Breaker:     redisclient.BreakerOptions{OnChange: breakerLogger(tel)},
+	})
+	if err != nil {
+		a.pool.Close()
+		return nil, &config.Error{Var: "REDIS_URL", Reason: err.Error()}
+	}
 	deps := extauthz.Deps{
 		Tokens:    postgres.NewTokenStore(a.pool),
 		Directory: postgres.NewDirectory(a.pool),
@@ -95,4 +86,15 @@ func (a *App) Shutdown(ctx context.Context) error {
 func (a *App) closeStores() {
 	a.pool.Close()
 	_ = a.rdb.Close()
+}
+
+// breakerLogger reports the Redis health breaker's transitions: one line when Redis is declared down, one when it is back.
+func breakerLogger(tel *telemetry.Telemetry) func(open bool) {
+	return func(open bool) {
+		if open {
+			tel.Logger.Warn("redis unreachable; failing its calls fast until a probe answers")
+		} else {
+			tel.Logger.Info("redis reachable again")
+		}
+	}
 }

@@ -1,17 +1,15 @@
-// Command extauthz is authgate's Envoy external-authorization server (SPEC §3).
+// Command extauthz is authgate's Envoy external-authorization server (docs/architecture.md).
 package main
 
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/authgate/authgate/internal/config"
+	"github.com/authgate/authgate/internal/redisclient"
 	"github.com/authgate/authgate/internal/telemetry"
 )
 
@@ -33,9 +31,7 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	// go-redis logs every failed dial to stderr; during an outage that is a line per Check. The outage is already visible
-	// in the metrics and the fail-open warnings, so its own chatter goes to debug.
-	redis.SetLogger(redisLogger{tel.Logger})
+	redisclient.SetLogger(tel.Logger)
 	for _, w := range warnings {
 		tel.Logger.Warn("configuration clamped", "detail", w)
 	}
@@ -52,10 +48,4 @@ func run() error {
 		err = terr
 	}
 	return err
-}
-
-type redisLogger struct{ logger *slog.Logger }
-
-func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
-	l.logger.DebugContext(ctx, "redis: "+fmt.Sprintf(format, v...))
 }

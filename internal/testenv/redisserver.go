@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os/exec"
+	"syscall"
 	"testing"
 	"time"
 
@@ -113,3 +114,26 @@ func (s *RedisServer) Stop() {
 }
 
 func (s *RedisServer) String() string { return fmt.Sprintf("redis-server %s", s.Addr) }
+
+// Pause hangs the server (SIGSTOP): connections stay open and commands queue unanswered, as with a Redis stuck on a slow
+// disk or a stalled VM.
+func (s *RedisServer) Pause() {
+	s.t.Helper()
+	if s.cmd == nil {
+		s.t.Fatalf("testenv: pause of a stopped redis-server")
+	}
+	if err := s.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		s.t.Fatalf("testenv: SIGSTOP redis-server: %v", err)
+	}
+}
+
+// Resume lets a paused server go on (SIGCONT); it then answers what was queued while it hung.
+func (s *RedisServer) Resume() {
+	s.t.Helper()
+	if s.cmd == nil {
+		return
+	}
+	if err := s.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		s.t.Fatalf("testenv: SIGCONT redis-server: %v", err)
+	}
+}
