@@ -3,7 +3,7 @@ GO ?= go
 export TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable
 export TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: build test run lint fmt-check bench bench-extauthz bench-deviceflow fuzz
+.PHONY: build test run lint fmt-check bench bench-extauthz bench-deviceflow fuzz chaos
 
 build:
 	$(GO) build -o bin/ ./cmd/...
@@ -39,3 +39,10 @@ fuzz:
 	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
 	  done; \
 	done
+
+# ~60 s of mixed load on the real binaries while a private Redis is hung, killed and restarted and a private Postgres
+# restarted and crashed; prints a table and fails on any lost approval, late revocation, wrong allow or unexpected answer.
+# CHAOS_DURATION=2m for a longer run, CHAOS_REPORT=FILE to keep the table. Needs redis-server and PostgreSQL's server binaries.
+CHAOS_DURATION ?= 60s
+chaos:
+	CHAOS=1 CHAOS_DURATION=$(CHAOS_DURATION) $(GO) test -count=1 -v -timeout 15m -run '^TestChaos$$' ./internal/chaos/
