@@ -3,6 +3,7 @@ package tokens
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"time"
 )
@@ -14,6 +15,10 @@ var (
 	ErrConflict = errors.New("tokens: conflicting concurrent write")
 	// ErrPruneBusy: another replica holds the retention lock; this run did nothing.
 	ErrPruneBusy = errors.New("tokens: retention prune already running elsewhere")
+	// ErrAlreadyRevoked: the subject's own token exists but is no longer live (revoked or hard-expired). It is also
+	// ErrNotFound, so a caller that only needs "no live token" treats both alike, while a revocation endpoint can answer a
+	// retried revocation as the first one was answered.
+	ErrAlreadyRevoked = fmt.Errorf("tokens: already revoked: %w", ErrNotFound)
 )
 
 // Subject identifies who owns tokens. An account owns the rows with its AccountID; an external subject owns the rows with its
@@ -86,6 +91,28 @@ type Minted struct {
 	RotatedHash string
 }
 
+// RevocationReason says how a hash was taken out of service.
+type RevocationReason string
+
+const (
+	// ReasonRevoked: revoked by its subject (self-service, RFC 7009) or an operator; the row is dead for good.
+	ReasonRevoked RevocationReason = "revoked"
+	// ReasonRotated: replaced by a mint for the same device; the row lives on under a new hash.
+	ReasonRotated RevocationReason = "rotated"
+	// ReasonExpired: hard-expired when presented after its expiry; the row is dead for good.
+	ReasonExpired RevocationReason = "expired"
+)
+
+// RevokedHash records a hash taken out of service. Revocation and hard-expire set the row's token_hash to NULL and rotation
+// replaces it, so this record, written in the same statement as the change, is the only place the dead hash is still known:
+// caches that may hold a positive entry under it are reconciled from it.
+type RevokedHash struct {
+	Hash      string
+	TokenID   string
+	RevokedAt time.Time
+	Reason    RevocationReason
+}
+
 // Page selects a slice of a listing; Page counts from 1.
 type Page struct {
 	Page  int
@@ -103,11 +130,18 @@ type Store interface {
 	// hit is true only for the one caller whose update changed the row.
 	HardExpire(ctx context.Context, id string, now time.Time) (hit bool, err error)
 	// Revoke revokes the live token id owned by s and returns it as it was before (with its hash, for the tombstone).
-	// A token of another subject, or none, is ErrNotFound.
+	// A token of another subject, or none, is ErrNotFound; a token of s that is no longer live is ErrAlreadyRevoked.
 	Revoke(ctx context.Context, s Subject, id string, now time.Time) (Token, error)
 	// ListLive returns the subject's live, unexpired tokens, newest first, and how many there are in all.
 	ListLive(ctx context.Context, s Subject, now time.Time, p Page) (tokens []Token, total int, err error)
+	// RevokedSince returns the hashes that Revoke, HardExpire and rotating Mints took out of service at or after since (by
+	// the time those calls were given), oldest first. Each is recorded atomically with its change, so a committed revocation
+	// is listed even when the caller that made it never reached the caches.
+	RevokedSince(ctx context.Context, since time.Time) ([]RevokedHash, error)
+	// LookupRevoked returns the record of a hash taken out of service; ErrNotFound for a live, unknown or pruned hash.
+	LookupRevoked(ctx context.Context, hash string) (RevokedHash, error)
 	// Prune deletes rows revoked before cutoff, or unrevoked and expired before cutoff, in batches of batchSize, and returns how
-	// many it deleted. Only one replica prunes at a time: a concurrent call returns ErrPruneBusy.
+	// many it deleted; revocation records older than cutoff go too (not counted). Only one replica prunes at a time: a
+	// concurrent call returns ErrPruneBusy.
 	Prune(ctx context.Context, cutoff time.Time, batchSize int) (deleted int, err error)
 }

@@ -22,6 +22,8 @@ type Store struct {
 	byID   map[string]*tokens.Token
 	byHash map[string]*tokens.Token // live rows only, as the unique token_hash column
 	dir    directory.Fixture
+	// revoked is authgate_revoked_tokens: hashes taken out of service, recorded under the same lock as the change.
+	revoked map[string]tokens.RevokedHash
 
 	// pruning stands in for the Postgres advisory lock: one prune at a time, others get ErrPruneBusy.
 	pruning sync.Mutex
@@ -34,7 +36,7 @@ var (
 
 // New returns an empty store.
 func New() *Store {
-	return &Store{byID: map[string]*tokens.Token{}, byHash: map[string]*tokens.Token{}}
+	return &Store{byID: map[string]*tokens.Token{}, byHash: map[string]*tokens.Token{}, revoked: map[string]tokens.RevokedHash{}}
 }
 
 // Mint implements tokens.Store: the device's live row is rotated in place under the lock, which is what the partial unique
@@ -55,6 +57,7 @@ func (s *Store) Mint(ctx context.Context, req tokens.MintRequest) (tokens.Minted
 	if t := s.liveForDevice(row); t != nil {
 		replaced := t.TokenHash
 		delete(s.byHash, replaced)
+		s.record(replaced, t.ID, row.CreatedAt, tokens.ReasonRotated)
 		t.TokenHash, t.Prefix, t.AccountID = row.TokenHash, row.Prefix, row.AccountID
 		t.CreatedAt, t.ExpiresAt, t.LastUsedAt = row.CreatedAt, row.ExpiresAt, nil
 		s.byHash[t.TokenHash] = t
@@ -110,7 +113,7 @@ func (s *Store) HardExpire(ctx context.Context, id string, now time.Time) (bool,
 	if !ok || t.RevokedAt != nil || now.Before(t.ExpiresAt) {
 		return false, nil
 	}
-	s.revoke(t, now)
+	s.revoke(t, now, tokens.ReasonExpired)
 	return true, nil
 }
 
@@ -127,18 +130,63 @@ func (s *Store) Revoke(ctx context.Context, subject tokens.Subject, id string, n
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	t, ok := s.byID[id]
-	if !ok || t.RevokedAt != nil || !owner.Owns(*t) {
+	if !ok || !owner.Owns(*t) {
 		return tokens.Token{}, tokens.ErrNotFound
 	}
+	if t.RevokedAt != nil {
+		return tokens.Token{}, tokens.ErrAlreadyRevoked
+	}
 	before := *t
-	s.revoke(t, now)
+	s.revoke(t, now, tokens.ReasonRevoked)
 	return before, nil
 }
 
-func (s *Store) revoke(t *tokens.Token, now time.Time) {
+func (s *Store) revoke(t *tokens.Token, now time.Time, reason tokens.RevocationReason) {
 	delete(s.byHash, t.TokenHash)
 	at := now.Truncate(rules.Precision)
+	s.record(t.TokenHash, t.ID, at, reason)
 	t.RevokedAt, t.TokenHash = &at, ""
+}
+
+// record keeps a hash taken out of service; the first record of a hash wins, as with ON CONFLICT DO NOTHING.
+func (s *Store) record(hash, id string, at time.Time, reason tokens.RevocationReason) {
+	if _, ok := s.revoked[hash]; ok || hash == "" {
+		return
+	}
+	s.revoked[hash] = tokens.RevokedHash{Hash: hash, TokenID: id, RevokedAt: at.Truncate(rules.Precision), Reason: reason}
+}
+
+// RevokedSince implements tokens.Store.
+func (s *Store) RevokedSince(ctx context.Context, since time.Time) ([]tokens.RevokedHash, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	out := []tokens.RevokedHash{}
+	for _, r := range s.revoked {
+		if !r.RevokedAt.Before(since) {
+			out = append(out, r)
+		}
+	}
+	s.mu.Unlock()
+	slices.SortFunc(out, func(a, b tokens.RevokedHash) int {
+		return cmp.Or(a.RevokedAt.Compare(b.RevokedAt), cmp.Compare(a.Hash, b.Hash))
+	})
+	return out, nil
+}
+
+// LookupRevoked implements tokens.Store.
+func (s *Store) LookupRevoked(ctx context.Context, hash string) (tokens.RevokedHash, error) {
+	if err := ctx.Err(); err != nil {
+		return tokens.RevokedHash{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.revoked[hash]
+	if !ok {
+		return tokens.RevokedHash{}, tokens.ErrNotFound
+	}
+	return r, nil
 }
 
 // ListLive implements tokens.Store.
@@ -189,6 +237,7 @@ func (s *Store) Prune(ctx context.Context, cutoff time.Time, batchSize int) (int
 		n := s.pruneBatch(cutoff, batchSize)
 		deleted += n
 		if n < batchSize {
+			s.pruneRevoked(cutoff)
 			return deleted, nil
 		}
 	}
@@ -209,4 +258,14 @@ func (s *Store) pruneBatch(cutoff time.Time, batchSize int) int {
 		}
 	}
 	return n
+}
+
+func (s *Store) pruneRevoked(cutoff time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for h, r := range s.revoked {
+		if r.RevokedAt.Before(cutoff) {
+			delete(s.revoked, h)
+		}
+	}
 }

@@ -324,3 +324,109 @@ func TestMigrateChecksATableTheRoleCannotRead(t *testing.T) {
 		t.Fatalf("columns the role cannot read were reported missing: %v", err)
 	}
 }
+
+// revocationTable describes authgate_revoked_tokens as the migrations leave it: its columns and its indexes.
+func revocationTable(t *testing.T, pool *pgxpool.Pool) (columns, indexDefs []string) {
+	t.Helper()
+	ctx := context.Background()
+	rows, err := pool.Query(ctx, `SELECT attname || ' ' || format_type(atttypid, atttypmod) || CASE WHEN attnotnull THEN ' not null' ELSE '' END
+		FROM pg_attribute WHERE attrelid = to_regclass('authgate_revoked_tokens') AND attnum > 0 AND NOT attisdropped ORDER BY attnum`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var c string
+		if err := rows.Scan(&c); err != nil {
+			t.Fatal(err)
+		}
+		columns = append(columns, c)
+	}
+	rows.Close()
+	rows, err = pool.Query(ctx, `SELECT indexdef FROM pg_indexes WHERE tablename = 'authgate_revoked_tokens' ORDER BY indexname`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var d string
+		if err := rows.Scan(&d); err != nil {
+			t.Fatal(err)
+		}
+		indexDefs = append(indexDefs, d)
+	}
+	rows.Close()
+	return columns, indexDefs
+}
+
+// difyObjects lists the constraints and triggers on oauth_access_tokens: adopting Dify's table must not add any (a foreign
+// key from authgate's table would add triggers to Dify's).
+func difyObjects(t *testing.T, pool *pgxpool.Pool) []string {
+	t.Helper()
+	rows, err := pool.Query(context.Background(), `
+		SELECT 'constraint ' || conname FROM pg_constraint WHERE conrelid = to_regclass('oauth_access_tokens')
+		UNION ALL SELECT 'trigger ' || tgname FROM pg_trigger WHERE tgrelid = to_regclass('oauth_access_tokens')
+		UNION ALL SELECT 'referenced by ' || conname FROM pg_constraint WHERE confrelid = to_regclass('oauth_access_tokens')
+		ORDER BY 1`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// TestMigrateRevocationRecords: the second migration creates authgate's own revocation table with its revoked_at index, on a
+// fresh database and next to an adopted Dify table, without touching Dify's table; down removes it.
+func TestMigrateRevocationRecords(t *testing.T) {
+	wantColumns := []string{"token_hash character varying(64) not null", "token_id uuid not null",
+		"revoked_at timestamp with time zone not null", "reason character varying(16) not null"}
+	check := func(t *testing.T, pool *pgxpool.Pool) {
+		t.Helper()
+		cols, idx := revocationTable(t, pool)
+		if !slices.Equal(cols, wantColumns) {
+			t.Fatalf("authgate_revoked_tokens columns = %q\nwant %q", cols, wantColumns)
+		}
+		want := []string{
+			"CREATE UNIQUE INDEX authgate_revoked_tokens_pkey ON public.authgate_revoked_tokens USING btree (token_hash)",
+			"CREATE INDEX idx_authgate_revoked_tokens_revoked_at ON public.authgate_revoked_tokens USING btree (revoked_at)",
+		}
+		if !slices.Equal(idx, want) {
+			t.Fatalf("authgate_revoked_tokens indexes = %q", idx)
+		}
+		if got := versions(t, pool); !slices.Contains(got, 2) {
+			t.Fatalf("versions = %v, want 2 among them", got)
+		}
+	}
+	t.Run("fresh", func(t *testing.T) {
+		pool := emptyDB(t)
+		migrate(t, pool)
+		check(t, pool)
+		if _, err := pool.Exec(context.Background(), `INSERT INTO authgate_revoked_tokens VALUES
+			(repeat('c', 64), gen_random_uuid(), now(), 'forgotten')`); err == nil {
+			t.Fatal("a record with an unknown reason was accepted")
+		}
+		if err := postgres.MigrateDownForTests(context.Background(), pool); err != nil {
+			t.Fatal(err)
+		}
+		if cols, _ := revocationTable(t, pool); len(cols) != 0 {
+			t.Fatalf("authgate_revoked_tokens survived down: %q", cols)
+		}
+	})
+	t.Run("adopting Dify's table", func(t *testing.T) {
+		pool := emptyDB(t)
+		exec(t, pool, migrations.DifyDirectoryFixture)
+		exec(t, pool, difyTable)
+		before := difyObjects(t, pool)
+		migrate(t, pool)
+		check(t, pool)
+		if after := difyObjects(t, pool); !slices.Equal(before, after) {
+			t.Fatalf("Dify's table changed:\nbefore %q\nafter  %q", before, after)
+		}
+	})
+}

@@ -54,6 +54,18 @@ func (s *TokenStore) Prune(ctx context.Context, cutoff time.Time, batchSize int)
 		}
 		deleted += int(tag.RowsAffected())
 		if tag.RowsAffected() < int64(batchSize) {
+			break
+		}
+	}
+	// Revocation records are read only for a cache TTL or so, and let a retried revocation succeed; past the cutoff their
+	// rows are gone too.
+	for {
+		tag, err := conn.Exec(ctx, `DELETE FROM authgate_revoked_tokens WHERE token_hash IN (
+			SELECT token_hash FROM authgate_revoked_tokens WHERE revoked_at < $1 LIMIT $2)`, cutoff, batchSize)
+		if err != nil {
+			return deleted, fmt.Errorf("postgres: prune revocation records: %w", err)
+		}
+		if tag.RowsAffected() < int64(batchSize) {
 			return deleted, nil
 		}
 	}

@@ -52,8 +52,18 @@ WITH old AS (
 	SELECT gen_random_uuid(), $1, $2, $5, $3, $4, $6, $7, $8, $9
 	WHERE NOT EXISTS (SELECT 1 FROM old)
 	RETURNING ` + tokenColumns + `, NULL::varchar AS replaced
+), recorded AS (
+	` + recordRevoked + ` SELECT replaced, id::uuid, $8, 'rotated' FROM rotated WHERE replaced IS NOT NULL ` + onRecorded + `
 )
 SELECT * FROM rotated UNION ALL SELECT * FROM inserted`
+
+// recordRevoked and onRecorded frame the INSERT, run as a CTE of the statement that takes a hash out of service, that keeps
+// the dead hash in authgate_revoked_tokens: one statement, so the record commits if and only if the change does. A hash is
+// random and never reused; the conflict clause only makes the insert idempotent.
+const (
+	recordRevoked = `INSERT INTO authgate_revoked_tokens (token_hash, token_id, revoked_at, reason)`
+	onRecorded    = `ON CONFLICT (token_hash) DO NOTHING`
+)
 
 // Mint implements tokens.Store.
 func (s *TokenStore) Mint(ctx context.Context, req tokens.MintRequest) (tokens.Minted, error) {
@@ -108,18 +118,30 @@ func (s *TokenStore) LookupByHash(ctx context.Context, hash string) (tokens.Toke
 }
 
 // HardExpire implements tokens.Store. The expiry condition keeps a hard-expire that raced a rotation of the same row (same id,
-// new hash, new expiry) from killing the fresh token.
+// new hash, new expiry) from killing the fresh token. FOR UPDATE makes concurrent hard-expires queue up and re-check the row,
+// so exactly one of them hits and records the hash.
 func (s *TokenStore) HardExpire(ctx context.Context, id string, now time.Time) (bool, error) {
 	id, ok := ids.Canonical(id)
 	if !ok {
 		return false, nil
 	}
-	tag, err := s.pool.Exec(ctx, `UPDATE oauth_access_tokens SET revoked_at = $2, token_hash = NULL
-		WHERE id = $1 AND revoked_at IS NULL AND expires_at <= $2`, id, now)
+	var hits int
+	err := s.pool.QueryRow(ctx, `
+		WITH old AS (
+			SELECT id, token_hash FROM oauth_access_tokens
+			WHERE id = $1 AND revoked_at IS NULL AND expires_at <= $2
+			FOR UPDATE
+		), expired AS (
+			UPDATE oauth_access_tokens t SET revoked_at = $2, token_hash = NULL FROM old WHERE t.id = old.id
+			RETURNING old.id, old.token_hash
+		), recorded AS (
+			`+recordRevoked+` SELECT token_hash, id, $2, 'expired' FROM expired WHERE token_hash IS NOT NULL `+onRecorded+`
+		)
+		SELECT count(*) FROM expired`, id, now).Scan(&hits)
 	if err != nil {
 		return false, fmt.Errorf("postgres: hard-expire token: %w", err)
 	}
-	return tag.RowsAffected() == 1, nil
+	return hits == 1, nil
 }
 
 // Revoke implements tokens.Store.
@@ -139,15 +161,73 @@ func (s *TokenStore) Revoke(ctx context.Context, subject tokens.Subject, id stri
 			FOR UPDATE
 		), revoked AS (
 			UPDATE oauth_access_tokens t SET revoked_at = $2, token_hash = NULL FROM old WHERE t.id = old.id::uuid
+		), recorded AS (
+			`+recordRevoked+` SELECT token_hash, id::uuid, $2, 'revoked' FROM old WHERE token_hash IS NOT NULL `+onRecorded+`
 		)
 		SELECT * FROM old`, append([]any{id, now}, ownerArgs...)...), &t)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return tokens.Token{}, tokens.ErrNotFound
+		return tokens.Token{}, s.notRevoked(ctx, id, owner)
 	}
 	if err != nil {
 		return tokens.Token{}, fmt.Errorf("postgres: revoke token: %w", err)
 	}
 	return t, nil
+}
+
+// notRevoked tells why Revoke changed nothing: the subject's token is already dead (a retried revocation), or there is no
+// such token of the subject's.
+func (s *TokenStore) notRevoked(ctx context.Context, id string, owner rules.Owner) error {
+	owns, ownerArgs := ownerCondition(owner, 2)
+	var dead bool
+	err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM oauth_access_tokens
+		WHERE id = $1 AND revoked_at IS NOT NULL AND `+owns+`)`, append([]any{id}, ownerArgs...)...).Scan(&dead)
+	switch {
+	case err != nil:
+		return fmt.Errorf("postgres: revoke token: %w", err)
+	case dead:
+		return tokens.ErrAlreadyRevoked
+	}
+	return tokens.ErrNotFound
+}
+
+// RevokedSince implements tokens.Store: a range scan of the revoked_at index, so a reader polling the last minute reads only
+// that minute's records.
+func (s *TokenStore) RevokedSince(ctx context.Context, since time.Time) ([]tokens.RevokedHash, error) {
+	rows, err := s.pool.Query(ctx, `SELECT token_hash, token_id::text, revoked_at, reason FROM authgate_revoked_tokens
+		WHERE revoked_at >= $1 ORDER BY revoked_at, token_hash`, since)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: revoked since: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, scanRevoked)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: revoked since: %w", err)
+	}
+	return out, nil
+}
+
+// LookupRevoked implements tokens.Store.
+func (s *TokenStore) LookupRevoked(ctx context.Context, hash string) (tokens.RevokedHash, error) {
+	rows, err := s.pool.Query(ctx, `SELECT token_hash, token_id::text, revoked_at, reason FROM authgate_revoked_tokens
+		WHERE token_hash = $1`, hash)
+	if err != nil {
+		return tokens.RevokedHash{}, fmt.Errorf("postgres: lookup revoked token: %w", err)
+	}
+	r, err := pgx.CollectExactlyOneRow(rows, scanRevoked)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return tokens.RevokedHash{}, tokens.ErrNotFound
+	}
+	if err != nil {
+		return tokens.RevokedHash{}, fmt.Errorf("postgres: lookup revoked token: %w", err)
+	}
+	return r, nil
+}
+
+func scanRevoked(row pgx.CollectableRow) (tokens.RevokedHash, error) {
+	var r tokens.RevokedHash
+	var reason string
+	err := row.Scan(&r.Hash, &r.TokenID, &r.RevokedAt, &reason)
+	r.Reason = tokens.RevocationReason(reason)
+	return r, err
 }
 
 // ownerCondition is rules.Owner.Owns in SQL, with its parameters numbered from first. Two shapes rather than one CASE, so

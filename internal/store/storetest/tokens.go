@@ -35,6 +35,12 @@ func RunTokenStore(t *testing.T, newStore func(t *testing.T) tokens.Store) {
 		{"ListLive", testListLive},
 		{"ListLiveRejectsBadPage", testListLiveRejectsBadPage},
 		{"Prune", testPrune},
+		{"RevokedSinceRecordsEveryWayOut", testRevokedSinceRecordsEveryWayOut},
+		{"RevokedSinceWindow", testRevokedSinceWindow},
+		{"FailedChangesRecordNothing", testFailedChangesRecordNothing},
+		{"RevokeAlreadyRevoked", testRevokeAlreadyRevoked},
+		{"RevokeConcurrent", testRevokeConcurrent},
+		{"PruneDropsOldRevocationRecords", testPruneDropsOldRevocationRecords},
 		{"TimesAreInstants", testTimesAreInstants},
 		{"HonoursContext", testHonoursContext},
 	}
@@ -291,9 +297,14 @@ func mintConcurrently(t *testing.T, st tokens.Store, device string) {
 			t.Fatalf("%s: a hash was replaced %d times, want exactly once", device, replaced[h])
 		default:
 			wantNotFound(t, st, h)
+			// Every replaced hash is recorded, so caches still holding it can be told.
+			if r := lookupRevoked(t, st, h); r.TokenID != live[0].ID || r.Reason != tokens.ReasonRotated {
+				t.Fatalf("%s: record of a replaced hash = %+v, want token %s rotated", device, r, live[0].ID)
+			}
 		}
 	}
 	lookup(t, st, live[0].TokenHash)
+	wantNotRevoked(t, st, live[0].TokenHash)
 }
 
 func testMintRejectsTakenHash(t *testing.T, st tokens.Store) {
@@ -689,6 +700,8 @@ func testHonoursContext(t *testing.T, st tokens.Store) {
 	_, checks["Revoke"] = st.Revoke(ctx, alice, m.Token.ID, base)
 	_, _, checks["ListLive"] = st.ListLive(ctx, alice, base, tokens.Page{Page: 1, Limit: 10})
 	_, checks["Prune"] = st.Prune(ctx, base.Add(3*ttl), 10)
+	_, checks["RevokedSince"] = st.RevokedSince(ctx, base)
+	_, checks["LookupRevoked"] = st.LookupRevoked(ctx, m.Token.TokenHash)
 	for name, err := range checks {
 		if !errors.Is(err, context.Canceled) {
 			t.Errorf("%s with a cancelled context: err = %v, want context.Canceled", name, err)
