@@ -1,14 +1,18 @@
 // Package tokencache caches token lookups in Redis in Dify's format (auth:token:<hash>), with the rules that keep a revoked
-// token dead (SPEC §3.2 step 7), and an optional in-process layer that follows the revocation stream.
+// token dead (docs/architecture.md, "Revocation propagation"), and an optional in-process layer that follows the revocation
+// stream.
 //
 // What keeps a revoked token dead: revocation writes a tombstone ("invalid") that outlives any positive entry and only then
 // publishes the hash on a stream; positive fills are SET NX so they never overwrite a tombstone; verdict merges only touch
-// a live entry; an entry past its expires_at, or one that cannot be parsed, is a miss.
+// a live entry; an entry past its expires_at, or one that cannot be parsed, is a miss. Because that publish can fail after the
+// revocation is committed, a Reconciler also reads the revocations Postgres recorded and denies those hashes in process,
+// whatever Redis says, until it has written their tombstones itself.
 package tokencache
 
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -63,6 +67,9 @@ type Cache struct {
 	rdb   redis.UniversalClient
 	ttl   time.Duration
 	local *local // nil without Options.Local
+	// denied holds the hashes a Reconciler learned from Postgres were revoked recently: refused without asking Redis. Replaced
+	// as a whole by the reconciler, read without a lock on every lookup.
+	denied atomic.Pointer[map[string]struct{}]
 }
 
 // New returns a cache over rdb. With opts.Local, Run must be running for the local layer to serve anything.
@@ -83,24 +90,41 @@ func New(rdb redis.UniversalClient, opts Options) *Cache {
 
 func redisKey(hash string) string { return keyPrefix + hash }
 
+// isDenied reports whether a reconciler has learned that hash was revoked.
+func (c *Cache) isDenied(hash string) bool {
+	set := c.denied.Load()
+	if set == nil {
+		return false
+	}
+	_, ok := (*set)[hash]
+	return ok
+}
+
 // Local is Get's first step alone: the entry when the in-process layer may serve it. It never touches Redis, so a caller
-// can skip building a Redis deadline for the common warm read.
+// can skip building a Redis deadline for the common warm read. A hash known to be revoked is never served.
 func (c *Cache) Local(hash string) (Entry, bool) {
-	if c.local == nil {
+	if c.local == nil || c.isDenied(hash) {
 		return Entry{}, false
 	}
 	return c.local.get(hash, time.Now())
 }
 
-// Get looks hash up: the local layer first (when it is following the stream), then Redis. A Redis error is returned with
-// Miss: the caller asks Postgres instead.
+// Get looks hash up: a hash known to be revoked is Invalid at once, without Redis; then the local layer (when it is following
+// the stream), then Redis. A Redis error is returned with Miss: the caller asks Postgres instead.
 func (c *Cache) Get(ctx context.Context, hash string) (Entry, Status, error) {
 	var seen uint64
+	if c.local != nil {
+		// The generation is read before the deny set: a reconciler publishes a hash before it evicts it (which bumps the
+		// generation), so a Redis read that missed the denial cannot be stored after the eviction.
+		seen = c.local.generation()
+	}
+	if c.isDenied(hash) {
+		return Entry{}, Invalid, nil
+	}
 	if c.local != nil {
 		if e, ok := c.local.get(hash, time.Now()); ok {
 			return e, Hit, nil
 		}
-		seen = c.local.generation()
 	}
 	sent := time.Now()
 	v, ttl, err := c.readEntry(ctx, hash)
@@ -147,17 +171,17 @@ func (c *Cache) readEntry(ctx context.Context, hash string) (v []byte, ttl time.
 // Fill caches e for hash for the cache TTL (less if the token expires sooner) unless anything is cached there already, a
 // tombstone in particular: a fill computed from a Postgres read that raced a revocation must not bring the token back.
 func (c *Cache) Fill(ctx context.Context, hash string, e Entry) error {
+	var seen uint64
+	if c.local != nil {
+		seen = c.local.generation() // before the deny set, as in Get
+	}
 	ttl := min(c.ttl, time.Until(e.ExpiresAt))
-	if ttl < time.Millisecond {
-		return nil // expired: nothing to cache
+	if ttl < time.Millisecond || c.isDenied(hash) {
+		return nil // expired or revoked: nothing to cache
 	}
 	b, err := encode(e)
 	if err != nil {
 		return err
-	}
-	var seen uint64
-	if c.local != nil {
-		seen = c.local.generation()
 	}
 	stored, err := c.rdb.SetNX(ctx, redisKey(hash), b, ttl).Result()
 	if err != nil {
