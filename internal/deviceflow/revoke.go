@@ -10,23 +10,39 @@ import (
 )
 
 // handleRevokeSelf revokes the token the request is authenticated with (DELETE /oauth/authorizations/self and
-// DELETE /account/sessions/self).
+// DELETE /account/sessions/self). Presented again after its revocation, the token gets the same 204: the client may be
+// retrying a revocation whose answer it never got.
 func (s *Server) handleRevokeSelf(w http.ResponseWriter, r *http.Request) error {
-	c, err := s.bearer(w, r)
+	c, rec, err := s.revocationBearer(w, r)
 	if err != nil {
 		return err
+	}
+	if rec != nil {
+		s.publishRevocation(r.Context(), rec.Hash, rec.TokenID) // the first attempt may have failed to
+		w.WriteHeader(http.StatusNoContent)
+		return nil
 	}
 	return s.revokeOwned(w, r, c.Token.Subject(), c.Token.ID, "self")
 }
 
 // handleRevokeSession revokes one of the caller's own sessions by id; another subject's id is 404, exactly like an unknown
-// one, so ids of other people's sessions cannot be probed.
+// one, so ids of other people's sessions cannot be probed. An own session that is already revoked is 204, as is a retry
+// presenting the very token that the first attempt revoked (its record names the session).
 func (s *Server) handleRevokeSession(w http.ResponseWriter, r *http.Request) error {
-	c, err := s.bearer(w, r)
+	c, rec, err := s.revocationBearer(w, r)
 	if err != nil {
 		return err
 	}
 	id := r.PathValue("session_id")
+	if rec != nil {
+		if canonical, ok := ids.Canonical(id); !ok || canonical != rec.TokenID {
+			// A revoked token proves nothing about any other session.
+			return invalidToken(w, errBearerUnknown.Error())
+		}
+		s.publishRevocation(r.Context(), rec.Hash, rec.TokenID)
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	}
 	if !ids.Valid(id) {
 		return sessionNotFound()
 	}
@@ -35,19 +51,21 @@ func (s *Server) handleRevokeSession(w http.ResponseWriter, r *http.Request) err
 
 func (s *Server) revokeOwned(w http.ResponseWriter, r *http.Request, sub tokens.Subject, id, via string) error {
 	_, err := s.revoke(r.Context(), sub, id, via)
-	if errors.Is(err, tokens.ErrNotFound) {
+	switch {
+	case errors.Is(err, tokens.ErrAlreadyRevoked):
+		// The subject's own session, revoked earlier (or by a concurrent request): the outcome the client asked for.
+	case errors.Is(err, tokens.ErrNotFound):
 		return sessionNotFound()
-	}
-	if err != nil {
+	case err != nil:
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
 
-// revoke revokes a live token in Postgres, then tombstones its hash and publishes the revocation so extauthz replicas
-// stop accepting it at once. If publishing fails the caller gets 503: the row is revoked, but the caches might still
-// serve it until their TTL, and the operator must see that.
+// revoke revokes a live token in Postgres, which records its hash in the same statement, then tombstones the hash and
+// publishes the revocation so extauthz replicas stop accepting it at once. Once Postgres has committed, the revocation has
+// happened: a failed publish is only a warning, because every extauthz replica reconciles its caches from that record.
 func (s *Server) revoke(ctx context.Context, sub tokens.Subject, id, via string) (tokens.Token, error) {
 	t, err := s.deps.Tokens.Revoke(ctx, sub, id, s.now())
 	if err != nil {
@@ -56,9 +74,7 @@ func (s *Server) revoke(ctx context.Context, sub tokens.Subject, id, via string)
 	s.audit(ctx, auditTokenRevoked, "token_id", t.ID, "client_id", t.ClientID, "subject_email", t.SubjectEmail,
 		"subject_issuer", t.SubjectIssuer, "account_id", t.AccountID, "via", via)
 	if t.TokenHash != "" {
-		if err := s.deps.Revoker.Revoke(ctx, t.TokenHash); err != nil {
-			return tokens.Token{}, err
-		}
+		s.publishRevocation(ctx, t.TokenHash, t.ID)
 	}
 	return t, nil
 }
@@ -95,9 +111,18 @@ func (s *Server) handleRevoke(w http.ResponseWriter, r *http.Request) error {
 		w.WriteHeader(http.StatusOK)
 		return nil
 	}
-	t, err := s.deps.Tokens.LookupByHash(ctx, tokens.Hash(raw))
+	hash := tokens.Hash(raw)
+	t, err := s.deps.Tokens.LookupByHash(ctx, hash)
 	switch {
 	case errors.Is(err, tokens.ErrNotFound):
+		// Already out of service: if it was recently, publish it again, in case the revocation's own publish failed.
+		rec, err := s.deps.Tokens.LookupRevoked(ctx, hash)
+		switch {
+		case err == nil:
+			s.publishRevocation(ctx, rec.Hash, rec.TokenID)
+		case !errors.Is(err, tokens.ErrNotFound):
+			return err
+		}
 	case err != nil:
 		return err
 	case t.ClientID == client.ID:

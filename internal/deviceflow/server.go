@@ -14,6 +14,7 @@ import (
 	"github.com/authgate/authgate/internal/directory"
 	"github.com/authgate/authgate/internal/enterprise"
 	"github.com/authgate/authgate/internal/ratelimit"
+	"github.com/authgate/authgate/internal/telemetry"
 	"github.com/authgate/authgate/internal/tokencache"
 	"github.com/authgate/authgate/internal/tokens"
 )
@@ -54,6 +55,8 @@ type Server struct {
 	state   *State
 	clients map[string]bool
 	handler http.Handler
+	// throttle keeps a Redis outage from logging a line per request that could not publish a revocation.
+	throttle *telemetry.Throttle
 }
 
 // New validates cfg and builds the server.
@@ -73,7 +76,8 @@ func New(deps Deps, cfg Config) (*Server, error) {
 	if cfg.ApprovePerHour <= 0 {
 		cfg.ApprovePerHour = 10
 	}
-	s := &Server{deps: deps, cfg: cfg, log: deps.Logger, now: deps.Now, clients: map[string]bool{}}
+	s := &Server{deps: deps, cfg: cfg, log: deps.Logger, now: deps.Now, clients: map[string]bool{},
+		throttle: telemetry.NewThrottle(0)}
 	if s.log == nil {
 		s.log = slog.Default()
 	}

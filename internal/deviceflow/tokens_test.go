@@ -67,9 +67,13 @@ func TestSelfRevocation(t *testing.T) {
 			if r := e.get("/me", withBearer(keep)); r.Status != http.StatusOK {
 				t.Fatal("the other session was revoked too")
 			}
-			wantErr(t, e.do(http.MethodDelete, apiPrefix+path, "", nil, withBearer(tok)), http.StatusUnauthorized, "invalid_token")
+			// A retry (the client never got the first answer) is answered like the first; nothing is revoked twice.
+			if r := e.do(http.MethodDelete, apiPrefix+path, "", nil, withBearer(tok)); r.Status != http.StatusNoContent || r.Raw != "" ||
+				r.Header.Get("WWW-Authenticate") != "" {
+				t.Fatalf("retried revoke self: %d %q", r.Status, r.Raw)
+			}
 			if e.logs.count(auditTokenRevoked) != 1 {
-				t.Fatal("revocation not audited")
+				t.Fatal("revocation not audited exactly once")
 			}
 		})
 	}
@@ -96,7 +100,13 @@ func TestRevokeSessionByID(t *testing.T) {
 	if !e.tombstoned(tokens.Hash(annOther.str("token"))) {
 		t.Fatal("not tombstoned")
 	}
-	wantErr(t, del(annOther.str("token_id"), ann.str("token")), http.StatusNotFound, "not_found")
+	// Deleting an own session that is already revoked is the outcome asked for.
+	if r := del(annOther.str("token_id"), ann.str("token")); r.Status != http.StatusNoContent {
+		t.Fatalf("own session, already revoked: %d %s", r.Status, r.Raw)
+	}
+	if e.logs.count(auditTokenRevoked) != 1 {
+		t.Fatal("a session was revoked twice")
+	}
 }
 
 func TestListSessions(t *testing.T) {
