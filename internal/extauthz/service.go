@@ -125,6 +125,9 @@ func Start(ctx context.Context, cfg config.Extauthz, deps Deps, grpcLn, adminLn 
 			s.logger.Error("token cache revocation follower stopped", "error", err)
 		}
 	})
+	// Revocations whose publish failed reach this replica's caches from Postgres's records.
+	reconciler := tokencache.NewReconciler(cache, deps.Tokens, tokencache.ReconcilerOptions{Logger: tel.Logger})
+	s.background.Go(func() { _ = reconciler.Run(bg) })
 	s.background.Go(func() {
 		if err := s.grpc.Serve(grpcLn); err != nil {
 			s.logger.Error("grpc server stopped", "error", err)
