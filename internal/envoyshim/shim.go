@@ -108,8 +108,12 @@ func New(cfg Config) (*Shim, error) {
 	cfg.Routes = sortedRoutes(cfg.Routes)
 	s := &Shim{cfg: cfg}
 	s.proxy = &httputil.ReverseProxy{
-		Rewrite:        s.rewrite,
-		Transport:      cfg.Transport,
+		Rewrite:   s.rewrite,
+		Transport: cfg.Transport,
+		// Envoy's router does not buffer responses: each chunk from the upstream goes to the client as it arrives,
+		// whatever the content type or length, so a server-sent event (an app run's first token) is not held until
+		// the stream ends. ReverseProxy does that on its own only for text/event-stream and unknown lengths.
+		FlushInterval:  -1,
 		ModifyResponse: addResponseHeaders,
 		ErrorHandler:   s.upstreamError,
 	}
