@@ -917,7 +917,11 @@ func TestEnvoyGatewayEdgeSettings(t *testing.T) {
 					return true
 				}
 			case egv1a1.StringMatchRegularExpression:
-				if regexp.MustCompile(sm.Value).MatchString(name) {
+				re, err := regexp.Compile(sm.Value)
+				if err != nil {
+					t.Fatalf("removeOnMatch %q: %v", sm.Value, err)
+				}
+				if re.MatchString(name) {
 					return true
 				}
 			}
