@@ -399,7 +399,8 @@ func cmpOr(s, def string) string {
 }
 
 // TestGatewayAPIReferencesSurviveNamePrefix renders an overlay on top of each Gateway API overlay that prefixes every name, as
-// a per-environment overlay might: the policies must still target the renamed routes and Gateway.
+// a per-environment overlay might: the policies must still target the renamed routes and Gateway, and the NetworkPolicies
+// still admit the renamed Gateway's pods.
 func TestGatewayAPIReferencesSurviveNamePrefix(t *testing.T) {
 	for _, dir := range gatewayAPIDirs {
 		t.Run(dir, func(t *testing.T) {
@@ -421,6 +422,8 @@ func TestGatewayAPIReferencesSurviveNamePrefix(t *testing.T) {
 				t.Fatalf("the Gateway is %s, want it renamed to staging-authgate", g.Name)
 			}
 			checkGatewayAPIReferences(t, m)
+			ns, pods := gatewayPods(t, dir, m)
+			checkGatewayReachesAuthgate(t, m, ns, pods)
 			if m.httpRoutes["staging-"+checkedRoute] == nil {
 				t.Fatalf("no HTTPRoute staging-%s", checkedRoute)
 			}
@@ -1102,30 +1105,11 @@ func TestGatewayAPIIstioDestinationRuleIsTheMeshOne(t *testing.T) {
 func TestGatewayAPINetworkPolicies(t *testing.T) {
 	for _, dir := range gatewayAPIDirs {
 		m := renderGatewayAPI(t, dir)
-		g := m.theGateway(t)
-		var ns string
-		var gatewayPods, otherGatewayPods labels.Set
-		switch dir {
-		case envoyGatewayDir:
-			ns = "envoy-gateway-system"
-			gatewayPods = labels.Set{
-				"app.kubernetes.io/name": "envoy", "app.kubernetes.io/component": "proxy", "app.kubernetes.io/managed-by": "envoy-gateway",
-				"gateway.envoyproxy.io/owning-gateway-name": g.Name, "gateway.envoyproxy.io/owning-gateway-namespace": g.Namespace,
-			}
-			otherGatewayPods = labels.Merge(gatewayPods, labels.Set{"gateway.envoyproxy.io/owning-gateway-name": "another"})
-		case istioGatewayDir:
-			ns = g.Namespace
-			gatewayPods = labels.Set{
-				"gateway.networking.k8s.io/gateway-name": g.Name, "gateway.networking.k8s.io/gateway-class-name": string(g.Spec.GatewayClassName),
-				"gateway.istio.io/managed": "istio.io-gateway-controller",
-			}
-			otherGatewayPods = labels.Merge(gatewayPods, labels.Set{"gateway.networking.k8s.io/gateway-name": "another"})
-		}
+		ns, pods := gatewayPods(t, dir, m)
+		otherGatewayPods := labels.Merge(pods, labels.Set{"gateway.envoyproxy.io/owning-gateway-name": "another", "gateway.networking.k8s.io/gateway-name": "another"})
+		checkGatewayReachesAuthgate(t, m, ns, pods)
 		for name, port := range map[string]int32{"extauthz": 9191, "deviceflow": 8080} {
 			d := m.deployments[name]
-			if !allowsIngress(t, m.manifests, d, port, ns, gatewayPods) {
-				t.Errorf("%s: the gateway's pods cannot reach %s on %d", dir, name, port)
-			}
 			if allowsIngress(t, m.manifests, d, port, ns, otherGatewayPods) {
 				t.Errorf("%s: another Gateway's pods reach %s on %d", dir, name, port)
 			}
@@ -1135,6 +1119,47 @@ func TestGatewayAPINetworkPolicies(t *testing.T) {
 			if !allowsIngress(t, m.manifests, d, 9090, "monitoring", labels.Set{"app.kubernetes.io/name": "prometheus"}) {
 				t.Errorf("%s: Prometheus cannot scrape %s", dir, name)
 			}
+		}
+	}
+}
+
+// gatewayPods is the namespace and labels of the pods the overlay's gateway controller runs for its Gateway.
+func gatewayPods(t *testing.T, dir string, m *gatewayAPIManifests) (string, labels.Set) {
+	t.Helper()
+	g := m.theGateway(t)
+	switch dir {
+	case envoyGatewayDir:
+		return "envoy-gateway-system", labels.Set{
+			"app.kubernetes.io/name": "envoy", "app.kubernetes.io/component": "proxy", "app.kubernetes.io/managed-by": "envoy-gateway",
+			"gateway.envoyproxy.io/owning-gateway-name": g.Name, "gateway.envoyproxy.io/owning-gateway-namespace": g.Namespace,
+		}
+	case istioGatewayDir:
+		return g.Namespace, labels.Set{
+			"gateway.networking.k8s.io/gateway-name": g.Name, "gateway.networking.k8s.io/gateway-class-name": string(g.Spec.GatewayClassName),
+			"gateway.istio.io/managed": "istio.io-gateway-controller",
+		}
+	}
+	t.Fatalf("no gateway pods known for %s", dir)
+	return "", nil
+}
+
+// checkGatewayReachesAuthgate checks that the NetworkPolicies let the gateway's pods reach extauthz's gRPC port and
+// deviceflow's HTTP port.
+func checkGatewayReachesAuthgate(t *testing.T, m *gatewayAPIManifests, ns string, pods labels.Set) {
+	t.Helper()
+	for app, port := range map[string]int32{"extauthz": 9191, "deviceflow": 8080} {
+		// By label, not name: a namePrefix renames the Deployments.
+		var d *appsv1.Deployment
+		for _, dep := range m.deployments {
+			if dep.Spec.Template.Labels["app.kubernetes.io/name"] == app {
+				d = dep
+			}
+		}
+		if d == nil {
+			t.Fatalf("%s: no Deployment runs %s", m.dir, app)
+		}
+		if !allowsIngress(t, m.manifests, d, port, ns, pods) {
+			t.Errorf("%s: the gateway's pods %v cannot reach %s on %d", m.dir, pods, app, port)
 		}
 	}
 }

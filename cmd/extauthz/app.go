@@ -41,11 +41,13 @@ func Start(ctx context.Context, cfg config.Extauthz, tel *telemetry.Telemetry) (
 		a.pool.Close()
 		return nil, &config.Error{Var: "REDIS_URL", Reason: err.Error()}
 	}
+	breaker := a.rdb.Breaker
 	deps := extauthz.Deps{
-		Tokens:    postgres.NewTokenStore(a.pool),
-		Directory: postgres.NewDirectory(a.pool),
-		Redis:     a.rdb,
-		Telemetry: tel,
+		Tokens:       postgres.NewTokenStore(a.pool),
+		Directory:    postgres.NewDirectory(a.pool),
+		Redis:        a.rdb,
+		RedisHealthy: func() bool { return !breaker.Open() },
+		Telemetry:    tel,
 	}
 	if cfg.EnterpriseEnabled {
 		deps.Enterprise = enterprise.New(cfg.EnterpriseAPIURL, cfg.EnterpriseSecretKey, enterprise.Options{

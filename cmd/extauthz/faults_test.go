@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -126,6 +127,98 @@ func TestRedisOutage(t *testing.T) {
 		map[string]string{"www-authenticate": `Bearer realm="api", error="invalid_token"`})
 }
 
+// TestRedisHung: with Redis hung (SIGSTOP: connections open, nothing answered) Checks stop waiting on it as soon as the
+// health breaker opens. A recently used valid token is decided by Postgres at once: 30 sequential Checks in well under
+// 3 s, all allowed without the limiter (fail-open) or all 503 (fail-closed); 300 concurrent Checks each answer within
+// CHECK_TIMEOUT; the outage logs a handful of lines, not one per Check; within a second of Redis resuming the limiter
+// counts again.
+func TestRedisHung(t *testing.T) {
+	rs := testenv.StartRedisServer(t)
+	w := newWorld(t)
+	w.redisURL = rs.URL()
+	const checkTimeout = 300 * time.Millisecond
+	vars := map[string]string{"CHECK_TIMEOUT": checkTimeout.String()}
+	open := w.start(vars)
+	strict := w.start(with(vars, "RATE_LIMIT_FAIL_OPEN", "false"))
+	ada, adaID := w.accountToken(accountActive, "ada@example.com")
+	adaH := accountHeaders(accountActive, "ada@example.com", adaID)
+	for _, s := range []*server{open, strict} {
+		if rl := rateHeaders(s.check(t, "GET", "/openapi/v1/me", bearer(ada))); len(rl) != 3 {
+			t.Fatalf("before the hang: RateLimit headers %v", rl)
+		}
+	}
+	logLines := func() int { return strings.Count(w.audit.String(), "\n") }
+	linesBefore := logLines()
+
+	rs.Pause()
+	t.Cleanup(rs.Resume)
+	for _, c := range []struct {
+		name string
+		srv  *server
+		want func(*authv3.CheckResponse)
+	}{
+		{"fail-open", open, func(resp *authv3.CheckResponse) {
+			expectAllow(t, resp, adaH)
+			if rl := rateHeaders(resp); len(rl) != 0 {
+				t.Errorf("limiter skipped, yet RateLimit headers %v", rl)
+			}
+		}},
+		{"fail-closed", strict, func(resp *authv3.CheckResponse) {
+			expectDeny(t, resp, 503, pipeline.CodeAuthUnavailable, nil)
+		}},
+	} {
+		start := time.Now()
+		for range 30 {
+			c.want(c.srv.check(t, "GET", "/openapi/v1/me", bearer(ada)))
+		}
+		elapsed := time.Since(start)
+		t.Logf("%s: 30 sequential Checks with Redis hung: %v", c.name, elapsed)
+		if elapsed > 3*time.Second {
+			t.Errorf("%s: 30 sequential Checks with Redis hung took %v, want under 3 s", c.name, elapsed)
+		}
+	}
+
+	// 300 at once: each is answered within the Check deadline (plus the test's own scheduling), by Postgres.
+	const slack = 500 * time.Millisecond
+	var wg sync.WaitGroup
+	for range 300 {
+		wg.Go(func() {
+			start := time.Now()
+			resp := open.check(t, "GET", "/openapi/v1/me", bearer(ada))
+			if elapsed := time.Since(start); elapsed > checkTimeout+slack {
+				t.Errorf("a concurrent Check took %v with Redis hung", elapsed)
+			}
+			if resp.GetOkResponse() == nil {
+				t.Errorf("a concurrent Check was denied: %s", resp.GetDeniedResponse().GetBody())
+			}
+		})
+	}
+	wg.Wait()
+	if n := metricValue(t, open, `authgate_extauthz_ratelimit_skipped_total\{[^}]*limit="token"[^}]*\}`); n < 330 {
+		t.Errorf("%v skipped limiter decisions counted, want every one of the 330", n)
+	}
+	// 360 Checks during the outage; a line per Check would be hundreds.
+	n := logLines() - linesBefore
+	t.Logf("%d log lines during the outage", n)
+	if n > 12 {
+		t.Errorf("%d log lines during the outage, want a handful:\n%s", n, w.audit.String())
+	}
+
+	rs.Resume()
+	resumed := time.Now()
+	testenv.Eventually(t, 2*time.Second, "limiter counting again after Redis resumed", func() bool {
+		return len(rateHeaders(open.check(t, "GET", "/openapi/v1/me", bearer(ada)))) == 3
+	})
+	elapsed := time.Since(resumed)
+	t.Logf("limiter counting again %v after Redis resumed", elapsed)
+	if elapsed > time.Second {
+		t.Errorf("the limiter counted again %v after Redis resumed, want within 1 s", elapsed)
+	}
+	testenv.Eventually(t, 2*time.Second, "fail-closed replica allows again", func() bool {
+		return strict.check(t, "GET", "/openapi/v1/me", bearer(ada)).GetOkResponse() != nil
+	})
+}
+
 // TestPostgresOutage: a replica that cannot reach Postgres answers 503 for anything it must look up, and still serves
 // tokens cached in Redis by a healthy replica (no Postgres on the warm path).
 func TestPostgresOutage(t *testing.T) {
@@ -229,6 +322,20 @@ func metricsText(t *testing.T, s *server) string {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
+}
+
+// metricValue is the value of the one series of s's /metrics that series (a regular expression) matches; 0 if none does.
+func metricValue(t *testing.T, s *server, series string) float64 {
+	t.Helper()
+	m := regexp.MustCompile(`(?m)^` + series + ` (\S+)$`).FindStringSubmatch(metricsText(t, s))
+	if m == nil {
+		return 0
+	}
+	v, err := strconv.ParseFloat(m[1], 64)
+	if err != nil {
+		t.Fatalf("metric %s: %v", series, err)
+	}
+	return v
 }
 
 func grep(text, substr string) string {

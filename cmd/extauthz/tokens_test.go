@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/authgate/authgate/internal/pipeline"
@@ -189,7 +190,8 @@ func TestRevocationHonoured(t *testing.T) {
 }
 
 // TestTokenRowChecks: a row whose prefix disagrees with the presented token is refused and logged; an unknown token
-// spends the client's invalid-bearer budget, after which lookups from that address are refused with 429.
+// spends the client's invalid-bearer budget, after which lookups from that address share the suspect lane (429 with
+// Retry-After 1 once it is empty), while a valid token from that address is still allowed.
 func TestTokenRowChecks(t *testing.T) {
 	w := newWorld(t)
 	srv := w.start(map[string]string{"INVALID_BEARER_PER_IP_PER_MINUTE": "3"})
@@ -214,17 +216,210 @@ func TestTokenRowChecks(t *testing.T) {
 		expectDeny(t, srv.check(t, "GET", "/openapi/v1/me", bearer(unknown)), 401, pipeline.CodeInvalidBearer,
 			map[string]string{"www-authenticate": `Bearer realm="api", error="invalid_token"`})
 	}
-	flood := "dfoa_" + strings.Repeat("f", 43)
-	expectDeny(t, srv.check(t, "GET", "/openapi/v1/me", bearer(flood)), 429, pipeline.CodeRateLimited, map[string]string{"retry-after": "*"})
-	// A lookup of an uncached valid token is refused too (the budget guards lookups) ...
-	expectDeny(t, srv.check(t, "GET", "/openapi/v1/me", bearer(valid)), 429, pipeline.CodeRateLimited, map[string]string{"retry-after": "*"})
-	// ... but a cached one still works, and other addresses are unaffected.
+
+	// Over budget: 100 distinct unknown tokens at once share the suspect lane (20 lookups a second per process, as much
+	// again in a burst). Each is refused, 401 when the lane looked it up, 429 Retry-After 1 when the lane was empty.
+	start := time.Now()
+	resps := checkAll(t, srv, randomBearers(t, 100))
+	elapsed := time.Since(start)
+	lookedUp, refused := 0, 0
+	for _, resp := range resps {
+		switch code := resp.GetDeniedResponse().GetStatus().GetCode(); code {
+		case 401:
+			lookedUp++
+		case 429:
+			refused++
+			expectDeny(t, resp, 429, pipeline.CodeRateLimited, map[string]string{"retry-after": "1"})
+		default:
+			t.Fatalf("unknown token over budget: %v", resp)
+		}
+	}
+	if bound := 20 + int(20*elapsed.Seconds()) + 1; lookedUp > bound || refused == 0 {
+		t.Errorf("suspect lane looked up %d and refused %d in %v; want at most %d lookups and some refusals",
+			lookedUp, refused, elapsed, bound)
+	}
+
+	// A valid token from the same address is never locked out: at worst it is asked to retry in a second.
+	allowedOrRetry(t, srv, "198.51.100.7", valid, accountHeaders(accountActive, "ada@example.com", validID))
+	// A cached one needs no lookup, and other addresses are unaffected.
 	expectAllow(t, srv.check(t, "GET", "/openapi/v1/me", bearer(cachedValid)), accountHeaders(accountActive, "ada@example.com", cachedID))
-	req := checkRequest("GET", "/openapi/v1/me", bearer(valid))
-	req.Attributes.Source.Address.GetSocketAddress().Address = "203.0.113.9"
-	resp, err := srv.client.Check(context.Background(), req)
+	other, otherID := w.accountToken(accountActive, "ada@example.com")
+	expectAllow(t, checkFrom(t, srv, "203.0.113.9", other), accountHeaders(accountActive, "ada@example.com", otherID))
+}
+
+// randomBearers returns Check requests for n distinct well-formed bearers that no one minted.
+func randomBearers(t *testing.T, n int) []*authv3.CheckRequest {
+	t.Helper()
+	reqs := make([]*authv3.CheckRequest, n)
+	for i := range reqs {
+		plain, err := tokens.Generate(tokens.Account)
+		if err != nil {
+			t.Fatal(err)
+		}
+		reqs[i] = checkRequest("GET", "/openapi/v1/me", bearer(plain))
+	}
+	return reqs
+}
+
+// checkFrom sends a Check of GET /me with plain as if from the client address addr.
+func checkFrom(t *testing.T, s *server, addr, plain string) *authv3.CheckResponse {
+	t.Helper()
+	req := checkRequest("GET", "/openapi/v1/me", bearer(plain))
+	req.Attributes.Source.Address.GetSocketAddress().Address = addr
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := s.client.Check(ctx, req)
 	if err != nil {
 		t.Fatal(err)
 	}
-	expectAllow(t, resp, accountHeaders(accountActive, "ada@example.com", validID))
+	return resp
+}
+
+// allowedOrRetry asserts that a valid token sent from addr is allowed, after at most a few 429s asking to retry in a second
+// (the suspect lane was empty), and never refused in any other way.
+func allowedOrRetry(t *testing.T, s *server, addr, plain string, want map[string]string) {
+	t.Helper()
+	var resp *authv3.CheckResponse
+	retries := 0
+	testenv.Eventually(t, 3*time.Second, "valid token from an address over its budget allowed", func() bool {
+		resp = checkFrom(t, s, addr, plain)
+		if resp.GetOkResponse() != nil {
+			return true
+		}
+		expectDeny(t, resp, 429, pipeline.CodeRateLimited, map[string]string{"retry-after": "1"})
+		retries++
+		return false
+	})
+	expectAllow(t, resp, want)
+	t.Logf("valid token from an address over its budget allowed after %d retries", retries)
+}
+
+// TestRandomBearersLeaveNoTrace: 1,000 random bearers from one address leave no per-token key in Redis (neither a limiter
+// bucket nor a negative cache entry), cost Postgres at most the address's budget plus what the suspect lane admits, and a
+// valid token that Redis has never seen, sent from that address right after, is still allowed.
+func TestRandomBearersLeaveNoTrace(t *testing.T) {
+	w := newWorld(t)
+	srv := w.start(nil) // INVALID_BEARER_PER_IP_PER_MINUTE 60
+	valid, validID := w.accountToken(accountActive, "ada@example.com")
+	rdb := w.redisClient()
+	ctx := context.Background()
+
+	acquires := srv.app.pool.Stat().AcquireCount()
+	start := time.Now()
+	resps := checkAll(t, srv, randomBearers(t, 1000))
+	elapsed := time.Since(start)
+	lookups := srv.app.pool.Stat().AcquireCount() - acquires
+	refused := 0
+	for _, resp := range resps {
+		switch resp.GetDeniedResponse().GetStatus().GetCode() {
+		case 401:
+		case 429:
+			refused++
+			expectDeny(t, resp, 429, pipeline.CodeRateLimited, map[string]string{"retry-after": "1"})
+		default:
+			t.Fatalf("random bearer: %v", resp)
+		}
+	}
+	t.Logf("1000 random bearers in %v: %d Postgres lookups, %d refused by the empty suspect lane", elapsed, lookups, refused)
+	if bound := 60 + 20 + int64(20*elapsed.Seconds()) + 1; lookups > bound {
+		t.Errorf("%d Postgres lookups for 1000 random bearers from one address in %v, want at most %d", lookups, elapsed, bound)
+	}
+	for _, pattern := range []string{"rl:token_id:token:*", "auth:token:*"} {
+		keys, err := rdb.Keys(ctx, pattern).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(keys) != 0 {
+			t.Errorf("%d %s keys after random bearers, want none", len(keys), pattern)
+		}
+	}
+
+	allowedOrRetry(t, srv, "198.51.100.7", valid, accountHeaders(accountActive, "ada@example.com", validID))
+	if n, err := rdb.Exists(ctx, "rl:token_id:token:"+tokens.Hash(valid), "auth:token:"+tokens.Hash(valid)).Result(); err != nil || n != 2 {
+		t.Errorf("valid token: %d of its limiter bucket and cache entry in Redis, %v; want both", n, err)
+	}
+}
+
+// TestConcurrentLookupsCollapse: 50 concurrent Checks of one token no cache knows make one token lookup, not 50: with the
+// table locked, exactly one lookup waits on the lock while every Check is past its cache read; once the lock goes, all 50
+// are allowed, their account lookups collapsed too.
+func TestConcurrentLookupsCollapse(t *testing.T) {
+	rs := testenv.StartRedisServer(t) // private: its command counts are this test's alone
+	w := newWorld(t)
+	w.redisURL = rs.URL()
+	srv := w.start(nil)
+	plain, id := w.accountToken(accountActive, "ada@example.com")
+	ctx := context.Background()
+
+	tx, err := w.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `LOCK TABLE oauth_access_tokens IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	budgetChecks := func() int { return commandCalls(t, rs.Client(), "evalsha") }
+	before := budgetChecks()
+	acquires := srv.app.pool.Stat().AcquireCount()
+	done := make(chan *authv3.CheckResponse, 50)
+	for range 50 {
+		go func() {
+			ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			resp, err := srv.client.Check(ctx, checkRequest("GET", "/openapi/v1/me", bearer(plain)))
+			if err != nil {
+				t.Errorf("Check: %v", err)
+			}
+			done <- resp
+		}()
+	}
+
+	// The invalid-bearer budget is read right before the lookup: once all 50 have read it, all 50 are at the lookup.
+	testenv.Eventually(t, 5*time.Second, "every Check past its cache read", func() bool { return budgetChecks()-before >= 50 })
+	waiting := func() int {
+		var n int
+		if err := w.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE wait_event_type = 'Lock' AND query LIKE '%FROM oauth_access_tokens%'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	testenv.Eventually(t, 5*time.Second, "the lookup waits on the lock", func() bool { return waiting() >= 1 })
+	if n := waiting(); n != 1 {
+		t.Errorf("%d token lookups wait on the lock for 50 Checks of one token, want 1", n)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for range 50 {
+		if resp := <-done; resp != nil {
+			expectAllow(t, resp, accountHeaders(accountActive, "ada@example.com", id))
+		}
+	}
+	n := srv.app.pool.Stat().AcquireCount() - acquires
+	t.Logf("50 concurrent Checks of one uncached token: %d Postgres acquires", n)
+	if n >= 25 {
+		t.Errorf("%d Postgres acquires for 50 concurrent Checks of one token, want the token and account lookups shared", n)
+	}
+}
+
+// commandCalls is how many times clients of rdb's server ran cmd (INFO commandstats).
+func commandCalls(t *testing.T, rdb *redis.Client, cmd string) int {
+	t.Helper()
+	info, err := rdb.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(info, "\n") {
+		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "cmdstat_"+cmd+":calls="); ok {
+			calls, _, _ := strings.Cut(rest, ",")
+			n, err := strconv.Atoi(calls)
+			if err != nil {
+				t.Fatalf("commandstats line %q", line)
+			}
+			return n
+		}
+	}
+	return 0
 }

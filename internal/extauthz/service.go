@@ -45,6 +45,9 @@ type Deps struct {
 	Tokens    tokens.Store
 	Directory directory.Directory
 	Redis     redis.UniversalClient
+	// RedisHealthy reports Redis's health breaker (redisclient.Client.Breaker): while it says false, Checks skip Redis
+	// altogether. nil: Redis is always tried.
+	RedisHealthy func() bool
 	// Enterprise is the EE client; nil on CE.
 	Enterprise *enterprise.Client
 	Telemetry  *telemetry.Telemetry
@@ -78,6 +81,7 @@ func Start(ctx context.Context, cfg config.Extauthz, deps Deps, grpcLn, adminLn 
 		Tokens:       deps.Tokens,
 		Directory:    deps.Directory,
 		ClientBucket: clientip.Bucket,
+		RedisHealthy: deps.RedisHealthy,
 		Logger:       tel.Logger,
 		Meter:        tel.Meter,
 	}

@@ -49,10 +49,6 @@ func (a cacheAdapter) Fill(ctx context.Context, hash string, e pipeline.TokenEnt
 	return a.c.Fill(ctx, hash, tokencache.Entry(e))
 }
 
-func (a cacheAdapter) MarkUnknown(ctx context.Context, hash string) error {
-	return a.c.MarkUnknown(ctx, hash)
-}
-
 func (a cacheAdapter) RecordVerdict(ctx context.Context, hash, tenantID string, member bool) error {
 	return a.c.RecordVerdict(ctx, hash, tenantID, member)
 }

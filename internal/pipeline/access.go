@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -109,7 +110,7 @@ func (p *Pipeline) checkMembership(ctx context.Context, c *caller, params map[st
 			cancel()
 			if err != nil {
 				c.redisDown = true
-				p.deps.Logger.DebugContext(ctx, "membership verdict not cached", "error", err)
+				p.logFailure(ctx, slog.LevelDebug, "redis:membership verdict", "membership verdict not cached", "error", err)
 			}
 		}
 	}

@@ -34,7 +34,7 @@ type CacheStatus int
 const (
 	CacheMiss    CacheStatus = iota
 	CacheHit                 // a live entry
-	CacheInvalid             // a tombstone or a negative entry
+	CacheInvalid             // a tombstone (or a negative entry another writer left)
 )
 
 // TokenEntry is what the token cache keeps per token hash (Dify's auth:token:<hash> JSON).
@@ -55,8 +55,6 @@ type TokenCache interface {
 	Local(hash string) (TokenEntry, bool)
 	// Fill stores a live entry unless one (or a tombstone) is there already.
 	Fill(ctx context.Context, hash string, e TokenEntry) error
-	// MarkUnknown stores a short-lived negative entry.
-	MarkUnknown(ctx context.Context, hash string) error
 	// RecordVerdict merges a membership verdict into an existing live entry.
 	RecordVerdict(ctx context.Context, hash, tenantID string, member bool) error
 }

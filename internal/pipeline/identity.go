@@ -35,8 +35,9 @@ type caller struct {
 	entry    TokenEntry
 	tenantID string // set only once a step verified it
 	appID    string
-	// redisDown is set once a Redis call of this Check failed: the later ones are skipped rather than each waiting out
-	// its own timeout, so a Redis that hangs (a partition) leaves Postgres the rest of the deadline, as a refusing one does.
+	// redisDown is set when the Check starts with the Redis health breaker open, or once a Redis call of this Check failed:
+	// the later calls are skipped rather than each waiting out its own timeout, so a Redis that hangs (a partition) leaves
+	// Postgres the rest of the deadline, as a refusing one does.
 	redisDown bool
 }
 

@@ -16,6 +16,7 @@ type metrics struct {
 	duration         metric.Float64Histogram // authgate_extauthz_check_duration_seconds{route, outcome}
 	rateLimitSkipped metric.Int64Counter     // authgate_extauthz_ratelimit_skipped_total{limit="token"|"invalid_bearer_ip"}
 	tokenCache       metric.Int64Counter     // authgate_extauthz_token_cache_total{result}
+	suspectLookups   metric.Int64Counter     // authgate_extauthz_suspect_lookups_total{result="admitted"|"refused"}
 	dependencyErrors metric.Int64Counter     // authgate_extauthz_dependency_errors_total{dependency}
 	hardExpired      metric.Int64Counter     // authgate_extauthz_tokens_hard_expired_total
 
@@ -40,11 +41,17 @@ func newMetrics(m metric.Meter) (*metrics, error) {
 	}
 	if out.rateLimitSkipped, err = m.Int64Counter("authgate_extauthz_ratelimit_skipped",
 		metric.WithDescription("Limiter decisions skipped because Redis was unreachable: the per-token limit "+
-			"(RATE_LIMIT_FAIL_OPEN) or the per-IP invalid-bearer budget.")); err != nil {
+			"(RATE_LIMIT_FAIL_OPEN) or the shared per-IP invalid-bearer budget (then counted per replica).")); err != nil {
 		return nil, err
 	}
 	if out.tokenCache, err = m.Int64Counter("authgate_extauthz_token_cache",
-		metric.WithDescription("Token cache reads by result: hit, miss, invalid, error.")); err != nil {
+		metric.WithDescription("Token cache reads by result: hit, miss, invalid (a tombstone), negative (refused from "+
+			"memory), error.")); err != nil {
+		return nil, err
+	}
+	if out.suspectLookups, err = m.Int64Counter("authgate_extauthz_suspect_lookups",
+		metric.WithDescription("Token lookups from addresses over their invalid-bearer budget: admitted by the suspect "+
+			"lane, or refused with 429 because it was empty.")); err != nil {
 		return nil, err
 	}
 	if out.dependencyErrors, err = m.Int64Counter("authgate_extauthz_dependency_errors",
@@ -84,10 +91,12 @@ var (
 	cacheResultAttrs = map[string]metric.AddOption{}
 	skippedToken     = metric.WithAttributeSet(attribute.NewSet(attribute.String("limit", "token")))
 	skippedIPBudget  = metric.WithAttributeSet(attribute.NewSet(attribute.String("limit", "invalid_bearer_ip")))
+	suspectAdmitted  = metric.WithAttributeSet(attribute.NewSet(attribute.String("result", "admitted")))
+	suspectRefused   = metric.WithAttributeSet(attribute.NewSet(attribute.String("result", "refused")))
 )
 
 func init() {
-	for _, r := range []string{"hit", "miss", "invalid", "error"} {
+	for _, r := range []string{"hit", "miss", "invalid", "negative", "error"} {
 		cacheResultAttrs[r] = metric.WithAttributeSet(attribute.NewSet(attribute.String("result", r)))
 	}
 }

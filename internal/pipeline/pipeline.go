@@ -8,7 +8,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hashicorp/golang-lru/v2/expirable"
 	"go.opentelemetry.io/otel/metric"
+
+	"github.com/authgate/authgate/internal/telemetry"
 )
 
 // Options are the pipeline's settings (from config.Extauthz).
@@ -21,9 +24,13 @@ type Options struct {
 	CheckTimeout               time.Duration // CHECK_TIMEOUT
 	ForwardAuthorization       bool          // FORWARD_AUTHORIZATION
 	EnterpriseEnabled          bool          // ENTERPRISE_ENABLED
-	// RedisCallTimeout bounds each limiter and cache call, so an unreachable Redis costs a fraction of the Check deadline
-	// and the fail-open path and the Postgres fallback still have time to answer. Default CheckTimeout/2.
+	// RedisCallTimeout bounds each limiter and cache call, so a Redis that hangs before the health breaker notices costs a
+	// fraction of the Check deadline and the fail-open path and the Postgres fallback still have time to answer.
+	// Default CheckTimeout/2.
 	RedisCallTimeout time.Duration
+	// SuspectLookupsPerSecond is the suspect lane's rate: Postgres lookups per second, per process, shared by every address
+	// over its invalid-bearer budget. Default 20.
+	SuspectLookupsPerSecond int
 	// AppCacheTTL is how long an app and its tenant are reused from memory, so warm Checks make no Postgres call.
 	AppCacheTTL time.Duration
 }
@@ -37,12 +44,18 @@ type Deps struct {
 	Enterprise Enterprise
 	// ClientBucket maps a client address to its rate-limit bucket (clientip.Bucket: IPv6 by /64).
 	ClientBucket func(netip.Addr) string
-	Logger       *slog.Logger
-	Meter        metric.Meter
-	Now          func() time.Time
+	// RedisHealthy reports the Redis client's health breaker (redisclient): while it says false, a Check makes no Redis call
+	// and builds no Redis deadline. nil: always true.
+	RedisHealthy func() bool
+	// LogThrottle summarises dependency-failure lines, so an outage logs a handful of lines, not one per Check. nil: one
+	// line per kind per 10 s.
+	LogThrottle *telemetry.Throttle
+	Logger      *slog.Logger
+	Meter       metric.Meter
+	Now         func() time.Time
 }
 
-// Pipeline runs SPEC §3.2 over a Request. It is safe for concurrent use.
+// Pipeline decides Requests (docs/architecture.md, "A Check"). It is safe for concurrent use.
 type Pipeline struct {
 	policy  *Policy
 	opts    Options
@@ -50,6 +63,11 @@ type Pipeline struct {
 	metrics *metrics
 	apps    *ttlCache[appRecord]
 	acl     *ttlCache[bool]
+
+	negative *expirable.LRU[string, struct{}] // hashes refused within negativeTTL
+	budget   *localBudget
+	lane     *suspectLane
+	flights  flights
 }
 
 // New builds a pipeline over a validated policy.
@@ -59,6 +77,12 @@ func New(policy *Policy, opts Options, deps Deps) (*Pipeline, error) {
 	}
 	if deps.Logger == nil {
 		deps.Logger = slog.New(slog.DiscardHandler)
+	}
+	if deps.RedisHealthy == nil {
+		deps.RedisHealthy = func() bool { return true }
+	}
+	if deps.LogThrottle == nil {
+		deps.LogThrottle = telemetry.NewThrottle(0)
 	}
 	m, err := newMetrics(deps.Meter)
 	if err != nil {
@@ -70,13 +94,19 @@ func New(policy *Policy, opts Options, deps Deps) (*Pipeline, error) {
 	if opts.AppCacheTTL <= 0 {
 		opts.AppCacheTTL = 5 * time.Second
 	}
+	if opts.SuspectLookupsPerSecond <= 0 {
+		opts.SuspectLookupsPerSecond = defaultSuspectLookupsPerSecond
+	}
 	return &Pipeline{
-		policy:  policy,
-		opts:    opts,
-		deps:    deps,
-		metrics: m,
-		apps:    newTTLCache[appRecord](10_000, deps.Now),
-		acl:     newTTLCache[bool](100_000, deps.Now),
+		policy:   policy,
+		opts:     opts,
+		deps:     deps,
+		metrics:  m,
+		apps:     newTTLCache[appRecord](10_000, deps.Now),
+		acl:      newTTLCache[bool](100_000, deps.Now),
+		negative: expirable.NewLRU[string, struct{}](negativeEntries, nil, negativeTTL),
+		budget:   newLocalBudget(opts.InvalidBearerPerIPPerMin, invalidBearerWindow, deps.Now),
+		lane:     newSuspectLane(opts.SuspectLookupsPerSecond, deps.Now),
 	}, nil
 }
 
@@ -137,4 +167,10 @@ func (p *Pipeline) redisCtx(ctx context.Context) (context.Context, context.Cance
 		return ctx, func() {}
 	}
 	return context.WithTimeout(ctx, p.opts.RedisCallTimeout)
+}
+
+// logFailure writes a dependency-failure line through the throttle: at most one line per kind per interval, with a count
+// of the ones held back. The metrics count every event; the log only has to say that it is happening.
+func (p *Pipeline) logFailure(ctx context.Context, level slog.Level, kind, msg string, args ...any) {
+	p.deps.LogThrottle.Log(ctx, p.deps.Logger, level, kind, msg, args...)
 }

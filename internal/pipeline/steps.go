@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"log/slog"
 	"math"
 	"strconv"
 	"strings"
@@ -13,7 +14,7 @@ import (
 // rateWindow is Dify's per-token window.
 const rateWindow = 60 * time.Second
 
-// decide runs SPEC §3.2 steps 1–14; the first failure decides.
+// decide runs the steps in order (docs/architecture.md, "A Check"); the first failure decides.
 func (p *Pipeline) decide(ctx context.Context, req *Request) Decision {
 	// 1. Path.
 	rawPath, rawQuery := splitTarget(req.Path)
@@ -67,35 +68,23 @@ func (p *Pipeline) authenticate(ctx context.Context, req *Request, route *Route,
 	if err != nil {
 		return denyInvalidBearer("the bearer token is not valid")
 	}
-	c := &caller{kind: kind, hash: tokens.Hash(token)}
-
-	// 6. Rate limit, before any lookup.
-	var rateHeaders []Header
-	if p.opts.RateLimitPerToken > 0 {
-		rctx, cancel := p.redisCtx(ctx)
-		rd, err := p.deps.Limiter.Allow(rctx, tokenBucketKey(c.hash), p.opts.RateLimitPerToken, rateWindow)
-		cancel()
-		switch {
-		case err != nil && (ctx.Err() != nil || !p.opts.RateLimitFailOpen):
-			p.dependencyFailed(ctx, "redis", "rate limiter", err)
-			return denyUnavailable()
-		case err != nil:
-			c.redisDown = true
-			p.metrics.rateLimitSkipped.Add(ctx, 1, skippedToken)
-			p.deps.Logger.WarnContext(ctx, "rate limiter unavailable; skipped (RATE_LIMIT_FAIL_OPEN)", "error", err)
-		case !rd.Allowed:
-			return denyRateLimited(rd, "too many requests with this token")
-		default:
-			rateHeaders = []Header{
-				{"ratelimit-limit", strconv.Itoa(rd.Limit)},
-				{"ratelimit-remaining", strconv.Itoa(rd.Remaining)},
-				{"ratelimit-reset", strconv.Itoa(ceilSeconds(rd.Reset))},
-			}
-		}
+	// A Check asks the breaker once: while Redis is known to be down, no step waits on it.
+	c := &caller{kind: kind, hash: tokens.Hash(token), redisDown: !p.deps.RedisHealthy()}
+	if c.redisDown && p.opts.RateLimitPerToken > 0 && !p.opts.RateLimitFailOpen {
+		// The limiter would refuse a valid token anyway (RATE_LIMIT_FAIL_OPEN=false): answer now, without a lookup.
+		p.dependencyFailed(ctx, "redis", "rate limiter", errRedisDown)
+		return denyUnavailable()
 	}
 
-	// 7. Token.
+	// 6. Token. Before the limiter, unlike Dify: per-token state in Redis is written only for tokens known to be valid
+	// (docs/architecture.md, "Where authgate departs").
 	if d, ok := p.resolveToken(ctx, req, c); !ok {
+		return d
+	}
+
+	// 7. Rate limit.
+	rateHeaders, d, ok := p.rateLimit(ctx, c)
+	if !ok {
 		return d
 	}
 
@@ -135,11 +124,45 @@ func (p *Pipeline) authenticate(ctx context.Context, req *Request, route *Route,
 
 	// 14. Caller mount.
 	headers := c.identityHeaders()
-	d := Decision{Allow: true, SetHeaders: headers, ResponseHeaders: rateHeaders, Metadata: identityMetadata(headers)}
+	d = Decision{Allow: true, SetHeaders: headers, ResponseHeaders: rateHeaders, Metadata: identityMetadata(headers)}
 	if !p.opts.ForwardAuthorization {
 		d.RemoveHeaders = append(d.RemoveHeaders, "authorization")
 	}
 	return d
+}
+
+// rateLimit is Dify's per-token sliding window, for a token the token step found valid. A request it admits is counted
+// whatever a later step decides; one it denies is not. With Redis unreachable it follows RATE_LIMIT_FAIL_OPEN.
+func (p *Pipeline) rateLimit(ctx context.Context, c *caller) ([]Header, Decision, bool) {
+	if p.opts.RateLimitPerToken <= 0 {
+		return nil, Decision{}, true
+	}
+	rd, err := RateDecision{}, errRedisDown
+	if !c.redisDown {
+		rctx, cancel := p.redisCtx(ctx)
+		rd, err = p.deps.Limiter.Allow(rctx, tokenBucketKey(c.hash), p.opts.RateLimitPerToken, rateWindow)
+		cancel()
+	}
+	switch {
+	case err != nil && (ctx.Err() != nil || !p.opts.RateLimitFailOpen):
+		p.dependencyFailed(ctx, "redis", "rate limiter", err)
+		return nil, denyUnavailable(), false
+	case err != nil:
+		p.metrics.rateLimitSkipped.Add(ctx, 1, skippedToken)
+		if !c.redisDown {
+			p.logFailure(ctx, slog.LevelWarn, "redis:rate limiter", "rate limiter unavailable; skipped (RATE_LIMIT_FAIL_OPEN)",
+				"error", err)
+		}
+		c.redisDown = true
+		return nil, Decision{}, true
+	case !rd.Allowed:
+		return nil, denyRateLimited(rd, "too many requests with this token"), false
+	}
+	return []Header{
+		{"ratelimit-limit", strconv.Itoa(rd.Limit)},
+		{"ratelimit-remaining", strconv.Itoa(rd.Remaining)},
+		{"ratelimit-reset", strconv.Itoa(ceilSeconds(rd.Reset))},
+	}, Decision{}, true
 }
 
 // tokenBucketKey is Dify's per-token rate-limit bucket, so Dify and authgate share one budget.
@@ -156,7 +179,8 @@ func ceilSeconds(d time.Duration) int {
 	return int(math.Ceil(d.Seconds()))
 }
 
+// dependencyFailed records a failure that denies the Check with 503: counted every time, logged through the throttle.
 func (p *Pipeline) dependencyFailed(ctx context.Context, dependency, what string, err error) {
 	p.metrics.dependencyErrors.Add(ctx, 1, dependencyAttr(dependency))
-	p.deps.Logger.ErrorContext(ctx, what+" failed; denying 503", "dependency", dependency, "error", err)
+	p.logFailure(ctx, slog.LevelError, dependency+":"+what, what+" failed; denying 503", "dependency", dependency, "error", err)
 }

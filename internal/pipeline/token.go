@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"time"
 
 	"github.com/authgate/authgate/internal/directory"
@@ -11,21 +12,28 @@ import (
 
 const invalidBearerWindow = time.Minute
 
-// errRedisDown stands for a Redis call skipped because an earlier one of the same Check failed.
-var errRedisDown = errors.New("redis unreachable earlier in this check")
+// errRedisDown stands for a Redis call skipped because Redis is known to be unreachable: the client's health breaker is
+// open, or an earlier call of the same Check failed.
+var errRedisDown = errors.New("redis unreachable")
 
-// resolveToken is SPEC §3.2 step 7: the cache first, Postgres on a miss, with the rules that keep a dead token dead.
+// resolveToken is the token step (docs/architecture.md, "A Check"): memory, then the Redis cache, then Postgres, with the
+// rules that keep a dead token dead. It writes nothing to Redis for a bearer it does not find valid.
 func (p *Pipeline) resolveToken(ctx context.Context, req *Request, c *caller) (Decision, bool) {
+	if p.negative.Contains(c.hash) {
+		// Refused within the last few seconds: no Redis, no Postgres, and nothing charged, as it costs nothing.
+		p.metrics.cacheResult(ctx, "negative")
+		return denyInvalidBearer("the bearer token is not valid"), false
+	}
 	var entry TokenEntry
-	status, err := CacheMiss, errRedisDown
-	if !c.redisDown {
-		if local, ok := p.deps.Cache.Local(c.hash); ok { // a warm Check: no Redis deadline to build
-			entry, status, err = local, CacheHit, nil
-		} else {
-			rctx, cancel := p.redisCtx(ctx)
-			entry, status, err = p.deps.Cache.Get(rctx, c.hash)
-			cancel()
-		}
+	status, err := CacheMiss, error(nil)
+	if local, ok := p.deps.Cache.Local(c.hash); ok { // a warm Check: no Redis deadline to build
+		entry, status = local, CacheHit
+	} else if c.redisDown {
+		err = errRedisDown
+	} else {
+		rctx, cancel := p.redisCtx(ctx)
+		entry, status, err = p.deps.Cache.Get(rctx, c.hash)
+		cancel()
 	}
 	if err != nil {
 		if ctx.Err() != nil {
@@ -34,7 +42,7 @@ func (p *Pipeline) resolveToken(ctx context.Context, req *Request, c *caller) (D
 		// Redis being down must not stop authentication: Postgres answers.
 		p.metrics.cacheResult(ctx, "error")
 		if !c.redisDown {
-			p.deps.Logger.WarnContext(ctx, "token cache unavailable; reading Postgres", "error", err)
+			p.logFailure(ctx, slog.LevelWarn, "redis:token cache", "token cache unavailable; reading Postgres", "error", err)
 		}
 		c.redisDown = true
 		status = CacheMiss
@@ -42,18 +50,22 @@ func (p *Pipeline) resolveToken(ctx context.Context, req *Request, c *caller) (D
 	now := p.deps.Now()
 	switch status {
 	case CacheInvalid:
+		// A tombstone: the token is dead for good, so memory may refuse it too.
 		p.metrics.cacheResult(ctx, "invalid")
-		return p.invalidBearer(ctx, req, c), false
+		p.negative.Add(c.hash, struct{}{})
+		return denyInvalidBearer("the bearer token is not valid"), false
 	case CacheHit:
 		p.metrics.cacheResult(ctx, "hit")
 		if !entryMatchesKind(entry, c.kind) {
 			p.deps.Logger.ErrorContext(ctx, "cached token entry inconsistent with its prefix", "token_id", entry.TokenID,
 				"prefix", c.kind.Prefix)
-			return p.invalidBearer(ctx, req, c), false
+			p.negative.Add(c.hash, struct{}{})
+			return denyInvalidBearer("the bearer token is not valid"), false
 		}
 		if !now.Before(entry.ExpiresAt) {
 			p.hardExpire(ctx, entry.TokenID, entry.ClientID, now)
-			return p.invalidBearer(ctx, req, c), false
+			p.negative.Add(c.hash, struct{}{})
+			return denyInvalidBearer("the bearer token is not valid"), false
 		}
 		c.entry = entry
 		return Decision{}, true
@@ -61,52 +73,135 @@ func (p *Pipeline) resolveToken(ctx context.Context, req *Request, c *caller) (D
 	if err == nil {
 		p.metrics.cacheResult(ctx, "miss")
 	}
+	return p.lookupToken(ctx, req, c, now)
+}
 
-	if d, ok := p.checkInvalidBudget(ctx, req, c); !ok {
-		return d, false
+// lookupToken asks Postgres about a hash no cache knows. An address over its invalid-bearer budget is not refused: its
+// lookups go through the suspect lane, and only when that is empty is the answer 429 (retry in a second).
+func (p *Pipeline) lookupToken(ctx context.Context, req *Request, c *caller, now time.Time) (Decision, bool) {
+	a, err := p.admitLookup(ctx, c, p.ipBudgetKey(req))
+	if err != nil {
+		return denyUnavailable(), false
 	}
-	tok, err := p.deps.Tokens.LookupByHash(ctx, c.hash)
+	if a.suspect {
+		if !p.lane.take() {
+			p.metrics.suspectLookups.Add(ctx, 1, suspectRefused)
+			return denyRateLimited(RateDecision{RetryAfter: time.Second}, "too many invalid bearer tokens from this address"), false
+		}
+		p.metrics.suspectLookups.Add(ctx, 1, suspectAdmitted)
+	}
+
+	tok, err := p.lookupHash(ctx, c.hash)
 	switch {
 	case errors.Is(err, tokens.ErrNotFound):
-		p.markUnknown(ctx, c)
-		return p.invalidBearer(ctx, req, c), false
+		return p.refuseLookedUp(ctx, c, a), false
 	case err != nil:
+		p.budget.release(a.hold)
 		p.dependencyFailed(ctx, "postgres", "token lookup", err)
 		return denyUnavailable(), false
 	}
-	entry = TokenEntry{SubjectEmail: tok.SubjectEmail, SubjectIssuer: tok.SubjectIssuer, AccountID: tok.AccountID,
+	entry := TokenEntry{SubjectEmail: tok.SubjectEmail, SubjectIssuer: tok.SubjectIssuer, AccountID: tok.AccountID,
 		ClientID: tok.ClientID, TokenID: tok.ID, ExpiresAt: tok.ExpiresAt.UTC()}
 	if tok.Prefix != c.kind.Prefix || !entryMatchesKind(entry, c.kind) {
 		p.deps.Logger.ErrorContext(ctx, "token row inconsistent with the presented prefix", "token_id", tok.ID,
 			"row_prefix", tok.Prefix, "prefix", c.kind.Prefix)
-		return p.invalidBearer(ctx, req, c), false
+		return p.refuseLookedUp(ctx, c, a), false
 	}
 	if tok.Expired(now) {
 		p.hardExpire(ctx, tok.ID, tok.ClientID, now)
-		return p.invalidBearer(ctx, req, c), false
+		return p.refuseLookedUp(ctx, c, a), false
 	}
 	if c.kind.Subject == tokens.SubjectAccount {
-		acct, err := p.deps.Directory.Account(ctx, tok.AccountID)
+		acct, err := p.lookupAccount(ctx, tok.AccountID)
 		switch {
 		case errors.Is(err, directory.ErrNotFound) || err == nil && acct.Status != directory.AccountStatusActive:
-			p.markUnknown(ctx, c)
-			return p.invalidBearer(ctx, req, c), false
+			return p.refuseLookedUp(ctx, c, a), false
 		case err != nil:
+			p.budget.release(a.hold)
 			p.dependencyFailed(ctx, "postgres", "account lookup", err)
 			return denyUnavailable(), false
 		}
 	}
+	p.budget.release(a.hold) // a valid token costs its address nothing
 	// SET NX: a tombstone written by a concurrent revocation wins over this fill.
 	if !c.redisDown {
 		rctx, cancel := p.redisCtx(ctx)
-		defer cancel()
-		if err := p.deps.Cache.Fill(rctx, c.hash, entry); err != nil {
+		err := p.deps.Cache.Fill(rctx, c.hash, entry)
+		cancel()
+		if err != nil {
 			c.redisDown = true
-			p.deps.Logger.DebugContext(ctx, "token cache fill failed", "error", err)
+			p.logFailure(ctx, slog.LevelDebug, "redis:token cache fill", "token cache fill failed", "error", err)
 		}
 	}
 	c.entry = entry
 	return Decision{}, true
+}
+
+// admission is how a lookup may go ahead: holding a slot of the address's budget, or through the suspect lane.
+type admission struct {
+	key     string
+	hold    budgetHold
+	suspect bool
+}
+
+// admitLookup decides between the two: the address is a suspect once it has spent its invalid-bearer budget, by the count
+// all replicas share in Redis or by this replica's own (the only one while Redis cannot answer). An error means the Check's
+// deadline has passed.
+func (p *Pipeline) admitLookup(ctx context.Context, c *caller, key string) (admission, error) {
+	a := admission{key: key}
+	if p.opts.InvalidBearerPerIPPerMin <= 0 {
+		return a, nil
+	}
+	hold, ok := p.budget.reserve(key)
+	if !ok {
+		a.suspect = true
+		return a, nil
+	}
+	a.hold = hold
+	if c.redisDown {
+		p.metrics.rateLimitSkipped.Add(ctx, 1, skippedIPBudget)
+		return a, nil
+	}
+	rctx, cancel := p.redisCtx(ctx)
+	rd, err := p.deps.Limiter.Exceeded(rctx, key, p.opts.InvalidBearerPerIPPerMin, invalidBearerWindow)
+	cancel()
+	switch {
+	case err != nil && ctx.Err() != nil:
+		p.budget.release(hold)
+		return a, ctx.Err()
+	case err != nil:
+		c.redisDown = true
+		p.metrics.rateLimitSkipped.Add(ctx, 1, skippedIPBudget)
+		p.logFailure(ctx, slog.LevelWarn, "redis:invalid-bearer budget",
+			"invalid-bearer budget unavailable in Redis; counting per replica", "error", err)
+	case !rd.Allowed:
+		p.budget.release(hold)
+		a.hold, a.suspect = budgetHold{}, true
+	}
+	return a, nil
+}
+
+// refuseLookedUp answers a lookup that found no live token: the hash is refused from memory for a few seconds (in this
+// process only: a bearer not known to be valid leaves nothing in Redis), and the address's budget is charged, since this
+// outcome cost a Postgres lookup.
+func (p *Pipeline) refuseLookedUp(ctx context.Context, c *caller, a admission) Decision {
+	p.negative.Add(c.hash, struct{}{})
+	if p.opts.InvalidBearerPerIPPerMin > 0 {
+		if a.hold.key == "" { // the slot it held is the local charge; a lookup through the lane held none
+			p.budget.add(a.key)
+		}
+		if !c.redisDown {
+			rctx, cancel := p.redisCtx(ctx)
+			err := p.deps.Limiter.Add(rctx, a.key, invalidBearerWindow)
+			cancel()
+			if err != nil {
+				c.redisDown = true
+				p.logFailure(ctx, slog.LevelDebug, "redis:invalid-bearer budget", "invalid-bearer budget not counted in Redis",
+					"error", err)
+			}
+		}
+	}
+	return denyInvalidBearer("the bearer token is not valid")
 }
 
 // entryMatchesKind: dfoa_ tokens belong to an account; dfoe_ tokens to an external subject with an issuer.
@@ -117,30 +212,18 @@ func entryMatchesKind(e TokenEntry, k tokens.Kind) bool {
 	return e.AccountID == "" && e.SubjectIssuer != ""
 }
 
-// hardExpire revokes an expired token (SPEC §1); only the replica whose compare-and-set hit emits the audit event. The
-// token is refused either way, so a failure here is logged, not turned into a 503.
+// hardExpire revokes an expired token; only the replica whose compare-and-set hit emits the audit event. The token is
+// refused either way, so a failure here is logged, not turned into a 503.
 func (p *Pipeline) hardExpire(ctx context.Context, tokenID, clientID string, now time.Time) {
 	hit, err := p.deps.Tokens.HardExpire(ctx, tokenID, now)
 	if err != nil {
-		p.deps.Logger.ErrorContext(ctx, "hard-expire failed", "token_id", tokenID, "error", err)
+		p.logFailure(ctx, slog.LevelError, "postgres:hard-expire", "hard-expire failed", "token_id", tokenID, "error", err)
 		return
 	}
 	if hit {
 		p.metrics.hardExpired.Add(ctx, 1)
 		p.deps.Logger.InfoContext(ctx, "oauth.token_expired", "audit_event", "oauth.token_expired",
 			"token_id", tokenID, "client_id", clientID)
-	}
-}
-
-func (p *Pipeline) markUnknown(ctx context.Context, c *caller) {
-	if c.redisDown {
-		return
-	}
-	rctx, cancel := p.redisCtx(ctx)
-	defer cancel()
-	if err := p.deps.Cache.MarkUnknown(rctx, c.hash); err != nil {
-		c.redisDown = true
-		p.deps.Logger.DebugContext(ctx, "token cache negative fill failed", "error", err)
 	}
 }
 
@@ -154,42 +237,4 @@ func (p *Pipeline) ipBudgetKey(req *Request) string {
 		}
 	}
 	return "rl:invalid_bearer:ip:" + bucket
-}
-
-// checkInvalidBudget refuses a lookup to a client that has spent its invalid_bearer budget (random-token floods). Without
-// Redis the budget cannot be read; the lookup goes ahead, as the token itself is still checked.
-func (p *Pipeline) checkInvalidBudget(ctx context.Context, req *Request, c *caller) (Decision, bool) {
-	if p.opts.InvalidBearerPerIPPerMin <= 0 {
-		return Decision{}, true
-	}
-	rd, err := RateDecision{}, errRedisDown
-	if !c.redisDown {
-		rctx, cancel := p.redisCtx(ctx)
-		rd, err = p.deps.Limiter.Exceeded(rctx, p.ipBudgetKey(req), p.opts.InvalidBearerPerIPPerMin, invalidBearerWindow)
-		cancel()
-	}
-	switch {
-	case err != nil && ctx.Err() != nil:
-		return denyUnavailable(), false
-	case err != nil:
-		c.redisDown = true
-		p.metrics.rateLimitSkipped.Add(ctx, 1, skippedIPBudget)
-		return Decision{}, true
-	case !rd.Allowed:
-		return denyRateLimited(rd, "too many invalid bearer tokens from this address"), false
-	}
-	return Decision{}, true
-}
-
-// invalidBearer counts the outcome against the client's budget and denies.
-func (p *Pipeline) invalidBearer(ctx context.Context, req *Request, c *caller) Decision {
-	if p.opts.InvalidBearerPerIPPerMin > 0 && !c.redisDown {
-		rctx, cancel := p.redisCtx(ctx)
-		defer cancel()
-		if err := p.deps.Limiter.Add(rctx, p.ipBudgetKey(req), invalidBearerWindow); err != nil {
-			c.redisDown = true
-			p.deps.Logger.DebugContext(ctx, "invalid-bearer budget not counted", "error", err)
-		}
-	}
-	return denyInvalidBearer("the bearer token is not valid")
 }

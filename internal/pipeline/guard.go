@@ -1,0 +1,181 @@
+package pipeline
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/golang-lru/v2/expirable"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/authgate/authgate/internal/directory"
+	"github.com/authgate/authgate/internal/tokens"
+)
+
+// What keeps bearers that are not valid from costing Postgres lookups, and concurrent lookups from multiplying, without
+// ever refusing a valid token because of what else came from its address (docs/security.md, "Brute force").
+
+const (
+	// negativeTTL is how long a hash that Postgres refused (or that a tombstone marks dead) is refused from memory.
+	negativeTTL = 10 * time.Second
+	// negativeEntries bounds that memory: one entry is a 64-byte hash.
+	negativeEntries = 100_000
+	// budgetAddresses bounds the per-replica copy of the invalid-bearer budget.
+	budgetAddresses = 100_000
+	// defaultSuspectLookupsPerSecond is the suspect lane's rate per process.
+	defaultSuspectLookupsPerSecond = 20
+)
+
+// localBudget is this replica's count of invalid-bearer lookups per address over fixed one-minute windows. Redis holds the
+// budget every replica shares, counting outcomes once known; this copy also holds a slot for each lookup in flight, so a
+// burst of concurrent unknown bearers cannot all pass the check before the first of them is counted. It answers alone
+// while Redis cannot, and spares a Redis round trip for an address it already knows is over.
+type localBudget struct {
+	limit  int
+	window time.Duration
+	now    func() time.Time
+
+	mu      sync.Mutex
+	windows *expirable.LRU[string, budgetWindow]
+}
+
+type budgetWindow struct {
+	start time.Time
+	n     int
+}
+
+// budgetHold is a slot reserve gave out; the zero value holds nothing.
+type budgetHold struct {
+	key   string
+	start time.Time // of the window the slot was taken in
+}
+
+func newLocalBudget(limit int, window time.Duration, now func() time.Time) *localBudget {
+	return &localBudget{limit: limit, window: window, now: now,
+		windows: expirable.NewLRU[string, budgetWindow](budgetAddresses, nil, window)}
+}
+
+// current is key's window as of now; the caller holds mu.
+func (b *localBudget) current(key string, now time.Time) budgetWindow {
+	w, ok := b.windows.Peek(key)
+	if !ok || now.Sub(w.start) >= b.window {
+		return budgetWindow{start: now}
+	}
+	return w
+}
+
+// reserve takes a slot for one lookup unless key has spent its budget in this window.
+func (b *localBudget) reserve(key string) (budgetHold, bool) {
+	now := b.now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	w := b.current(key, now)
+	if w.n >= b.limit {
+		return budgetHold{}, false
+	}
+	w.n++
+	b.windows.Add(key, w)
+	return budgetHold{key: key, start: w.start}, true
+}
+
+// release gives a slot back: the lookup found a valid token, or could not be made.
+func (b *localBudget) release(h budgetHold) {
+	if h.key == "" {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if w, ok := b.windows.Peek(h.key); ok && w.start.Equal(h.start) && w.n > 0 {
+		w.n--
+		b.windows.Add(h.key, w)
+	}
+}
+
+// add counts an invalid outcome that held no slot (a lookup through the suspect lane).
+func (b *localBudget) add(key string) {
+	now := b.now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	w := b.current(key, now)
+	w.n++
+	b.windows.Add(key, w)
+}
+
+// suspectLane is a token bucket shared by every address over its invalid-bearer budget: a lookup from such an address goes
+// ahead while the bucket holds a token, so a valid token behind an address that also sends garbage still gets through,
+// and Postgres sees at most rate lookups per second (plus the burst) from all of them together.
+type suspectLane struct {
+	rate float64 // tokens per second; the burst is one second's worth
+	now  func() time.Time
+
+	mu     sync.Mutex
+	tokens float64
+	last   time.Time
+}
+
+func newSuspectLane(perSecond int, now func() time.Time) *suspectLane {
+	return &suspectLane{rate: float64(perSecond), now: now, tokens: float64(perSecond), last: now()}
+}
+
+func (l *suspectLane) take() bool {
+	now := l.now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.tokens = min(l.rate, l.tokens+now.Sub(l.last).Seconds()*l.rate)
+	l.last = now
+	if l.tokens < 1 {
+		return false
+	}
+	l.tokens--
+	return true
+}
+
+// flights collapses concurrent Postgres reads of the same token hash, or of the same account, into one query: a burst of
+// Checks for one token (a cold cache, or every Check while Redis is down) costs one lookup, not one per Check.
+type flights struct {
+	tokens, accounts singleflight.Group
+}
+
+type flightResult[T any] struct {
+	v   T
+	err error
+}
+
+// shared runs fn once for all concurrent callers with the same key. fn gets a context that the first caller's cancellation
+// does not end (the others still want the answer) but its deadline does; each caller waits no longer than its own ctx.
+func shared[T any](ctx context.Context, g *singleflight.Group, key string, fn func(context.Context) (T, error)) (T, error) {
+	ch := g.DoChan(key, func() (any, error) {
+		fctx, cancel := detach(ctx)
+		defer cancel()
+		v, err := fn(fctx)
+		return flightResult[T]{v, err}, nil
+	})
+	select {
+	case r := <-ch:
+		res := r.Val.(flightResult[T])
+		return res.v, res.err
+	case <-ctx.Done():
+		var zero T
+		return zero, ctx.Err()
+	}
+}
+
+func detach(ctx context.Context) (context.Context, context.CancelFunc) {
+	dctx := context.WithoutCancel(ctx)
+	if dl, ok := ctx.Deadline(); ok {
+		return context.WithDeadline(dctx, dl)
+	}
+	return context.WithCancel(dctx)
+}
+
+func (p *Pipeline) lookupHash(ctx context.Context, hash string) (tokens.Token, error) {
+	return shared(ctx, &p.flights.tokens, hash, func(ctx context.Context) (tokens.Token, error) {
+		return p.deps.Tokens.LookupByHash(ctx, hash)
+	})
+}
+
+func (p *Pipeline) lookupAccount(ctx context.Context, id string) (directory.Account, error) {
+	return shared(ctx, &p.flights.accounts, id, func(ctx context.Context) (directory.Account, error) {
+		return p.deps.Directory.Account(ctx, id)
+	})
+}
