@@ -1,5 +1,5 @@
 // Package deploy_test validates the shipped deployment configuration (envoy/, envoy/istio/, deploy/k8s/) by parsing every file
-// into the schema of the program that reads it, with unknown fields rejected, and asserting the values SPEC §6 depends on.
+// into the schema of the program that reads it, with unknown fields rejected, and asserting the values the deployment depends on (docs/operations.md).
 package deploy_test
 
 import (
@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 )
 
@@ -51,8 +52,18 @@ func validateProto(t *testing.T, name string, m proto.Message) {
 // strictYAML decodes one YAML document into v, rejecting fields v's type does not have.
 func strictYAML(t *testing.T, name string, y []byte, v any) {
 	t.Helper()
-	if err := yaml.UnmarshalStrict(y, v); err != nil {
+	js, err := yaml.YAMLToJSON(y)
+	if err != nil {
 		t.Fatalf("%s: %v", name, err)
+	}
+	// As the API server's strict field validation: names are case-sensitive (encoding/json would take "failopen" for
+	// failOpen), unknown and duplicate fields are errors.
+	strictErrs, err := kjson.UnmarshalStrict(js, v, kjson.DisallowDuplicateFields, kjson.DisallowUnknownFields)
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	for _, e := range strictErrs {
+		t.Errorf("%s: %v", name, e)
 	}
 }
 
