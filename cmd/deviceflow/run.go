@@ -48,16 +48,16 @@ func Run(ctx context.Context, args []string, lookup config.Lookup, stderr io.Wri
 	return fmt.Errorf("unknown command %q (want serve, migrate or prune)", cmd)
 }
 
-func openPool(ctx context.Context, url string) (*pgxpool.Pool, error) {
-	pool, err := postgres.OpenPool(ctx, url)
+func openPool(ctx context.Context, db config.Database) (*pgxpool.Pool, error) {
+	pool, err := postgres.OpenPool(ctx, db.DSN())
 	if err != nil {
-		return nil, &config.Error{Var: "DATABASE_URL", Reason: err.Error()}
+		return nil, &config.Error{Var: db.Var(), Reason: err.Error()}
 	}
 	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := pool.Ping(pingCtx); err != nil {
 		pool.Close()
-		return nil, fmt.Errorf("DATABASE_URL: cannot reach Postgres: %w", err)
+		return nil, fmt.Errorf("%s: cannot reach Postgres: %w", db.Var(), err)
 	}
 	return pool, nil
 }
@@ -90,7 +90,10 @@ func maintain(ctx context.Context, lookup config.Lookup, stderr io.Writer,
 	if err != nil {
 		return err
 	}
-	pool, err := openPool(ctx, cfg.DatabaseURL)
+	for _, w := range cfg.Warnings {
+		log.WarnContext(ctx, "configuration adjusted", "detail", w)
+	}
+	pool, err := openPool(ctx, cfg.Database)
 	if err != nil {
 		return err
 	}
@@ -120,7 +123,7 @@ func serve(ctx context.Context, lookup config.Lookup, stderr io.Writer, listenin
 	// Parsed before anything connects, so a bad REDIS_URL stops start-up at once. The reason is fixed: go-redis passes on
 	// net/url's error, which quotes the whole URL, AUTH password included.
 	redisclient.SetLogger(log)
-	rdb, err := redisclient.Open(redisclient.Options{URL: cfg.RedisURL, Breaker: redisclient.BreakerOptions{
+	rdb, err := redisclient.Open(redisclient.Options{Redis: cfg.Redis, Breaker: redisclient.BreakerOptions{
 		OnChange: func(open bool) {
 			if open {
 				log.Warn("redis unreachable; failing its calls fast until a probe answers")
@@ -133,7 +136,7 @@ func serve(ctx context.Context, lookup config.Lookup, stderr io.Writer, listenin
 		return &config.Error{Var: "REDIS_URL", Reason: err.Error()}
 	}
 	defer rdb.Close()
-	pool, err := openPool(ctx, cfg.DatabaseURL)
+	pool, err := openPool(ctx, cfg.Database)
 	if err != nil {
 		return err
 	}

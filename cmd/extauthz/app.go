@@ -27,12 +27,12 @@ type App struct {
 func Start(ctx context.Context, cfg config.Extauthz, tel *telemetry.Telemetry) (*App, error) {
 	a := &App{}
 	var err error
-	if a.pool, err = postgres.OpenPool(ctx, cfg.DatabaseURL); err != nil {
-		return nil, &config.Error{Var: "DATABASE_URL", Reason: err.Error()}
+	if a.pool, err = postgres.OpenPool(ctx, cfg.Database.DSN()); err != nil {
+		return nil, &config.Error{Var: cfg.Database.Var(), Reason: err.Error()}
 	}
 	// Every Redis call runs inside the Check deadline; a long dial would only burn it.
 	a.rdb, err = redisclient.Open(redisclient.Options{
-		URL:         cfg.RedisURL,
+		Redis:       cfg.Redis,
 		CallTimeout: max(cfg.CheckTimeout, 100*time.Millisecond),
 		DialTimeout: max(cfg.CheckTimeout, 100*time.Millisecond),
 		Breaker:     redisclient.BreakerOptions{OnChange: breakerLogger(tel)},

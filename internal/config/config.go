@@ -8,11 +8,11 @@ import (
 
 // Common is configuration both services read.
 type Common struct {
-	DatabaseURL string // DATABASE_URL, required
-	RedisURL    string // REDIS_URL, required; redis:// or rediss:// with optional AUTH
-	AdminAddr   string // ADMIN_ADDR
-	LogLevel    string // LOG_LEVEL: debug, info, warn, error
-	TTL         tokens.TTLPolicy
+	Database  Database // DATABASE_URL, or Dify's DB_* variables
+	Redis     Redis    // REDIS_URL, or Dify's REDIS_* variables (standalone, Sentinel or Cluster)
+	AdminAddr string   // ADMIN_ADDR
+	LogLevel  string   // LOG_LEVEL: debug, info, warn, error
+	TTL       tokens.TTLPolicy
 
 	EnterpriseEnabled   bool   // ENTERPRISE_ENABLED
 	EnterpriseAPIURL    string // ENTERPRISE_API_URL
@@ -23,8 +23,8 @@ type Common struct {
 
 func readCommon(r *reader) Common {
 	c := Common{
-		DatabaseURL:         r.Required("DATABASE_URL"),
-		RedisURL:            r.Required("REDIS_URL"),
+		Database:            readDatabase(r),
+		Redis:               readRedis(r),
 		AdminAddr:           r.String("ADMIN_ADDR", ":9090"),
 		LogLevel:            r.String("LOG_LEVEL", "info"),
 		EnterpriseEnabled:   r.Bool("ENTERPRISE_ENABLED", false),
@@ -135,18 +135,20 @@ func LoadDeviceflow(lookup Lookup) (Deviceflow, []string, error) {
 
 // Maintenance is what `deviceflow migrate` and `deviceflow prune` read: they need the database and nothing else.
 type Maintenance struct {
-	DatabaseURL   string // DATABASE_URL, required
-	RetentionDays int    // OAUTH_ACCESS_TOKEN_RETENTION_DAYS
-	LogLevel      string // LOG_LEVEL
+	Database      Database // DATABASE_URL, or Dify's DB_* variables
+	RetentionDays int      // OAUTH_ACCESS_TOKEN_RETENTION_DAYS
+	LogLevel      string   // LOG_LEVEL
+	Warnings      []string // adjusted or ignored values, for the caller to log
 }
 
 // LoadMaintenance reads the configuration of deviceflow's maintenance subcommands.
 func LoadMaintenance(lookup Lookup) (Maintenance, error) {
 	r := &reader{lookup: lookup}
 	c := Maintenance{
-		DatabaseURL:   r.Required("DATABASE_URL"),
+		Database:      readDatabase(r),
 		RetentionDays: r.Int("OAUTH_ACCESS_TOKEN_RETENTION_DAYS", 30, 1, 3650),
 		LogLevel:      r.String("LOG_LEVEL", "info"),
 	}
+	c.Warnings = r.warnings
 	return c, r.err
 }

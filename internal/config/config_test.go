@@ -48,8 +48,8 @@ func TestExtauthzDefaults(t *testing.T) {
 		name      string
 		got, want any
 	}{
-		{"DATABASE_URL", c.DatabaseURL, "postgres://authgate@db:5432/dify"},
-		{"REDIS_URL", c.RedisURL, "redis://redis:6379/0"},
+		{"DATABASE_URL", c.Database.URL, "postgres://authgate@db:5432/dify"},
+		{"REDIS_URL", c.Redis.URL, "redis://redis:6379/0"},
 		{"ADMIN_ADDR", c.AdminAddr, ":9090"},
 		{"LOG_LEVEL", c.LogLevel, "info"},
 		{"OAUTH_TTL_DAYS", c.TTL.Days, 14},

@@ -4,6 +4,8 @@ package config
 
 import (
 	"fmt"
+	"math"
+	"net"
 	"net/url"
 	"strconv"
 	"strings"
@@ -145,3 +147,60 @@ func (r *reader) List(name string, def []string) []string {
 }
 
 func (r *reader) warn(name, msg string) { r.warnings = append(r.warnings, name+": "+msg) }
+
+// DifyBool reads a boolean of Dify's settings as pydantic parses it: true, false, 1, 0, yes, no, on, off, t, f, y, n, in any
+// case. A shared ConfigMap written for Dify's api must mean the same to authgate.
+func (r *reader) DifyBool(name string, def bool) bool {
+	v, ok := r.raw(name)
+	if !ok {
+		return def
+	}
+	b, err := parseDifyBool(v)
+	if err != nil {
+		r.fail(name, "not a boolean: %q", v)
+	}
+	return b
+}
+
+func parseDifyBool(v string) (bool, error) {
+	switch strings.ToLower(v) {
+	case "1", "true", "t", "yes", "y", "on":
+		return true, nil
+	case "0", "false", "f", "no", "n", "off":
+		return false, nil
+	}
+	return false, fmt.Errorf("not a boolean")
+}
+
+// Seconds reads a positive number of seconds with an optional fraction ("0.1"), as Dify's float settings are written.
+func (r *reader) Seconds(name string, def time.Duration) time.Duration {
+	v, ok := r.raw(name)
+	if !ok {
+		return def
+	}
+	f, err := strconv.ParseFloat(v, 64)
+	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
+		r.fail(name, "not a number of seconds (e.g. 0.1): %q", v)
+		return def
+	}
+	if f <= 0 || f > 3600 {
+		r.fail(name, "must be more than 0 and at most 3600 seconds: %q", v)
+		return def
+	}
+	return time.Duration(f * float64(time.Second))
+}
+
+// splitHostPort splits host:port ([v6]:port for IPv6) with a numeric port in 1..65535.
+func splitHostPort(s string) (string, int, bool) {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil || host == "" {
+		return "", 0, false
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return "", 0, false
+	}
+	return host, n, true
+}
+
+func joinHostPort(host string, port int) string { return net.JoinHostPort(host, strconv.Itoa(port)) }

@@ -164,7 +164,9 @@ func hasAnyPrefix(s string, prefixes ...string) bool {
 
 type bypassKey struct{}
 
-func withBypass(ctx context.Context) context.Context { return context.WithValue(ctx, bypassKey{}, true) }
+func withBypass(ctx context.Context) context.Context {
+	return context.WithValue(ctx, bypassKey{}, true)
+}
 
 func bypassed(ctx context.Context) bool { v, _ := ctx.Value(bypassKey{}).(bool); return v }
 

@@ -18,6 +18,8 @@ type RedisServer struct {
 	Addr string
 	cmd  *exec.Cmd
 	tls  *redisTLS // nil: plain TCP
+	// argv, when set, gives the arguments that come before the common ones (a Sentinel's config file, Cluster mode).
+	argv func(port string) []string
 }
 
 // StartRedisServer starts redis-server on a free loopback port; it is killed at cleanup.
@@ -75,6 +77,9 @@ func (s *RedisServer) Start() {
 	args := []string{"--port", port}
 	if s.tls != nil {
 		args = s.tls.serverArgs(port)
+	}
+	if s.argv != nil {
+		args = s.argv(port)
 	}
 	cmd := exec.Command("redis-server", append(args, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
 		"--daemonize", "no", "--loglevel", "warning")...)
