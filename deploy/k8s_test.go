@@ -3,6 +3,7 @@ package deploy_test
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"path"
 	"slices"
 	"sort"
@@ -327,24 +328,48 @@ func TestDisruptionBudgetsAndAutoscalers(t *testing.T) {
 	}
 }
 
-// envOf resolves a container's environment as the kubelet would; secret references resolve to a placeholder value.
+// envOf resolves a container's environment as the kubelet would; secret references resolve to a placeholder value, and
+// optional references to objects outside the manifests (Dify's api ConfigMap and Secret) to nothing.
 func envOf(t *testing.T, m *manifests, c corev1.Container) (env map[string]string, fromSecret map[string]bool) {
+	t.Helper()
+	return envWith(t, m, c, nil)
+}
+
+// envWith is envOf with objects from outside the manifests, keyed "ConfigMap/name" or "Secret/name". A secretKeyRef to a
+// Secret given there resolves to its value, or to nothing when the key is missing and the reference optional.
+func envWith(t *testing.T, m *manifests, c corev1.Container, external map[string]map[string]string) (env map[string]string, fromSecret map[string]bool) {
 	t.Helper()
 	env, fromSecret = map[string]string{}, map[string]bool{}
 	for _, ef := range c.EnvFrom {
-		if ef.ConfigMapRef == nil {
-			t.Errorf("%s: envFrom only from ConfigMaps; secrets by explicit secretKeyRef", c.Name)
+		switch {
+		case ef.SecretRef != nil && ef.SecretRef.Optional != nil && *ef.SecretRef.Optional:
+			for k, v := range external["Secret/"+ef.SecretRef.Name] {
+				env[k] = v
+				fromSecret[k] = true
+			}
+			continue
+		case ef.ConfigMapRef == nil:
+			t.Errorf("%s: envFrom only from ConfigMaps (and, optionally, Dify's Secret); authgate's secrets by explicit secretKeyRef", c.Name)
 			continue
 		}
 		cm := m.configMaps[ef.ConfigMapRef.Name]
 		if cm == nil {
+			if ext, ok := external["ConfigMap/"+ef.ConfigMapRef.Name]; ok || (ef.ConfigMapRef.Optional != nil && *ef.ConfigMapRef.Optional) {
+				for k, v := range ext {
+					env[k] = v
+					delete(fromSecret, k)
+				}
+				continue
+			}
 			t.Errorf("%s: envFrom ConfigMap %s is not in the manifests", c.Name, ef.ConfigMapRef.Name)
 			continue
 		}
 		for k, v := range cm.Data {
 			env[k] = v
+			delete(fromSecret, k)
 		}
 	}
+	fromEnvFrom := maps.Clone(env)
 	seen := map[string]bool{}
 	for _, e := range c.Env {
 		if seen[e.Name] {
@@ -353,18 +378,34 @@ func envOf(t *testing.T, m *manifests, c corev1.Container) (env map[string]strin
 		seen[e.Name] = true
 		switch {
 		case e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil:
-			if _, inConfigMap := env[e.Name]; inConfigMap {
+			ref := e.ValueFrom.SecretKeyRef
+			if _, inConfigMap := fromEnvFrom[e.Name]; inConfigMap && !fromSecret[e.Name] {
 				t.Errorf("%s: secret %s also has a value in a ConfigMap", c.Name, e.Name)
 			}
-			env[e.Name] = "from-secret-" + e.ValueFrom.SecretKeyRef.Key
-			fromSecret[e.Name] = true
+			v, ok := "from-secret-"+ref.Key, true
+			if secret, given := external["Secret/"+ref.Name]; given {
+				v, ok = secret[ref.Key]
+			}
+			switch {
+			case ok:
+				env[e.Name] = v
+				fromSecret[e.Name] = true
+			case ref.Optional == nil || !*ref.Optional:
+				t.Errorf("%s: %s: Secret %s has no key %s", c.Name, e.Name, ref.Name, ref.Key)
+			}
 		case e.ValueFrom != nil && e.ValueFrom.ConfigMapKeyRef != nil:
 			ref := e.ValueFrom.ConfigMapKeyRef
-			v, ok := m.configMaps[ref.Name].Data[ref.Key]
-			if !ok {
+			data := external["ConfigMap/"+ref.Name]
+			if cm := m.configMaps[ref.Name]; cm != nil {
+				data = cm.Data
+			}
+			v, ok := data[ref.Key]
+			switch {
+			case ok:
+				env[e.Name] = v
+			case ref.Optional == nil || !*ref.Optional:
 				t.Errorf("%s: %s: ConfigMap %s has no key %s", c.Name, e.Name, ref.Name, ref.Key)
 			}
-			env[e.Name] = v
 		case e.ValueFrom == nil:
 			env[e.Name] = e.Value
 		default:
@@ -509,14 +550,20 @@ func TestMigrationJob(t *testing.T) {
 		if j.Spec.Template.Spec.RestartPolicy != corev1.RestartPolicyNever || j.Spec.BackoffLimit == nil || j.Spec.ActiveDeadlineSeconds == nil {
 			t.Errorf("%s: the migration Job needs restartPolicy Never, a backoffLimit and a deadline", dir)
 		}
-		// Only what LoadMaintenance reads: Redis credentials and SECRET_KEY have no business in this pod.
-		var names []string
+		// Only what LoadMaintenance reads (the database, by URL or Dify's DB_*, and LOG_LEVEL): Redis credentials and
+		// SECRET_KEY have no business in this pod.
+		read, _ := loadWith(loaders["deviceflow migrate"], nil)
+		var names, extra []string
 		for _, e := range c.Env {
 			names = append(names, e.Name)
+			if !read[e.Name] || strings.HasPrefix(e.Name, "REDIS_") || e.Name == "SECRET_KEY" {
+				extra = append(extra, e.Name)
+			}
 		}
-		sort.Strings(names)
-		if len(c.EnvFrom) != 0 || !slices.Equal(names, []string{"DATABASE_URL", "LOG_LEVEL"}) {
-			t.Errorf("%s: the migration Job gets env %v and envFrom %v, want only DATABASE_URL and LOG_LEVEL", dir, names, c.EnvFrom)
+		if len(c.EnvFrom) != 0 || len(extra) != 0 || !slices.Contains(names, "DATABASE_URL") || !slices.Contains(names, "LOG_LEVEL") ||
+			!slices.Contains(names, "DB_HOST") || !slices.Contains(names, "DB_PASSWORD") {
+			t.Errorf("%s: the migration Job gets env %v (%v not for it) and envFrom %v, want what deviceflow migrate reads", dir,
+				names, extra, c.EnvFrom)
 		}
 	}
 	if ann := render(t, "overlays/istio").jobs["authgate-migrate"].Spec.Template.Annotations["sidecar.istio.io/inject"]; ann != "false" {
