@@ -105,7 +105,18 @@ func TestAccountBranchRefusals(t *testing.T) {
 	if r.Status != http.StatusOK {
 		t.Fatalf("sub-only CSRF: %d %s", r.Status, r.Raw)
 	}
-	wantErr(t, e.approve(uc, good), http.StatusConflict, "already_resolved")
+	// Resolved: another account, or the other decision, is refused; the same approval again (a retry whose answer was lost)
+	// is answered as the first was, and audited once.
+	wantErr(t, e.approve(uc, e.consoleFor(flowBob.ID)), http.StatusConflict, "already_resolved")
+	wantErr(t, e.postJSON("/oauth/device/deny", map[string]string{"user_code": uc}, good.opts()...), http.StatusConflict,
+		"already_resolved")
+	approvals := e.logs.count(auditDeviceApproved)
+	if r := e.approve(uc, good); r.Status != http.StatusOK || r.str("status") != "approved" {
+		t.Fatalf("retried approval: %d %s", r.Status, r.Raw)
+	}
+	if e.logs.count(auditDeviceApproved) != approvals {
+		t.Fatal("a retried approval was audited again")
+	}
 	wantErr(t, e.postJSON("/oauth/device/approve", map[string]string{}, good.opts()...), http.StatusBadRequest, "invalid_request")
 	for _, secret := range []string{good.cookies[0].Value, good.csrf, rs256, subCSRF} {
 		if strings.Contains(e.logs.String(), secret) {

@@ -1,6 +1,7 @@
 package deviceflow
 
 import (
+	"context"
 	"errors"
 	"net/http"
 
@@ -55,16 +56,23 @@ func (s *Server) resolveForAccount(w http.ResponseWriter, r *http.Request, to St
 	if raw == "" {
 		return errorf(http.StatusBadRequest, codeInvalidRequest, "user_code is required")
 	}
+	if err := s.checkGuesses(ctx, w, r); err != nil {
+		return err
+	}
 	code, ok := normalizeUserCode(raw)
 	if !ok {
-		return expiredOrUnknown()
+		return s.unknownCode(ctx, r)
 	}
 	a, err := s.state.Resolve(ctx, code, to, tokens.AccountSubject(acct.ID, acct.Email), s.now())
 	switch {
 	case errors.Is(err, ErrUnknownCode):
-		return expiredOrUnknown()
+		return s.unknownCode(ctx, r)
 	case errors.Is(err, ErrAlreadyResolved):
 		return errorf(http.StatusConflict, codeAlreadyResolved, "the code was already approved or denied")
+	case errors.Is(err, errResolvedAgain):
+		// A retry of this very approval or denial (its first answer was lost): the same answer, audited once.
+		writeJSON(w, http.StatusOK, map[string]string{"status": string(to)})
+		return nil
 	case err != nil:
 		return err
 	}
@@ -80,4 +88,12 @@ func (s *Server) resolveForAccount(w http.ResponseWriter, r *http.Request, to St
 
 func expiredOrUnknown() *apiError {
 	return errorf(http.StatusNotFound, codeExpiredOrUnknown, "the code is unknown or expired")
+}
+
+// unknownCode answers 404 expired_or_unknown for a typed user code, after charging it to the caller's failed-lookup budget.
+func (s *Server) unknownCode(ctx context.Context, r *http.Request) error {
+	if err := s.chargeGuess(ctx, r); err != nil {
+		return err
+	}
+	return expiredOrUnknown()
 }

@@ -3,6 +3,7 @@ package deviceflow
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"math"
 	"net/http"
 	"strconv"
@@ -27,7 +28,8 @@ type tokenResponse struct {
 	profile
 }
 
-// handleDeviceToken answers a token poll (RFC 8628 §3.4–3.5) in the order SPEC §4 fixes.
+// handleDeviceToken answers a token poll (RFC 8628 §3.4–3.5). Decision order: unknown, expired or consumed; then the
+// client; then denied; then approved (claimed by this poll, or held by another poll's live claim: pending); then pending.
 func (s *Server) handleDeviceToken(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
 	noStore(w)
@@ -69,13 +71,21 @@ func (s *Server) handleDeviceToken(w http.ResponseWriter, r *http.Request) error
 		return err
 	}
 	ip := s.clientIP(r).String()
-	if outcome != PollExpired && a.CreatorIP != "" && a.CreatorIP != ip {
+	if outcome != PollExpired && outcome != PollLost && a.CreatorIP != "" && a.CreatorIP != ip {
 		s.audit(ctx, auditCrossIPPoll, "client_id", a.ClientID, "device_code_hash", a.DeviceCodeHash,
 			"creator_ip", a.CreatorIP, "client_ip", ip)
 	}
 	switch outcome {
 	case PollExpired:
 		return expiredToken()
+	case PollLost:
+		s.metrics.deviceStateLost(ctx)
+		s.throttle.Log(ctx, s.log, slog.LevelWarn, "device-state-lost",
+			"deviceflow: a token poll for a code Redis does not know, while Redis's device-flow state is younger than a code's "+
+				"lifetime: Redis probably lost its data (restart without persistence, failover); pending logins must start again",
+			"device_code_hash", a.DeviceCodeHash)
+		return errorf(http.StatusBadRequest, codeExpiredToken,
+			"the server lost the state of this login (a restart); start a new login")
 	case PollWrongClient:
 		return errorf(http.StatusBadRequest, codeInvalidGrant, "the device code was issued to another client")
 	case PollDenied:
@@ -86,39 +96,62 @@ func (s *Server) handleDeviceToken(w http.ResponseWriter, r *http.Request) error
 		return errorf(http.StatusBadRequest, codeSlowDown,
 			"polling too fast; wait "+strconv.Itoa(int(a.Interval/time.Second))+" s between polls")
 	}
-	resp, err := s.mint(ctx, a, now)
+	return s.deliver(ctx, w, a, now)
+}
+
+// deliver turns this poll's claim on an approval into a token: mint (rotating the device's row in place), complete the claim,
+// and only then answer with the token. Whatever fails before the completion, the approval stays claimable and the client's
+// next poll mints again, rotating the undelivered token away: exactly one token is delivered, and at most one is live.
+func (s *Server) deliver(ctx context.Context, w http.ResponseWriter, a Authorization, now time.Time) error {
+	resp, rotated, err := s.mint(ctx, a, now)
 	if errors.Is(err, errAccountGone) {
+		s.release(ctx, a)
 		s.audit(ctx, auditFlowRejected, "reason", "account_inactive", "client_id", a.ClientID, "account_id", a.Subject.AccountID)
 		return errorf(http.StatusBadRequest, codeAccessDenied, "the approving account is no longer active")
 	}
 	if err != nil {
-		if rerr := s.state.Reinstate(ctx, a, now); rerr != nil {
-			s.log.ErrorContext(ctx, "deviceflow: an approval was lost to a failed mint", "device_code_hash", a.DeviceCodeHash, "err", rerr)
-		}
+		s.release(ctx, a)
+		return err
+	}
+	err = s.state.Complete(ctx, a)
+	if rotated != "" {
+		// The row is already rotated in Postgres; the tombstone stops caches from serving the old token meanwhile.
+		s.publishRevocation(ctx, rotated, resp.TokenID)
+	}
+	if err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusOK, resp)
 	return nil
 }
 
+// release hands the approval back at once after a failed mint. Failing to is harmless (the claim lapses), so it is not an
+// error for the client.
+func (s *Server) release(ctx context.Context, a Authorization) {
+	if err := s.state.Release(ctx, a); err != nil {
+		s.throttle.Log(ctx, s.log, slog.LevelWarn, "release-claim", "deviceflow: releasing a claim failed; it lapses by itself",
+			"device_code_hash", a.DeviceCodeHash, "err", err)
+	}
+}
+
 func expiredToken() *apiError {
 	return errorf(http.StatusBadRequest, codeExpiredToken, "the device code is unknown, expired or already used")
 }
 
-// mint issues the token of a consumed approval, rotating the device's previous token in place. The plaintext exists only
-// in the returned response.
-func (s *Server) mint(ctx context.Context, a Authorization, now time.Time) (tokenResponse, error) {
+// mint issues the token of a claimed approval, rotating the device's previous token in place, and returns the hash it
+// rotated away ("" for a new row). The plaintext exists only in the returned response.
+func (s *Server) mint(ctx context.Context, a Authorization, now time.Time) (tokenResponse, string, error) {
 	kind, ok := tokens.KindForSubject(a.Subject.Type)
 	if !ok {
-		return tokenResponse{}, errors.New("deviceflow: approval without a valid subject")
+		return tokenResponse{}, "", errors.New("deviceflow: approval without a valid subject")
 	}
 	prof, err := s.profileOf(ctx, a.Subject)
 	if err != nil {
-		return tokenResponse{}, err
+		return tokenResponse{}, "", err
 	}
 	plaintext, err := tokens.Generate(kind)
 	if err != nil {
-		return tokenResponse{}, err
+		return tokenResponse{}, "", err
 	}
 	minted, err := s.deps.Tokens.Mint(ctx, tokens.MintRequest{
 		Subject:     a.Subject,
@@ -130,16 +163,12 @@ func (s *Server) mint(ctx context.Context, a Authorization, now time.Time) (toke
 		ExpiresAt:   s.cfg.TTL.ExpiresAt(now),
 	})
 	if err != nil {
-		return tokenResponse{}, err
+		return tokenResponse{}, "", err
 	}
 	t := minted.Token
 	attrs := []any{"token_id", t.ID, "client_id", t.ClientID, "device_label", t.DeviceLabel, "subject_type", string(a.Subject.Type),
 		"subject_email", t.SubjectEmail, "subject_issuer", t.SubjectIssuer, "account_id", t.AccountID}
 	if minted.RotatedHash != "" {
-		// The row is already rotated in Postgres; the tombstone stops caches from serving the old token meanwhile.
-		if err := s.deps.Revoker.Revoke(ctx, minted.RotatedHash); err != nil {
-			s.log.ErrorContext(ctx, "deviceflow: publishing the revocation of a rotated token failed", "token_id", t.ID, "err", err)
-		}
 		s.audit(ctx, auditTokenRotated, attrs...)
 	}
 	s.audit(ctx, auditTokenMinted, attrs...)
@@ -154,5 +183,5 @@ func (s *Server) mint(ctx context.Context, a Authorization, now time.Time) (toke
 		SubjectEmail:  t.SubjectEmail,
 		SubjectIssuer: t.SubjectIssuer,
 		profile:       prof,
-	}, nil
+	}, minted.RotatedHash, nil
 }

@@ -2,7 +2,10 @@ package deviceflow
 
 import (
 	"encoding/json"
+	"errors"
 	"net/http"
+
+	"github.com/authgate/authgate/internal/redisclient"
 )
 
 // Error codes of the JSON error body. RFC 6749/8628 codes keep their registered spelling.
@@ -59,4 +62,42 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_, _ = w.Write(append(body, '\n'))
+}
+
+// The dependencies whose failures become 503 temporarily_unavailable.
+const (
+	depRedis    = "redis"
+	depPostgres = "postgres"
+)
+
+// dependencyError is a failure of Redis or Postgres: the decision the request needs cannot be made. It unwraps to the
+// cause, so errors.Is still sees sentinels through it.
+type dependencyError struct {
+	dep string
+	op  string
+	err error
+}
+
+func (e *dependencyError) Error() string { return "deviceflow: " + e.op + ": " + e.err.Error() }
+func (e *dependencyError) Unwrap() error { return e.err }
+
+func redisFailure(op string, err error) error {
+	return &dependencyError{dep: depRedis, op: op, err: err}
+}
+
+func postgresFailure(op string, err error) error {
+	return &dependencyError{dep: depPostgres, op: op, err: err}
+}
+
+// dependencyOf names the dependency behind a failure that is not a client error, for its log line and metric. Redis's
+// breaker error is recognised wherever it comes from; anything unmarked is reported as "internal".
+func dependencyOf(err error) string {
+	var depErr *dependencyError
+	switch {
+	case errors.As(err, &depErr):
+		return depErr.dep
+	case errors.Is(err, redisclient.ErrUnavailable):
+		return depRedis
+	}
+	return "internal"
 }

@@ -181,10 +181,18 @@ func TestAccountFlowWithDifyJSONClient(t *testing.T) {
 	if err != nil || row.DeviceLabel != "Ann's laptop" || row.AccountID != flowAnn.ID || row.Prefix != "dfoa_" {
 		t.Fatalf("stored row %+v, %v", row, err)
 	}
-	// Consumed: the code is gone.
+	// Consumed: the user code is gone; the device code's hash stays as a consumed marker until the code would have expired.
 	wantErr(t, e.pollJSON(dc), http.StatusBadRequest, "expired_token")
-	if n := e.rdb.DBSize(t.Context()).Val(); n != countRateLimitKeys(t, e) {
-		t.Fatalf("device-flow keys left in Redis after the token was delivered")
+	dkey := deviceKey(hashDeviceCode(dc))
+	if e.rdb.Exists(t.Context(), userKey(uc)).Val() != 0 || e.rdb.HGet(t.Context(), dkey, fStatus).Val() != "consumed" {
+		t.Fatalf("after delivery: user_code key %d, device status %q", e.rdb.Exists(t.Context(), userKey(uc)).Val(),
+			e.rdb.HGet(t.Context(), dkey, fStatus).Val())
+	}
+	if ttl := e.rdb.PTTL(t.Context(), dkey).Val(); ttl <= 0 || ttl > codeLifetime {
+		t.Fatalf("consumed marker TTL %v", ttl)
+	}
+	if n := e.rdb.DBSize(t.Context()).Val(); n != countRateLimitKeys(t, e)+2 { // the marker and the slot's epoch
+		t.Fatalf("device-flow keys left in Redis after the token was delivered: %v", e.rdb.Keys(t.Context(), "*").Val())
 	}
 	for _, ev := range []string{auditDeviceCodeIssued, auditDeviceApproved, auditTokenMinted} {
 		if e.logs.count(ev) != 1 {
@@ -263,6 +271,7 @@ func TestConcurrentPollersGetExactlyOneToken(t *testing.T) {
 	if r := e.approve(uc, e.consoleFor(flowAnn.ID)); r.Status != http.StatusOK {
 		t.Fatal(r.Raw)
 	}
+	// Polls that arrive while the winner holds its claim are told to wait; those after its completion that the code is used.
 	const pollers = 20
 	results := make([]flowResp, pollers)
 	var wg sync.WaitGroup
@@ -270,12 +279,13 @@ func TestConcurrentPollersGetExactlyOneToken(t *testing.T) {
 		wg.Go(func() { results[i] = e.pollJSON(dc) })
 	}
 	wg.Wait()
+	wantErr(t, e.pollJSON(dc), http.StatusBadRequest, "expired_token")
 	ok := 0
 	for _, r := range results {
 		switch {
 		case r.Status == http.StatusOK && accountTokenRE.MatchString(r.str("access_token")):
 			ok++
-		case r.Status == http.StatusBadRequest && r.str("error") == "expired_token":
+		case r.Status == http.StatusBadRequest && (r.str("error") == "expired_token" || r.str("error") == "authorization_pending"):
 		default:
 			t.Fatalf("unexpected poll answer %d %s", r.Status, r.Raw)
 		}

@@ -8,7 +8,8 @@ import (
 	"time"
 )
 
-// Rate limits of SPEC §4; the approve/deny limit per account is DEVICE_FLOW_APPROVE_RATE_LIMIT_PER_HOUR.
+// Rate limits of the device flow (docs/security.md); the approve/deny limit per account is
+// DEVICE_FLOW_APPROVE_RATE_LIMIT_PER_HOUR.
 type limit struct {
 	prefix string
 	n      int
@@ -16,9 +17,12 @@ type limit struct {
 }
 
 var (
-	limitDeviceCode     = limit{"rl:deviceflow:code:ip:", 60, time.Hour}
-	limitLookup         = limit{"rl:deviceflow:lookup:ip:", 60, 5 * time.Minute}
-	limitFailedLookup   = limit{"rl:deviceflow:lookup_failed:ip:", 20, time.Hour}
+	limitDeviceCode = limit{"rl:deviceflow:code:ip:", 60, time.Hour}
+	limitLookup     = limit{"rl:deviceflow:lookup:ip:", 60, 5 * time.Minute}
+	// limitFailedLookup is the budget of "unknown code" answers per address, from every endpoint that takes a typed user
+	// code. Ten minutes lets a person who mistyped a code a few times too often try again soon; docs/security.md shows the
+	// window still keeps guessing a pending code out of reach.
+	limitFailedLookup   = limit{"rl:deviceflow:lookup_failed:ip:", 20, 10 * time.Minute}
 	limitSSOInitiate    = limit{"rl:deviceflow:sso_initiate:ip:", 60, time.Hour}
 	limitApproveExtMail = limit{"rl:deviceflow:approve_external:email:", 10, time.Hour}
 	limitMe             = limit{"rl:deviceflow:me:token:", 60, time.Minute}
@@ -31,12 +35,41 @@ func (s *Server) limitApprove() limit {
 // allow counts one request against l for subject and refuses it with 429 rate_limited and Retry-After when the window is
 // full. A Redis failure is returned as is (503): the state the request needs lives in the same Redis.
 func (s *Server) allow(ctx context.Context, w http.ResponseWriter, l limit, subject string) error {
+	ctx, cancel := redisCall(ctx)
+	defer cancel()
 	d, err := s.deps.Limiter.Allow(ctx, l.prefix+subject, l.n, l.window)
 	if err != nil {
-		return err
+		return redisFailure("rate limit", err)
 	}
 	if !d.Allowed {
 		return tooMany(w, d.RetryAfter)
+	}
+	return nil
+}
+
+// checkGuesses refuses, with 429 and Retry-After, an address that has spent its budget of unknown user codes; it counts
+// nothing. Every endpoint that takes a typed user code calls it before looking the code up, and chargeGuess after an
+// "unknown code" answer, so guesses spread over the endpoints share one budget.
+func (s *Server) checkGuesses(ctx context.Context, w http.ResponseWriter, r *http.Request) error {
+	ctx, cancel := redisCall(ctx)
+	defer cancel()
+	d, err := s.deps.Limiter.Exceeded(ctx, limitFailedLookup.prefix+s.clientBucket(r), limitFailedLookup.n, limitFailedLookup.window)
+	if err != nil {
+		return redisFailure("failed-lookup budget", err)
+	}
+	if !d.Allowed {
+		return tooMany(w, d.RetryAfter)
+	}
+	return nil
+}
+
+// chargeGuess counts one unknown user code against the caller's address. A failure to count is a 503: an uncounted guess
+// would let a flood through.
+func (s *Server) chargeGuess(ctx context.Context, r *http.Request) error {
+	ctx, cancel := redisCall(ctx)
+	defer cancel()
+	if err := s.deps.Limiter.Add(ctx, limitFailedLookup.prefix+s.clientBucket(r), limitFailedLookup.window); err != nil {
+		return redisFailure("failed-lookup budget", err)
 	}
 	return nil
 }

@@ -85,13 +85,13 @@ func TestLookupLimits(t *testing.T) {
 	e := newFlowEnv(t, func(c *Config) { c.TrustedProxyHops = 1 })
 	start := time.Now()
 	_, uc := e.issue("")
-	// Failed lookups: 20 per hour per address, then refused even for a valid code.
+	// Failed lookups: 20 per 10 minutes per address, then refused even for a valid code.
 	for range limitFailedLookup.n {
 		if r := e.get("/oauth/device/lookup?user_code=BBBB-BBBB", fromIP("203.0.113.1")); r.Body["valid"] != false {
 			t.Fatalf("unknown code: %s", r.Raw)
 		}
 	}
-	wantRateLimited(t, e.get("/oauth/device/lookup?user_code="+uc, fromIP("203.0.113.1")), time.Hour, start)
+	wantRateLimited(t, e.get("/oauth/device/lookup?user_code="+uc, fromIP("203.0.113.1")), 10*time.Minute, start)
 
 	// All lookups: 60 per 5 minutes per address.
 	for range limitLookup.n {

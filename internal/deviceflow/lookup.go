@@ -14,29 +14,25 @@ type lookupResponse struct {
 }
 
 // handleLookup tells the /device page whether a typed user code is pending. Guessing codes is what this endpoint invites,
-// so unknown codes spend a per-IP budget of failures besides the per-IP request limit.
+// so unknown codes spend the per-IP budget of failures (limits.go) besides the per-IP request limit.
 func (s *Server) handleLookup(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
-	bucket := s.clientBucket(r)
-	failed, err := s.deps.Limiter.Exceeded(ctx, limitFailedLookup.prefix+bucket, limitFailedLookup.n, limitFailedLookup.window)
-	if err != nil {
+	if err := s.checkGuesses(ctx, w, r); err != nil {
 		return err
 	}
-	if !failed.Allowed {
-		return tooMany(w, failed.RetryAfter)
-	}
-	if err := s.allow(ctx, w, limitLookup, bucket); err != nil {
+	if err := s.allow(ctx, w, limitLookup, s.clientBucket(r)); err != nil {
 		return err
 	}
 	now := s.now()
 	code, ok := normalizeUserCode(r.URL.Query().Get("user_code"))
 	var a Authorization
+	var err error
 	if ok {
 		a, err = s.state.LookupPending(ctx, code, now)
 	}
 	switch {
 	case !ok || errors.Is(err, ErrUnknownCode):
-		if err := s.deps.Limiter.Add(ctx, limitFailedLookup.prefix+bucket, limitFailedLookup.window); err != nil {
+		if err := s.chargeGuess(ctx, r); err != nil {
 			return err
 		}
 		writeJSON(w, http.StatusOK, lookupResponse{Valid: false})

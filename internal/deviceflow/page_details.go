@@ -24,25 +24,27 @@ type deviceDetails struct {
 
 // handleDeviceDetails: GET /device/details?user_code=. The authorize view shows when and from which address the request
 // started (RFC 8628 §5.4), so a person can spot a code someone else started. Only a signed-in console user sees it, and
-// it spends the same per-IP budget as lookup.
+// it spends the same per-IP budgets as lookup: requests, and unknown codes.
 func (s *Server) handleDeviceDetails(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
 	if _, apiErr := s.consoleUserID(r); apiErr != nil {
 		return apiErr
 	}
+	if err := s.checkGuesses(ctx, w, r); err != nil {
+		return err
+	}
 	if err := s.allow(ctx, w, limitLookup, s.clientBucket(r)); err != nil {
 		return err
 	}
-	unknown := errorf(http.StatusNotFound, codeExpiredOrUnknown, "the code is unknown or expired")
 	code, ok := normalizeUserCode(r.URL.Query().Get("user_code"))
 	if !ok {
-		return unknown
+		return s.unknownCode(ctx, r)
 	}
 	now := s.now()
 	a, err := s.state.LookupPending(ctx, code, now)
 	switch {
 	case errors.Is(err, ErrUnknownCode):
-		return unknown
+		return s.unknownCode(ctx, r)
 	case errors.Is(err, ErrAlreadyResolved):
 		return errorf(http.StatusConflict, codeAlreadyResolved, "the code was already approved or denied")
 	case err != nil:

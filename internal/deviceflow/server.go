@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/metric"
 
 	"github.com/authgate/authgate/internal/directory"
 	"github.com/authgate/authgate/internal/enterprise"
@@ -23,14 +24,17 @@ import (
 type Deps struct {
 	Tokens    tokens.Store
 	Directory directory.Directory
-	Redis     redis.UniversalClient
-	Limiter   *ratelimit.SlidingWindow
-	Revoker   *tokencache.Revoker
+	// Redis must honour context deadlines (redisclient.Open's client does): deviceflow bounds every call with one.
+	Redis   redis.UniversalClient
+	Limiter *ratelimit.SlidingWindow
+	Revoker *tokencache.Revoker
 	// Enterprise is the EE client; nil on CE (the SSO routes then answer 404).
 	Enterprise *enterprise.Client
 	Logger     *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Meter records deviceflow's metrics; nil means the process's global meter provider.
+	Meter metric.Meter
 }
 
 // Config is what the server needs from config.Deviceflow.
@@ -55,8 +59,9 @@ type Server struct {
 	state   *State
 	clients map[string]bool
 	handler http.Handler
-	// throttle keeps a Redis outage from logging a line per request that could not publish a revocation.
+	// throttle keeps a dependency outage from logging a line per request (failed requests, unpublished revocations).
 	throttle *telemetry.Throttle
+	metrics  *metrics
 }
 
 // New validates cfg and builds the server.
@@ -84,6 +89,13 @@ func New(deps Deps, cfg Config) (*Server, error) {
 	if s.now == nil {
 		s.now = time.Now
 	}
+	var err error
+	if s.metrics, err = newMetrics(deps.Meter); err != nil {
+		return nil, fmt.Errorf("deviceflow: metrics: %w", err)
+	}
+	// Postgres failures are marked as such wherever they surface (see deps.go).
+	s.deps.Tokens = postgresTokens{deps.Tokens}
+	s.deps.Directory = postgresDirectory{deps.Directory}
 	for _, id := range cfg.KnownClientIDs {
 		s.clients[id] = true
 	}

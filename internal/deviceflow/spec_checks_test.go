@@ -122,7 +122,7 @@ func TestSecurityHeadersOnThePageAndEmptyAnswers(t *testing.T) {
 	check("429", e.get("/oauth/device/lookup?user_code=BBBB-BBBB"), http.StatusTooManyRequests, "frame-ancestors 'none'")
 }
 
-// The numbers of SPEC §4's rate limits.
+// The numbers of the rate limits that docs/security.md states.
 func TestRateLimitsAreTheSpecNumbers(t *testing.T) {
 	e := newFlowEnv(t, nil)
 	for _, c := range []struct {
@@ -133,7 +133,7 @@ func TestRateLimitsAreTheSpecNumbers(t *testing.T) {
 	}{
 		{"device code per IP", limitDeviceCode, 60, time.Hour},
 		{"lookup per IP", limitLookup, 60, 5 * time.Minute},
-		{"failed lookups per IP", limitFailedLookup, 20, time.Hour},
+		{"failed lookups per IP", limitFailedLookup, 20, 10 * time.Minute},
 		{"sso-initiate per IP", limitSSOInitiate, 60, time.Hour},
 		{"approve/deny per account (DEVICE_FLOW_APPROVE_RATE_LIMIT_PER_HOUR)", e.srv.limitApprove(), 10, time.Hour},
 		{"approve-external per email", limitApproveExtMail, 10, time.Hour},

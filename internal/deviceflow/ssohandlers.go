@@ -59,14 +59,21 @@ func (s *Server) handleSSOInitiate(w http.ResponseWriter, r *http.Request) error
 	if !ok {
 		return errorf(http.StatusBadRequest, codeInvalidUserCode, "user_code is missing or malformed")
 	}
+	if err := s.checkGuesses(ctx, w, r); err != nil {
+		return err
+	}
 	if _, err := s.state.LookupPending(ctx, userCode, s.now()); err != nil {
+		if errors.Is(err, ErrUnknownCode) {
+			return s.unknownCode(ctx, r)
+		}
 		return pendingCodeError(err)
 	}
 	state, err := s.envelopes().signState(userCode, newSSONonce(), s.cfg.ConsoleAPIURL+ssoCompletePath)
 	if err != nil {
 		return err
 	}
-	callCtx, cancel := context.WithTimeout(ctx, ssoInitiateTimeout)
+	// The enterprise service is not bound by the Redis/Postgres budget; it has a timeout of its own.
+	callCtx, cancel := context.WithTimeout(outerContext(ctx), ssoInitiateTimeout)
 	defer cancel()
 	target, err := s.deps.Enterprise.SSOInitiate(callCtx, state)
 	if err == nil {
@@ -251,15 +258,19 @@ func (s *Server) resolveExternal(w http.ResponseWriter, r *http.Request, to Stat
 		return errorf(http.StatusUnauthorized, codeSessionAlreadyUsed, "this SSO approval session was already used")
 	}
 	resolved, err := s.state.Resolve(ctx, g.UserCode, to, subject, s.now())
-	if err != nil {
+	again := errors.Is(err, errResolvedAgain) // this subject already resolved it the same way: the same answer, audited once
+	if err != nil && !again {
 		return notPendingError(err)
 	}
 	event := auditDeviceApproved
 	if to == StatusDenied {
 		event = auditDeviceDenied
 	}
-	s.audit(ctx, event, "subject_type", string(subject.Type), "subject_email", subject.Email, "subject_issuer", subject.Issuer,
-		"client_id", resolved.ClientID, "device_label", resolved.DeviceLabel, "ip", s.clientIP(r).String())
+	if !again {
+		s.audit(ctx, event, "subject_type", string(subject.Type), "subject_email", subject.Email,
+			"subject_issuer", subject.Issuer,
+			"client_id", resolved.ClientID, "device_label", resolved.DeviceLabel, "ip", s.clientIP(r).String())
+	}
 	noStore(w)
 	http.SetCookie(w, s.grantCookie("", -1))
 	writeJSON(w, http.StatusOK, struct {
@@ -287,12 +298,9 @@ func (s *Server) auditExternalRejected(r *http.Request, a Authorization, subject
 		"ip", s.clientIP(r).String())
 }
 
-// pendingCodeError translates a failed pending lookup before SSO starts.
+// pendingCodeError translates a failed pending lookup before SSO starts (an unknown code is answered by unknownCode).
 func pendingCodeError(err error) error {
-	switch {
-	case errors.Is(err, ErrUnknownCode):
-		return errorf(http.StatusNotFound, codeExpiredOrUnknown, "the code is unknown or expired")
-	case errors.Is(err, ErrAlreadyResolved):
+	if errors.Is(err, ErrAlreadyResolved) {
 		return errorf(http.StatusConflict, codeUserCodeNotPending, "the code was already approved or denied")
 	}
 	return err

@@ -321,13 +321,14 @@ func TestSSOInitiateFailures(t *testing.T) {
 	})
 	t.Run("rate limit per IP", func(t *testing.T) {
 		h := newWebHarness(t, true, nil)
+		_, userCode := h.issue()
 		start := time.Now()
 		for i := range 60 {
-			if rec := h.do("GET", "/openapi/v1/oauth/device/sso-initiate?user_code=BBBB-BBBB", nil, nil); rec.Code != http.StatusNotFound {
+			if rec := h.do("GET", "/openapi/v1/oauth/device/sso-initiate?user_code="+userCode, nil, nil); rec.Code != http.StatusFound {
 				t.Fatalf("request %d: %d", i+1, rec.Code)
 			}
 		}
-		rec := h.do("GET", "/openapi/v1/oauth/device/sso-initiate?user_code=BBBB-BBBB", nil, nil)
+		rec := h.do("GET", "/openapi/v1/oauth/device/sso-initiate?user_code="+userCode, nil, nil)
 		wantError(t, rec, http.StatusTooManyRequests, codeRateLimited)
 		wantRetryAfter(t, rec.Header(), time.Hour, start)
 	})

@@ -35,5 +35,11 @@ func (l nonceLedger) consume(ctx context.Context, keyPrefix, nonce string, until
 	if ttl < time.Second {
 		ttl = time.Second
 	}
-	return l.rdb.SetNX(ctx, keyPrefix+nonce, "1", ttl).Result()
+	ctx, cancel := redisCall(ctx)
+	defer cancel()
+	first, err := l.rdb.SetNX(ctx, keyPrefix+nonce, "1", ttl).Result()
+	if err != nil {
+		return false, redisFailure("record single-use nonce", err)
+	}
+	return first, nil
 }

@@ -91,12 +91,23 @@ func TestStatePollLifecycle(t *testing.T) {
 		t.Fatalf("lookup after approve: %v", err)
 	}
 	got := step(33*time.Second, false, PollApproved)
-	if got.Subject != sub || got.DeviceLabel != "laptop" || got.ClientID != "difyctl" {
+	if got.Subject != sub || got.DeviceLabel != "laptop" || got.ClientID != "difyctl" || got.Claim.ID == "" {
 		t.Fatalf("approved authorization %+v", got)
 	}
-	step(34*time.Second, false, PollExpired)
-	if n := rdb.DBSize(ctx).Val(); n != 0 {
-		t.Fatalf("%d keys left after consume", n)
+	step(34*time.Second, false, PollPending) // the claim is live: wait
+	if err := st.Complete(ctx, got); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Complete(ctx, got); err != nil { // run twice: still done, once
+		t.Fatalf("second completion: %v", err)
+	}
+	step(35*time.Second, false, PollExpired)
+	if _, err := st.Lookup(ctx, a.UserCode, now); !errors.Is(err, ErrUnknownCode) {
+		t.Fatalf("lookup after consume: %v", err)
+	}
+	// Left: the consumed marker (until the code would have expired) and the slot's epoch.
+	if keys := rdb.Keys(ctx, "*").Val(); len(keys) != 2 {
+		t.Fatalf("keys left after consume: %v", keys)
 	}
 }
 
@@ -135,7 +146,16 @@ func TestStateExpiredAndUnknown(t *testing.T) {
 	if _, err := st.Approve(ctx, a.UserCode, tokens.AccountSubject("a", "b"), now.Add(901*time.Second)); !errors.Is(err, ErrUnknownCode) {
 		t.Fatalf("approve after expiry: %v", err)
 	}
-	if out, _, _ := st.Poll(ctx, "dc_unknown", "difyctl", now, false); out != PollExpired {
+	// An unknown code: while the slot's epoch is younger than a code's lifetime it may have been lost with Redis's data;
+	// after that it is just unknown.
+	unknown := "dc_unknown"
+	for epochKey(hashDeviceCode(unknown)) != epochKey(hashDeviceCode(dc)) {
+		unknown += "x"
+	}
+	if out, _, _ := st.Poll(ctx, unknown, "difyctl", now, false); out != PollLost {
+		t.Fatalf("unknown code in a young slot = %v", out)
+	}
+	if out, _, _ := st.Poll(ctx, unknown, "difyctl", now.Add(codeLifetime), false); out != PollExpired {
 		t.Fatalf("unknown code = %v", out)
 	}
 	if _, err := st.LookupPending(ctx, "BBBB-BBBB", now); !errors.Is(err, ErrUnknownCode) {
