@@ -11,7 +11,7 @@ import (
 	"unicode/utf8"
 )
 
-// maxBody is the largest request body accepted (SPEC §4); larger is 413.
+// maxBody is the largest request body accepted; larger is 413.
 const maxBody = 64 << 10
 
 // params are a request's parameters, from a JSON object or a form body. Unknown parameters are ignored (RFC 8628 §3.1), so
@@ -21,11 +21,16 @@ type params struct {
 	values map[string][]string
 	// invalid names JSON members present with a non-string value.
 	invalid map[string]bool
+	// repeated names JSON members present more than once.
+	repeated map[string]bool
 }
 
 // str returns a parameter that must be a single string; a missing one is "". A repeated form parameter (RFC 6749 §3.1) or a
 // non-string JSON value is invalid_request.
 func (p params) str(name string) (string, *apiError) {
+	if p.repeated[name] {
+		return "", errorf(http.StatusBadRequest, codeInvalidRequest, name+" must not be repeated")
+	}
 	if p.invalid[name] {
 		return "", errorf(http.StatusBadRequest, codeInvalidRequest, name+" must be a string")
 	}
@@ -43,7 +48,9 @@ func (p params) str(name string) (string, *apiError) {
 }
 
 // has reports whether the parameter was sent at all.
-func (p params) has(name string) bool { return len(p.values[name]) > 0 || p.invalid[name] }
+func (p params) has(name string) bool {
+	return len(p.values[name]) > 0 || p.invalid[name] || p.repeated[name]
+}
 
 // decodeBody reads a JSON or form body of at most maxBody bytes. An empty body is an empty parameter set.
 func decodeBody(w http.ResponseWriter, r *http.Request) (params, *apiError) {
@@ -96,17 +103,33 @@ func tooLarge() *apiError {
 	return errorf(http.StatusRequestEntityTooLarge, codeRequestTooLarge, "the request body is larger than 64 KiB")
 }
 
+// decodeJSON reads one JSON object. Its members are read one by one rather than into a map, which would keep only the last
+// of two members with the same name: a repeated member is recorded as repeated and refused where it is read, exactly like a
+// repeated form parameter, so {"client_id":"evil","client_id":"difyctl"} cannot mean one thing here and another to a parser
+// that keeps the first.
 func decodeJSON(raw []byte) (params, *apiError) {
-	var obj map[string]json.RawMessage
+	notObject := errorf(http.StatusBadRequest, codeInvalidRequest, "the body is not a JSON object")
 	dec := json.NewDecoder(bytes.NewReader(raw))
-	if err := dec.Decode(&obj); err != nil || obj == nil {
-		return params{}, errorf(http.StatusBadRequest, codeInvalidRequest, "the body is not a JSON object")
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return params{}, notObject
 	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return params{}, errorf(http.StatusBadRequest, codeInvalidRequest, "unexpected data after the JSON object")
-	}
-	p := params{values: make(map[string][]string, len(obj)), invalid: map[string]bool{}}
-	for name, v := range obj {
+	p := params{values: map[string][]string{}, invalid: map[string]bool{}, repeated: map[string]bool{}}
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return params{}, notObject
+		}
+		name, _ := tok.(string) // an object's keys are always strings
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return params{}, notObject
+		}
+		if seen[name] {
+			p.repeated[name] = true // whatever the values, even null
+			continue
+		}
+		seen[name] = true
 		var s string
 		switch {
 		case string(v) == "null":
@@ -115,6 +138,12 @@ func decodeJSON(raw []byte) (params, *apiError) {
 		default:
 			p.invalid[name] = true
 		}
+	}
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('}') {
+		return params{}, notObject
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return params{}, errorf(http.StatusBadRequest, codeInvalidRequest, "unexpected data after the JSON object")
 	}
 	return p, nil
 }

@@ -2,11 +2,13 @@ package deviceflow
 
 import (
 	"bytes"
+	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestBodyLimitsAndMalformedBodies(t *testing.T) {
@@ -28,6 +30,12 @@ func TestBodyLimitsAndMalformedBodies(t *testing.T) {
 		{"application/x-www-form-urlencoded", "client_id=difyctl&client_id=other-cli"},
 		{"application/json; charset=\"", `{}`},
 		{"application/x-www-form-urlencoded", "client_id=\xff\xfe"},
+		// A repeated JSON member is refused like a repeated form parameter, whichever value a parser would keep.
+		{"application/json", `{"client_id":"evil","client_id":"difyctl"}`},
+		{"application/json", `{"client_id":"difyctl","client_id":"difyctl"}`},
+		{"application/json", `{"client_id":null,"client_id":"difyctl"}`},
+		{"application/json", `{"client_id":"difyctl","client\u005fid":"evil"}`},
+		{"application/json", `{"client_id":"difyctl","device_label":"a","device_label":"b"}`},
 	} {
 		r := e.do(http.MethodPost, apiPrefix+"/oauth/device/code", c.ct, strings.NewReader(c.body))
 		wantErr(t, r, http.StatusBadRequest, "invalid_request")
@@ -83,7 +91,9 @@ func decodeForFuzz(contentType string, body []byte) (params, *apiError) {
 
 func FuzzDecodeJSONBody(f *testing.F) {
 	for _, s := range []string{`{"client_id":"difyctl","device_code":"dc_x"}`, `{"a":1,"b":[1,2],"c":null}`, `{`, `[]`,
-		`{"client_id":"\u0000"}`, `{"x":"y"} {}`, "", `{"client_id":"a","client_id":"b"}`} {
+		`{"client_id":"\u0000"}`, `{"x":"y"} {}`, "", `{"client_id":"a","client_id":"b"}`,
+		`{"client_id":"evil","client_id":"difyctl"}`, `{"client\u005fid":"evil","client_id":"difyctl"}`,
+		`{"client_id":null,"client_id":"difyctl"}`, `{"a":{"b":1,"b":2},"client_id":"difyctl"}`, `{"client_id":"x",}`} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
@@ -101,6 +111,12 @@ func FuzzDecodeJSONBody(f *testing.F) {
 			}
 			if err == nil && !strings.Contains(string(body), "\""+name) && v != "" && !strings.Contains(string(body), `\u`) {
 				t.Fatalf("%s = %q out of nowhere", name, v)
+			}
+			// A value read here is the one any JSON parser reads: the member is not repeated, so keeping the first or the
+			// last member of a name makes no difference.
+			var m map[string]any
+			if err == nil && v != "" && (json.Unmarshal(body, &m) != nil || m[name] != v) {
+				t.Fatalf("%s = %q, but a map decoding reads %v", name, v, m[name])
 			}
 		}
 	})
@@ -172,5 +188,48 @@ func TestUserCodesAreWellFormed(t *testing.T) {
 	}
 	if len(seen) < 1990 {
 		t.Fatalf("only %d distinct codes in 2000", len(seen))
+	}
+}
+
+// A body with a repeated member is refused with 400 wherever it is read, and changes nothing: the approval is not claimed,
+// the code not resolved, no code issued.
+func TestDuplicateJSONMembersAreRefusedAndChangeNothing(t *testing.T) {
+	e := newFlowEnv(t, nil)
+	raw := func(path, body string, opts ...reqOpt) flowResp {
+		return e.do(http.MethodPost, apiPrefix+path, "application/json", strings.NewReader(body), opts...)
+	}
+	keysBefore := e.rdb.DBSize(t.Context()).Val()
+	wantErr(t, raw("/oauth/device/code", `{"client_id":"evil","client_id":"difyctl"}`), http.StatusBadRequest, "invalid_request")
+	if n := e.rdb.Keys(t.Context(), "device_code:*").Val(); len(n) != 0 || e.rdb.DBSize(t.Context()).Val() < keysBefore {
+		t.Fatalf("a refused request issued a code: %v", n)
+	}
+
+	dc, uc := e.issue("")
+	c := e.consoleFor(flowAnn.ID)
+	for _, body := range []string{
+		`{"user_code":"BBBB-BBBB","user_code":"` + uc + `"}`,
+		`{"user_code":"` + uc + `","user_code":"` + uc + `"}`,
+	} {
+		wantErr(t, raw("/oauth/device/approve", body, c.opts()...), http.StatusBadRequest, "invalid_request")
+		wantErr(t, raw("/oauth/device/deny", body, c.opts()...), http.StatusBadRequest, "invalid_request")
+	}
+	if a, err := e.srv.State().LookupPending(t.Context(), uc, time.Now()); err != nil || a.Status != StatusPending {
+		t.Fatalf("a refused approval changed the code: %+v %v", a, err)
+	}
+	if r := e.approve(uc, c); r.Status != http.StatusOK {
+		t.Fatalf("approve: %d %s", r.Status, r.Raw)
+	}
+	for _, body := range []string{
+		`{"client_id":"difyctl","device_code":"dc_other","device_code":"` + dc + `"}`,
+		`{"client_id":"evil","client_id":"difyctl","device_code":"` + dc + `"}`,
+		`{"client_id":"difyctl","device_code":"` + dc + `","grant_type":"x","grant_type":"` + deviceCodeGrant + `"}`,
+	} {
+		wantErr(t, raw("/oauth/device/token", body), http.StatusBadRequest, "invalid_request")
+	}
+	if st := e.rdb.HGetAll(t.Context(), deviceKey(hashDeviceCode(dc))).Val(); st[fStatus] != "approved" || st[fClaimID] != "" {
+		t.Fatalf("a refused poll touched the approval: %v", st)
+	}
+	if r := e.pollJSON(dc); r.Status != http.StatusOK || !accountTokenRE.MatchString(r.str("access_token")) {
+		t.Fatalf("the well-formed poll: %d %s", r.Status, r.Raw)
 	}
 }
