@@ -5,7 +5,8 @@
 --   dify_owner     the role that owns Dify's tables
 --   the passwords
 -- Checked against PostgreSQL 15 with the statements authgate runs (mint, lookup, hard-expire, revoke, list, prune, directory
--- reads) and with `deviceflow migrate`, on a fresh database and on one where Dify had already created oauth_access_tokens.
+-- reads, the revocation records and their reconciler) and with `deviceflow migrate`, on a fresh database and on one where Dify
+-- had already created oauth_access_tokens.
 
 -- 1. Roles: one for the running services, one for the migration Job.
 CREATE ROLE authgate_runtime LOGIN PASSWORD 'change-me';
@@ -13,7 +14,8 @@ CREATE ROLE authgate_migrate LOGIN PASSWORD 'change-me';
 GRANT CONNECT ON DATABASE dify TO authgate_runtime, authgate_migrate;
 GRANT USAGE ON SCHEMA public TO authgate_runtime, authgate_migrate;
 
--- 2. Migration role. CREATE on the schema lets it create oauth_access_tokens (when Dify has not) and authgate_schema_version.
+-- 2. Migration role. CREATE on the schema lets it create oauth_access_tokens (when Dify has not), authgate_revoked_tokens and
+-- authgate_schema_version; it owns what it creates.
 GRANT CREATE ON SCHEMA public TO authgate_migrate;
 -- Only when Dify's own migration already created oauth_access_tokens: the migration runs CREATE INDEX IF NOT EXISTS on it, and
 -- Postgres requires table ownership for that even when the index exists ("must be owner of table oauth_access_tokens").
@@ -30,6 +32,13 @@ GRANT SELECT (tenant_id, account_id, role, current) ON tenant_account_joins TO a
 -- Dify's owner): full DML on the token table. Advisory locks (prune) and gen_random_uuid() need no grant.
 GRANT SELECT, INSERT, UPDATE, DELETE ON oauth_access_tokens TO authgate_runtime;
 
--- Optional, narrower: extauthz only looks tokens up and hard-expires them. Give it its own role (and its own Secret key) with
+-- 5. As authgate_migrate (the owner of authgate_revoked_tokens): the revocation records. Every revoke, rotation and hard-expire
+-- inserts the hash it takes out of service in the same statement; extauthz's reconciler and deviceflow's retried revocations
+-- read them; the retention prune deletes old ones.
+GRANT SELECT, INSERT, DELETE ON authgate_revoked_tokens TO authgate_runtime;
+
+-- Optional, narrower: extauthz only looks tokens up, hard-expires them (which records the hash) and reads the revocation
+-- records. Give it its own role (and its own Secret key) with
 --   GRANT SELECT, UPDATE ON oauth_access_tokens TO authgate_extauthz;
--- plus the directory grants of step 3.
+--   GRANT SELECT, INSERT ON authgate_revoked_tokens TO authgate_extauthz;
+-- plus the directory grants of step 3. deviceflow needs SELECT, INSERT, DELETE on authgate_revoked_tokens (step 5).

@@ -142,6 +142,7 @@ func TestRedisHung(t *testing.T) {
 	strict := w.start(with(vars, "RATE_LIMIT_FAIL_OPEN", "false"))
 	ada, adaID := w.accountToken(accountActive, "ada@example.com")
 	adaH := accountHeaders(accountActive, "ada@example.com", adaID)
+	unused, unusedID := w.accountToken(accountActive, "ada@example.com") // first presented during the hang
 	for _, s := range []*server{open, strict} {
 		if rl := rateHeaders(s.check(t, "GET", "/openapi/v1/me", bearer(ada))); len(rl) != 3 {
 			t.Fatalf("before the hang: RateLimit headers %v", rl)
@@ -178,19 +179,27 @@ func TestRedisHung(t *testing.T) {
 		}
 	}
 
-	// 300 at once: each is answered within the Check deadline (plus the test's own scheduling), by Postgres.
+	// 300 at once, half of them with a token no cache has seen: each is answered within the Check deadline (plus the
+	// test's own scheduling), by Postgres, one shared lookup per token at a time, and all from one address without
+	// spending its invalid-bearer budget.
 	const slack = 500 * time.Millisecond
 	var wg sync.WaitGroup
-	for range 300 {
+	for i := range 300 {
+		plain, want := ada, adaH
+		if i%2 == 1 {
+			plain, want = unused, accountHeaders(accountActive, "ada@example.com", unusedID)
+		}
 		wg.Go(func() {
 			start := time.Now()
-			resp := open.check(t, "GET", "/openapi/v1/me", bearer(ada))
+			resp := open.check(t, "GET", "/openapi/v1/me", bearer(plain))
 			if elapsed := time.Since(start); elapsed > checkTimeout+slack {
 				t.Errorf("a concurrent Check took %v with Redis hung", elapsed)
 			}
 			if resp.GetOkResponse() == nil {
 				t.Errorf("a concurrent Check was denied: %s", resp.GetDeniedResponse().GetBody())
+				return
 			}
+			expectAllow(t, resp, want)
 		})
 	}
 	wg.Wait()

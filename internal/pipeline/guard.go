@@ -130,6 +130,46 @@ func (l *suspectLane) take() bool {
 	return true
 }
 
+// admissions are the lookup admissions being decided or used, by token hash (admitShared).
+type admissions struct {
+	mu sync.Mutex
+	m  map[string]*admissionFlight
+}
+
+type admissionFlight struct {
+	decided  chan struct{} // closed once admitted is set
+	admitted bool
+	done     func()
+}
+
+// join returns the flight for hash; leader is true when the caller started it and must call decide, then done when its
+// lookup is over.
+func (s *admissions) join(hash string) (f *admissionFlight, leader bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if f, ok := s.m[hash]; ok {
+		return f, false
+	}
+	if s.m == nil {
+		s.m = map[string]*admissionFlight{}
+	}
+	f = &admissionFlight{decided: make(chan struct{})}
+	f.done = func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.m[hash] == f {
+			delete(s.m, hash)
+		}
+	}
+	s.m[hash] = f
+	return f, true
+}
+
+func (f *admissionFlight) decide(admitted bool) {
+	f.admitted = admitted
+	close(f.decided)
+}
+
 // flights collapses concurrent Postgres reads of the same token hash, or of the same account, into one query: a burst of
 // Checks for one token (a cold cache, or every Check while Redis is down) costs one lookup, not one per Check.
 type flights struct {

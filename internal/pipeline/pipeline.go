@@ -64,10 +64,11 @@ type Pipeline struct {
 	apps    *ttlCache[appRecord]
 	acl     *ttlCache[bool]
 
-	negative *expirable.LRU[string, struct{}] // hashes refused within negativeTTL
-	budget   *localBudget
-	lane     *suspectLane
-	flights  flights
+	negative   *expirable.LRU[string, struct{}] // hashes refused within negativeTTL
+	budget     *localBudget
+	lane       *suspectLane
+	admissions admissions
+	flights    flights
 }
 
 // New builds a pipeline over a validated policy.

@@ -76,21 +76,14 @@ func (p *Pipeline) resolveToken(ctx context.Context, req *Request, c *caller) (D
 	return p.lookupToken(ctx, req, c, now)
 }
 
-// lookupToken asks Postgres about a hash no cache knows. An address over its invalid-bearer budget is not refused: its
-// lookups go through the suspect lane, and only when that is empty is the answer 429 (retry in a second).
+// lookupToken asks Postgres about a hash no cache knows, once admitted (admitLookup). Concurrent Checks of one hash share
+// one admission and one query.
 func (p *Pipeline) lookupToken(ctx context.Context, req *Request, c *caller, now time.Time) (Decision, bool) {
-	a, err := p.admitLookup(ctx, c, p.ipBudgetKey(req))
-	if err != nil {
-		return denyUnavailable(), false
+	a, d, ok := p.admitShared(ctx, req, c)
+	if !ok {
+		return d, false
 	}
-	if a.suspect {
-		if !p.lane.take() {
-			p.metrics.suspectLookups.Add(ctx, 1, suspectRefused)
-			return denyRateLimited(RateDecision{RetryAfter: time.Second}, "too many invalid bearer tokens from this address"), false
-		}
-		p.metrics.suspectLookups.Add(ctx, 1, suspectAdmitted)
-	}
-
+	defer a.finish()
 	tok, err := p.lookupHash(ctx, c.hash)
 	switch {
 	case errors.Is(err, tokens.ErrNotFound):
@@ -137,57 +130,107 @@ func (p *Pipeline) lookupToken(ctx context.Context, req *Request, c *caller, now
 	return Decision{}, true
 }
 
-// admission is how a lookup may go ahead: holding a slot of the address's budget, or through the suspect lane.
+// admission is how a lookup went ahead: holding a slot of its address's budget, through the suspect lane, or riding on
+// the admission of a concurrent lookup of the same hash (shared: it costs Postgres nothing more, so it is charged nothing).
 type admission struct {
 	key     string
 	hold    budgetHold
 	suspect bool
+	shared  bool
+	flight  *admissionFlight // set for the Check others share with, until its lookup is over
 }
 
-// admitLookup decides between the two: the address is a suspect once it has spent its invalid-bearer budget, by the count
-// all replicas share in Redis or by this replica's own (the only one while Redis cannot answer). An error means the Check's
-// deadline has passed.
-func (p *Pipeline) admitLookup(ctx context.Context, c *caller, key string) (admission, error) {
-	a := admission{key: key}
+// finish ends the sharing: Checks arriving later are admitted on their own.
+func (a admission) finish() {
+	if a.flight != nil {
+		a.flight.done()
+	}
+}
+
+// admitShared admits the lookup of c.hash. The first Check to ask is admitted (or refused) on its own account; Checks of
+// the same hash that arrive while it is deciding or looking up wait for that decision and, if it let the lookup go ahead,
+// share the query instead of each spending a slot of the budget or a token of the suspect lane: a burst of Checks of one
+// valid token is one lookup, however many addresses it comes from. A Check whose leader was refused asks on its own.
+func (p *Pipeline) admitShared(ctx context.Context, req *Request, c *caller) (admission, Decision, bool) {
+	f, leader := p.admissions.join(c.hash)
+	if leader {
+		decided := false
+		defer func() {
+			if !decided { // a panic: the Checks waiting must not wait for ever
+				f.decide(false)
+				f.done()
+			}
+		}()
+		a, d, ok := p.admitLookup(ctx, req, c)
+		f.decide(ok)
+		decided = true
+		if !ok {
+			f.done()
+			return a, d, false
+		}
+		a.flight = f
+		return a, d, true
+	}
+	select {
+	case <-f.decided:
+	case <-ctx.Done():
+		return admission{}, denyUnavailable(), false
+	}
+	if f.admitted {
+		return admission{key: p.ipBudgetKey(req), shared: true}, Decision{}, true
+	}
+	return p.admitLookup(ctx, req, c)
+}
+
+// admitLookup decides whether this Check may cost a lookup: with a slot of its address's invalid-bearer budget while that
+// lasts, by the count all replicas share in Redis or by this replica's own (the only one while Redis cannot answer);
+// beyond it through the suspect lane, and only when that is empty is the answer 429 (retry in a second).
+func (p *Pipeline) admitLookup(ctx context.Context, req *Request, c *caller) (admission, Decision, bool) {
+	a := admission{key: p.ipBudgetKey(req)}
 	if p.opts.InvalidBearerPerIPPerMin <= 0 {
-		return a, nil
+		return a, Decision{}, true
 	}
-	hold, ok := p.budget.reserve(key)
-	if !ok {
-		a.suspect = true
-		return a, nil
-	}
-	a.hold = hold
-	if c.redisDown {
+	hold, ok := p.budget.reserve(a.key)
+	if ok && c.redisDown {
 		p.metrics.rateLimitSkipped.Add(ctx, 1, skippedIPBudget)
-		return a, nil
+	} else if ok {
+		rctx, cancel := p.redisCtx(ctx)
+		rd, err := p.deps.Limiter.Exceeded(rctx, a.key, p.opts.InvalidBearerPerIPPerMin, invalidBearerWindow)
+		cancel()
+		switch {
+		case err != nil && ctx.Err() != nil:
+			p.budget.release(hold)
+			return a, denyUnavailable(), false
+		case err != nil:
+			c.redisDown = true
+			p.metrics.rateLimitSkipped.Add(ctx, 1, skippedIPBudget)
+			p.logFailure(ctx, slog.LevelWarn, "redis:invalid-bearer budget",
+				"invalid-bearer budget unavailable in Redis; counting per replica", "error", err)
+		case !rd.Allowed:
+			p.budget.release(hold)
+			ok = false
+		}
 	}
-	rctx, cancel := p.redisCtx(ctx)
-	rd, err := p.deps.Limiter.Exceeded(rctx, key, p.opts.InvalidBearerPerIPPerMin, invalidBearerWindow)
-	cancel()
-	switch {
-	case err != nil && ctx.Err() != nil:
-		p.budget.release(hold)
-		return a, ctx.Err()
-	case err != nil:
-		c.redisDown = true
-		p.metrics.rateLimitSkipped.Add(ctx, 1, skippedIPBudget)
-		p.logFailure(ctx, slog.LevelWarn, "redis:invalid-bearer budget",
-			"invalid-bearer budget unavailable in Redis; counting per replica", "error", err)
-	case !rd.Allowed:
-		p.budget.release(hold)
-		a.hold, a.suspect = budgetHold{}, true
+	if ok {
+		a.hold = hold
+		return a, Decision{}, true
 	}
-	return a, nil
+	a.suspect = true
+	if !p.lane.take() {
+		p.metrics.suspectLookups.Add(ctx, 1, suspectRefused)
+		return a, denyRateLimited(RateDecision{RetryAfter: time.Second}, "too many invalid bearer tokens from this address"), false
+	}
+	p.metrics.suspectLookups.Add(ctx, 1, suspectAdmitted)
+	return a, Decision{}, true
 }
 
 // refuseLookedUp answers a lookup that found no live token: the hash is refused from memory for a few seconds (in this
 // process only: a bearer not known to be valid leaves nothing in Redis), and the address's budget is charged, since this
-// outcome cost a Postgres lookup.
+// outcome cost a Postgres lookup (a shared lookup was charged to the Check it rode on).
 func (p *Pipeline) refuseLookedUp(ctx context.Context, c *caller, a admission) Decision {
 	p.negative.Add(c.hash, struct{}{})
-	if p.opts.InvalidBearerPerIPPerMin > 0 {
-		if a.hold.key == "" { // the slot it held is the local charge; a lookup through the lane held none
+	if p.opts.InvalidBearerPerIPPerMin > 0 && !a.shared {
+		if a.suspect { // a slot held is already the local charge; a lookup through the lane held none
 			p.budget.add(a.key)
 		}
 		if !c.redisDown {
