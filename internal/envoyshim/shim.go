@@ -158,6 +158,11 @@ func (s *Shim) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	// Envoy streams a request and its response at once. Go's HTTP/1 server instead closes the request body once the
+	// response headers go out, so a streamed answer (flushed at once, above) raced the proxy still sending the
+	// request: the body's final read failed and the upstream connection was torn down mid-stream. The error only
+	// means the server cannot do it (HTTP/2 always can), so it is ignored.
+	_ = http.NewResponseController(w).EnableFullDuplex()
 	s.proxy.ServeHTTP(w, r)
 }
 

@@ -116,3 +116,91 @@ func TestShimStreamsResponsesAsTheyArrive(t *testing.T) {
 		})
 	}
 }
+
+// Envoy streams a request and its response at the same time: an upstream may answer (an app run's first event) before
+// it has read the whole request, and the client may still be sending it. The first event reaches the client while its
+// request body is still open, and the upstream then receives that body whole.
+func TestShimStreamsRequestAndResponseAtOnce(t *testing.T) {
+	t.Parallel()
+	const firstEvent = "data: {\"event\": \"workflow_started\"}\n\n"
+	gate := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rc := http.NewResponseController(w)
+		if err := rc.EnableFullDuplex(); err != nil {
+			t.Errorf("upstream full duplex: %v", err)
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = io.WriteString(w, firstEvent)
+		_ = rc.Flush()
+		select {
+		case <-gate:
+		case <-r.Context().Done():
+			return
+		case <-time.After(10 * time.Second):
+		}
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			t.Errorf("upstream reading the request after answering: %v", err)
+		}
+		_, _ = io.WriteString(w, "data: {\"received\": "+strconv.Quote(string(body))+"}\n\n")
+	}))
+	t.Cleanup(srv.Close)
+	up, err := url.Parse(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, client := startAuthz(t, allow())
+	shim := startShim(t, envoyshim.Config{Authz: client, Routes: []envoyshim.Route{{Prefix: "/", Upstream: up}}})
+
+	bodyReader, bodyWriter := io.Pipe()
+	req := newRequest(t, http.MethodPost, shim.URL+"/openapi/v1/apps/a1/run")
+	req.Body = bodyReader // sent chunked, and still open while the first event is awaited
+	go func() { _, _ = io.WriteString(bodyWriter, `{"inputs": {}, `) }()
+
+	type firstRead struct {
+		resp  *http.Response
+		body  *bufio.Reader
+		first string
+		err   error
+	}
+	got := make(chan firstRead, 1)
+	go func() {
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			got <- firstRead{err: err}
+			return
+		}
+		body := bufio.NewReader(resp.Body)
+		buf := make([]byte, len(firstEvent))
+		n, err := io.ReadFull(body, buf)
+		got <- firstRead{resp: resp, body: body, first: string(buf[:n]), err: err}
+	}()
+	var r firstRead
+	select {
+	case r = <-got:
+	case <-time.After(5 * time.Second):
+		close(gate)
+		_ = bodyWriter.Close()
+		t.Fatal("the first event did not reach the client while it was still sending its request")
+	}
+	if r.err != nil || r.first != firstEvent {
+		close(gate)
+		_ = bodyWriter.Close()
+		t.Fatalf("first read %q, %v", r.first, r.err)
+	}
+	defer r.resp.Body.Close()
+
+	// Finish the request, then let the upstream read it and end the stream.
+	if _, err := io.WriteString(bodyWriter, `"query": "hi"}`); err != nil {
+		t.Fatal(err)
+	}
+	_ = bodyWriter.Close()
+	close(gate)
+	rest, err := io.ReadAll(r.body)
+	if err != nil {
+		t.Fatalf("the stream broke: %v", err)
+	}
+	if want := "data: {\"received\": " + strconv.Quote(`{"inputs": {}, "query": "hi"}`) + "}\n\n"; string(rest) != want {
+		t.Fatalf("rest of the stream %q, want %q", rest, want)
+	}
+}
