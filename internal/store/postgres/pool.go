@@ -19,8 +19,10 @@ type ErrBadURL struct{}
 
 func (ErrBadURL) Error() string { return "not a Postgres URL" }
 
-// OpenPool builds the one kind of pool every authgate process uses. Nothing connects until the first query, so Postgres
-// being down at start-up is an outage to ride out; pgx's pool_* URL parameters (pool_max_conns, ...) still apply.
+// OpenPool builds the one kind of pool every authgate process uses, from a connection string: DATABASE_URL, or what
+// config.Database.DSN builds from Dify's DB_* variables (which carries pool_max_conns when SQLALCHEMY_POOL_SIZE is set).
+// Nothing connects until the first query, so Postgres being down at start-up is an outage to ride out; pgx's pool_* URL
+// parameters (pool_max_conns, ...) still apply.
 func OpenPool(ctx context.Context, url string) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
