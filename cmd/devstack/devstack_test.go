@@ -31,7 +31,8 @@ func walkthroughURL(t *testing.T, printed, pattern string) string {
 }
 
 // TestMakeRunWalkthrough starts what `make run` starts, on free ports, and follows the printed walkthrough: start a device
-// login, sign in with the dev sign-in, approve, poll for the token, call an app route through the shim.
+// login, sign in with the dev sign-in, approve, poll for the token, list the workspaces and run the chat app through the
+// shim. The CLI path it prints logs in against the shim.
 func TestMakeRunWalkthrough(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -65,8 +66,13 @@ func TestMakeRunWalkthrough(t *testing.T) {
 	signinURL := walkthroughURL(t, printed, `curl -s -c jar (\S+/signin)`)
 	approveURL := walkthroughURL(t, printed, `(\S+/openapi/v1/oauth/device/approve)`)
 	tokenURL := walkthroughURL(t, printed, `curl -s -X POST (\S+/openapi/v1/oauth/device/token)`)
-	appURL := walkthroughURL(t, printed, `curl -s -X POST (\S+/openapi/v1/apps/\S+/run)`)
+	workspacesURL := walkthroughURL(t, printed, `curl -s (\S+/openapi/v1/workspaces) -H`)
+	appURL := walkthroughURL(t, printed, `curl -sN -X POST (\S+/openapi/v1/apps/\S+/run)`)
+	runBody := walkthroughURL(t, printed, `-d '(\{"inputs".*\})'`)
 	pageURL := walkthroughURL(t, printed, `Open (\S+/device)\?user_code=`)
+	if host := walkthroughURL(t, printed, `difyctl auth login --host (\S+) --insecure`); !strings.HasPrefix(codeURL, host+"/") {
+		t.Errorf("difyctl logs in at %s, not the shim the curl steps use (%s)", host, codeURL)
+	}
 
 	// 1. Start a device login.
 	var code struct {
@@ -119,15 +125,30 @@ func TestMakeRunWalkthrough(t *testing.T) {
 	decode(t, post(t, http.DefaultClient, tokenURL, url.Values{"client_id": {"difyctl"}, "device_code": {code.DeviceCode},
 		"grant_type": {"urn:ietf:params:oauth:grant-type:device_code"}}), http.StatusOK, &tok)
 
-	// 4. An app route through the shim: the upstream echoes the identity extauthz added.
-	run, _ := http.NewRequest(http.MethodPost, appURL, nil)
+	// 4. Through the shim: the demo upstream answers for the demo account and runs the chat app.
+	workspaces, _ := http.NewRequest(http.MethodGet, workspacesURL, nil)
+	workspaces.Header.Set("Authorization", "Bearer "+tok.AccessToken)
+	var ws struct{ Workspaces []struct{ ID string } }
+	decode(t, do(t, http.DefaultClient, workspaces), http.StatusOK, &ws)
+	if len(ws.Workspaces) != 1 || ws.Workspaces[0].ID != demoTenantID {
+		t.Errorf("workspaces %+v, want the demo workspace", ws.Workspaces)
+	}
+	run, _ := http.NewRequest(http.MethodPost, appURL, strings.NewReader(runBody))
 	run.Header.Set("Authorization", "Bearer "+tok.AccessToken)
-	var e echoed
-	decode(t, do(t, http.DefaultClient, run), http.StatusOK, &e)
-	for name, want := range identityHeaders {
-		if e.Headers[name] != want {
-			t.Errorf("%s = %q, want %q", name, e.Headers[name], want)
-		}
+	run.Header.Set("Content-Type", "application/json")
+	run.Header.Set("Accept", "text/event-stream")
+	resp = do(t, http.DefaultClient, run)
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var answer strings.Builder
+	for _, e := range sseEvents(t, resp, body) {
+		answer.WriteString(e.str("answer"))
+	}
+	if answer.String() != "hello" {
+		t.Errorf("the chat app answered %q to the walkthrough's hello", answer.String())
 	}
 }
 

@@ -6,7 +6,7 @@ import (
 	"strings"
 )
 
-// echoed is the demo upstream's answer: the request as it arrived, so a caller sees exactly which identity headers the
+// echoed is the echo upstream's answer: the request as it arrived, so a caller sees exactly which identity headers the
 // proxy added and which it removed.
 type echoed struct {
 	Method  string            `json:"method"`
@@ -14,7 +14,7 @@ type echoed struct {
 	Headers map[string]string `json:"headers"`
 }
 
-// echoUpstream stands in for Dify's API behind the proxy.
+// echoUpstream stands in for Dify's API in the end-to-end tests that inspect the identity headers.
 func echoUpstream() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		out := echoed{Method: r.Method, Path: r.URL.RequestURI(), Headers: make(map[string]string, len(r.Header))}

@@ -1,7 +1,7 @@
 // Command devstack runs authgate end to end in one process for local development (`make run`): extauthz and deviceflow
 // on an in-memory store and an in-process Redis, a seeded demo tenant, account and app, a dev-only console sign-in, and
-// the Envoy stand-in (internal/envoyshim) in front of a demo upstream that echoes the headers it received. Nothing
-// persists and nothing here is fit for production.
+// the Envoy stand-in (internal/envoyshim) in front of a demo of Dify's API: the part of /openapi/v1 that Dify's CLI uses,
+// answering from the identity headers extauthz adds. Nothing persists and nothing here is fit for production.
 package main
 
 import (

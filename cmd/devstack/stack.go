@@ -170,7 +170,7 @@ func run(ctx context.Context, opts Options, stdout io.Writer, ready func(Addrs))
 	servers := []*served{
 		{name: "deviceflow", srv: newHTTPServer(otelhttp.NewHandler(deviceMux, "deviceflow"), log), ln: lns.deviceflow},
 		{name: "shim", srv: newHTTPServer(shim, log), ln: lns.shim},
-		{name: "upstream", srv: newHTTPServer(echoUpstream(), log), ln: lns.upstream},
+		{name: "upstream", srv: newHTTPServer(newDemoAPI(store, demoApps(), log), log), ln: lns.upstream},
 	}
 	lns.deviceflow, lns.shim, lns.upstream = nil, nil, nil
 	errc := make(chan error, len(servers))
