@@ -113,21 +113,30 @@ func (s *Server) deliver(ctx context.Context, w http.ResponseWriter, a Authoriza
 		s.release(ctx, a)
 		return err
 	}
-	err = s.state.Complete(ctx, a)
 	if rotated != "" {
-		// The row is already rotated in Postgres; the tombstone stops caches from serving the old token meanwhile.
-		s.publishRevocation(ctx, rotated, resp.TokenID)
+		// The row is already rotated in Postgres (which recorded the old hash, so extauthz's reconcilers deny it anyway);
+		// the tombstone stops caches at once. Unlike a revocation endpoint's publish this one stays within the request's
+		// budget: the poll must still complete its claim, and answer within it.
+		if err := s.deps.Revoker.Revoke(ctx, rotated); err != nil {
+			s.throttle.Log(ctx, s.log, slog.LevelWarn, "publish-revocation",
+				"deviceflow: publishing a revocation to Redis failed; extauthz reconciles it from Postgres",
+				"token_id", resp.TokenID, "err", err)
+		}
 	}
-	if err != nil {
+	if err := s.state.Complete(ctx, a); err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusOK, resp)
 	return nil
 }
 
-// release hands the approval back at once after a failed mint. Failing to is harmless (the claim lapses), so it is not an
-// error for the client.
+// release hands the approval back at once after a failed mint. Failing to is harmless (the claim lapses by the time the
+// client's Retry-After has passed), so it is not an error for the client, and it is not tried once the request's budget is
+// spent.
 func (s *Server) release(ctx context.Context, a Authorization) {
+	if ctx.Err() != nil {
+		return
+	}
 	if err := s.state.Release(ctx, a); err != nil {
 		s.throttle.Log(ctx, s.log, slog.LevelWarn, "release-claim", "deviceflow: releasing a claim failed; it lapses by itself",
 			"device_code_hash", a.DeviceCodeHash, "err", err)

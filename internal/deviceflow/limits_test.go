@@ -142,3 +142,93 @@ func TestMeLimitPerToken(t *testing.T) {
 		t.Fatalf("another token was limited: %d", r.Status)
 	}
 }
+
+// wantRetryAfterMinutes asserts a 429 whose Retry-After lets the caller in again within the failed-lookup window.
+func wantRetryAfterMinutes(t *testing.T, r flowResp) {
+	t.Helper()
+	wantErr(t, r, http.StatusTooManyRequests, "rate_limited")
+	secs, err := strconv.Atoi(r.Header.Get("Retry-After"))
+	if err != nil || secs < 1 || secs > int(limitFailedLookup.window/time.Second) {
+		t.Fatalf("Retry-After %q, want at most %v", r.Header.Get("Retry-After"), limitFailedLookup.window)
+	}
+}
+
+// ageFailedLookups moves an address's counted failures window back in time, as if that much time had passed: the limiter
+// scores entries with Redis's own clock, which a test cannot advance.
+func ageFailedLookups(t *testing.T, e *flowEnv, bucket string, by time.Duration) {
+	t.Helper()
+	key := limitFailedLookup.prefix + bucket
+	entries, err := e.rdb.ZRangeWithScores(t.Context(), key, 0, -1).Result()
+	if err != nil || len(entries) == 0 {
+		t.Fatalf("no failed lookups counted for %s (%v)", bucket, err)
+	}
+	for _, z := range entries {
+		z.Score -= by.Seconds()
+		if err := e.rdb.ZAdd(t.Context(), key, z).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestMistypedCodesLockOutForMinutesNotAnHour: a person who mistyped 20 codes is refused, with a Retry-After of minutes,
+// and enters the right code once the window has moved on; their colleagues behind other addresses are never affected.
+func TestMistypedCodesLockOutForMinutesNotAnHour(t *testing.T) {
+	e := newFlowEnv(t, func(c *Config) { c.TrustedProxyHops = 1 })
+	_, uc := e.issue("")
+	office := fromIP("198.51.100.7")
+	for i := range limitFailedLookup.n {
+		if r := e.get("/oauth/device/lookup?user_code=BBBB-BBB"+string(userCodeAlphabet[i]), office); r.Body["valid"] != false {
+			t.Fatalf("mistyped code %d: %s", i, r.Raw)
+		}
+	}
+	wantRetryAfterMinutes(t, e.get("/oauth/device/lookup?user_code="+uc, office))
+	if r := e.get("/oauth/device/lookup?user_code="+uc, fromIP("198.51.100.8")); r.Body["valid"] != true {
+		t.Fatalf("another address was refused: %s", r.Raw)
+	}
+	ageFailedLookups(t, e, "198.51.100.7", limitFailedLookup.window+time.Second)
+	if r := e.get("/oauth/device/lookup?user_code="+uc, office); r.Status != http.StatusOK || r.Body["valid"] != true {
+		t.Fatalf("the right code after the window: %d %s", r.Status, r.Raw)
+	}
+}
+
+// TestEveryUnknownCodeAnswerSpendsOneBudget: unknown codes typed into lookup, /device/details, approve, deny and
+// sso-initiate are charged to one failed-lookup budget per address (an IPv6 /64); once it is spent every one of them
+// refuses even a valid code, so spreading guesses over endpoints gains nothing.
+func TestEveryUnknownCodeAnswerSpendsOneBudget(t *testing.T) {
+	e := newFaultEnv(t, false)
+	_, uc := e.issue("laptop")
+	c := e.consoleFor(flowAnn.ID)
+	from := fromIP("2001:db8:7:7::1")
+	guessers := []func(code string) flowResp{
+		func(code string) flowResp { return e.get("/oauth/device/lookup?user_code="+code, from) },
+		func(code string) flowResp {
+			return e.do(http.MethodGet, "/device/details?user_code="+code, "", nil, withCookies(c.cookies...), from)
+		},
+		func(code string) flowResp {
+			return e.postJSON("/oauth/device/approve", map[string]string{"user_code": code}, append(c.opts(), from)...)
+		},
+		func(code string) flowResp {
+			return e.postJSON("/oauth/device/deny", map[string]string{"user_code": code}, append(c.opts(), from)...)
+		},
+		func(code string) flowResp { return e.get("/oauth/device/sso-initiate?user_code="+code, from) },
+	}
+	for i := range limitFailedLookup.n {
+		r := guessers[i%len(guessers)]("BBBB-BBB" + string(userCodeAlphabet[i]))
+		if r.Status != http.StatusNotFound && r.Body["valid"] != false {
+			t.Fatalf("guess %d: %d %s", i, r.Status, r.Raw)
+		}
+	}
+	for i, guess := range guessers {
+		wantRetryAfterMinutes(t, guess(uc))
+		if i == 0 {
+			// Another address in the same /64 shares the budget.
+			wantRetryAfterMinutes(t, e.get("/oauth/device/lookup?user_code="+uc, fromIP("2001:db8:7:7:ffff::2")))
+		}
+	}
+	if a, err := e.srv.State().LookupPending(t.Context(), uc, time.Now()); err != nil || a.Status != StatusPending {
+		t.Fatalf("a refused request changed the code: %+v %v", a, err)
+	}
+	if r := e.approve(uc, c); r.Status != http.StatusOK {
+		t.Fatalf("approve from another address: %d %s", r.Status, r.Raw)
+	}
+}
