@@ -2,6 +2,8 @@ package pipeline
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -184,7 +186,14 @@ type flightResult[T any] struct {
 // shared runs fn once for all concurrent callers with the same key. fn gets a context that the first caller's cancellation
 // does not end (the others still want the answer) but its deadline does; each caller waits no longer than its own ctx.
 func shared[T any](ctx context.Context, g *singleflight.Group, key string, fn func(context.Context) (T, error)) (T, error) {
-	ch := g.DoChan(key, func() (any, error) {
+	ch := g.DoChan(key, func() (res any, _ error) {
+		// singleflight re-panics a DoChan panic where nobody can recover it; a store that panics must cost its Checks a
+		// 503, as a panic anywhere else in a Check does, not the process.
+		defer func() {
+			if r := recover(); r != nil {
+				res = flightResult[T]{err: fmt.Errorf("%w: %v", errLookupPanicked, r)}
+			}
+		}()
 		fctx, cancel := detach(ctx)
 		defer cancel()
 		v, err := fn(fctx)
@@ -199,6 +208,8 @@ func shared[T any](ctx context.Context, g *singleflight.Group, key string, fn fu
 		return zero, ctx.Err()
 	}
 }
+
+var errLookupPanicked = errors.New("lookup panicked")
 
 func detach(ctx context.Context) (context.Context, context.CancelFunc) {
 	dctx := context.WithoutCancel(ctx)

@@ -1,8 +1,12 @@
 package pipeline
 
 import (
+	"context"
+	"errors"
 	"testing"
 	"time"
+
+	"golang.org/x/sync/singleflight"
 )
 
 type clock struct{ t time.Time }
@@ -91,4 +95,41 @@ func (b *localBudget) exceededForTest(key string) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.current(key, b.now()).n >= b.limit
+}
+
+func TestSharedLookups(t *testing.T) {
+	var g singleflight.Group
+
+	t.Run("a panicking lookup is an error, not a crash", func(t *testing.T) {
+		_, err := shared(context.Background(), &g, "p", func(context.Context) (int, error) { panic("boom") })
+		if !errors.Is(err, errLookupPanicked) {
+			t.Fatalf("err = %v, want errLookupPanicked", err)
+		}
+	})
+
+	t.Run("the first caller going away does not cancel the lookup others may share", func(t *testing.T) {
+		started, release := make(chan context.Context, 1), make(chan struct{})
+		leaderCtx, cancelLeader := context.WithTimeout(context.Background(), time.Hour)
+		leaderErr := make(chan error, 1)
+		go func() {
+			_, err := shared(leaderCtx, &g, "k", func(ctx context.Context) (int, error) {
+				started <- ctx
+				<-release
+				return 7, nil
+			})
+			leaderErr <- err
+		}()
+		lookupCtx := <-started
+		cancelLeader()
+		if err := <-leaderErr; !errors.Is(err, context.Canceled) {
+			t.Fatalf("leader: %v, want its own cancellation at once", err)
+		}
+		if err := lookupCtx.Err(); err != nil {
+			t.Fatalf("the shared lookup's context ended with its first caller: %v", err)
+		}
+		if dl, ok := lookupCtx.Deadline(); !ok || time.Until(dl) < 59*time.Minute {
+			t.Fatalf("the shared lookup's deadline %v (%v), want the first caller's", dl, ok)
+		}
+		close(release)
+	})
 }

@@ -19,7 +19,7 @@ var errRedisDown = errors.New("redis unreachable")
 // resolveToken is the token step (docs/architecture.md, "A Check"): memory, then the Redis cache, then Postgres, with the
 // rules that keep a dead token dead. It writes nothing to Redis for a bearer it does not find valid.
 func (p *Pipeline) resolveToken(ctx context.Context, req *Request, c *caller) (Decision, bool) {
-	if p.negative.Contains(c.hash) {
+	if _, refused := p.negative.Peek(c.hash); refused { // Peek, unlike Contains, honours the entry's expiry
 		// Refused within the last few seconds: no Redis, no Postgres, and nothing charged, as it costs nothing.
 		p.metrics.cacheResult(ctx, "negative")
 		return denyInvalidBearer("the bearer token is not valid"), false
