@@ -97,7 +97,7 @@ func TestAccountBranchRefusals(t *testing.T) {
 	if e.logs.count(auditFlowRejected) < len(cases) {
 		t.Fatalf("refusals audited %d times", e.logs.count(auditFlowRejected))
 	}
-	// A CSRF token that names the user in sub only (as SPEC words it) is accepted too.
+	// A CSRF token that names the user in sub only (without user_id) is accepted too.
 	subCSRF := passport(jwt.MapClaims{"sub": flowAnn.ID, "exp": exp})
 	_, uc := e.issue("")
 	r := e.postJSON("/oauth/device/approve", map[string]string{"user_code": uc},

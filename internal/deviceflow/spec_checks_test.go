@@ -8,7 +8,7 @@ import (
 	"time"
 )
 
-// The poll decision order of SPEC §4: unknown/expired/consumed, then the client, then denied, then approved.
+// The poll decision order (RFC 8628 §3.5 leaves it open): unknown/expired/consumed, then the client, then denied, then approved.
 func TestPollDecisionOrder(t *testing.T) {
 	e := newFlowEnv(t, nil)
 	start := time.Now()
@@ -60,7 +60,7 @@ func TestLookupRemainingIsRealSeconds(t *testing.T) {
 	}
 }
 
-// SPEC §4: a body over 64 KiB is 413 on every route, also on routes that never read a body and before any other check.
+// A body over 64 KiB is 413 on every route, also on routes that never read a body and before any other check.
 func TestOversizedBodyIs413OnEveryRoute(t *testing.T) {
 	e := newFlowEnv(t, nil)
 	tok := e.login(flowAnn, "laptop").str("token")

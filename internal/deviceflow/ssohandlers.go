@@ -211,7 +211,8 @@ func (s *Server) handleDenyExternal(w http.ResponseWriter, r *http.Request) erro
 	return s.resolveExternal(w, r, StatusDenied)
 }
 
-// resolveExternal runs the checks of approve-external and deny-external in SPEC order; the first failure answers.
+// resolveExternal runs the checks of approve-external and deny-external in a fixed order (grant cookie, rate limit, CSRF,
+// user code, pending, not a Dify account, single-use nonce); the first failure answers.
 func (s *Server) resolveExternal(w http.ResponseWriter, r *http.Request, to Status) error {
 	ctx := r.Context()
 	g, err := s.grantFromCookie(r)
