@@ -129,6 +129,10 @@ func TestRevocationHonoured(t *testing.T) {
 			expectDeny(t, a.check(t, "GET", "/openapi/v1/me", bearer(plain)), 401, pipeline.CodeInvalidBearer,
 				map[string]string{"www-authenticate": `Bearer realm="api", error="invalid_token"`})
 		}
+		// Refused by the tombstone or from memory: no lookup, so nothing charged to the client's invalid-bearer budget.
+		if n := w.redisClient().Exists(ctx, "rl:invalid_bearer:ip:198.51.100.7").Val(); n != 0 {
+			t.Error("refusals of a revoked token charged the client's invalid-bearer budget")
+		}
 	})
 
 	t.Run("rotate", func(t *testing.T) {
