@@ -30,8 +30,8 @@ import (
 	"github.com/authgate/authgate/internal/config"
 )
 
-// authgateHeaders are the identity headers extauthz sets on an allowed request (SPEC §3.3). A client must never be able to
-// send one of them to an upstream.
+// authgateHeaders are the identity headers extauthz sets on an allowed request (docs/architecture.md). A client must never be
+// able to send one of them to an upstream.
 var authgateHeaders = []string{
 	"x-authgate-subject-type", "x-authgate-subject-email", "x-authgate-subject-issuer", "x-authgate-account-id",
 	"x-authgate-token-id", "x-authgate-client-id", "x-authgate-scopes", "x-authgate-tenant-id", "x-authgate-app-id",
@@ -428,7 +428,7 @@ const (
 	nowhere    = "" // answered by the proxy itself
 )
 
-// routeExpectations say where a request goes and whether extauthz checks it first (SPEC §3.1, §6). Both envoy.yaml and the
+// routeExpectations say where a request goes and whether extauthz checks it first (docs/architecture.md, docs/operations.md). Both envoy.yaml and the
 // Istio resources must agree with them.
 var routeExpectations = []struct {
 	path      string
@@ -436,7 +436,8 @@ var routeExpectations = []struct {
 	checked   bool // extauthz decides before the request goes upstream
 	rationale string
 }{
-	// SPEC §3.1 auth: none routes that deviceflow authenticates itself.
+	// Routes that deviceflow authenticates itself.
+	{"/openapi/v1/oauth/device", deviceflow, false, "the device-flow prefix itself"},
 	{"/openapi/v1/oauth/device/code", deviceflow, false, "device code"},
 	{"/openapi/v1/oauth/device/token", deviceflow, false, "token poll"},
 	{"/openapi/v1/oauth/device/lookup?user_code=ABCD-EFGH", deviceflow, false, "lookup"},
@@ -444,7 +445,7 @@ var routeExpectations = []struct {
 	{"/openapi/v1/oauth/device/deny", deviceflow, false, "deny"},
 	{"/openapi/v1/oauth/device/sso-initiate", deviceflow, false, "sso"},
 	{"/openapi/v1/oauth/device/sso-complete", deviceflow, false, "sso"},
-	{"/openapi/v1/device/sso-complete?sso_assertion=x", deviceflow, false, "sso, SPEC §4's second mount: never to Dify"},
+	{"/openapi/v1/device/sso-complete?sso_assertion=x", deviceflow, false, "sso, its second mount: never to Dify"},
 	{"/openapi/v1/oauth/device/approval-context", deviceflow, false, "grant cookie"},
 	{"/openapi/v1/oauth/device/approve-external", deviceflow, false, "grant cookie"},
 	{"/openapi/v1/oauth/device/deny-external", deviceflow, false, "grant cookie"},
@@ -462,6 +463,7 @@ var routeExpectations = []struct {
 	{"/openapi/v1/oauth/authorizations/self", deviceflow, true, "bearer"},
 	// Everything else under /openapi/v1 goes to Dify behind extauthz, including paths that merely start like a
 	// device-flow route.
+	{"/openapi/v1", difyAPI, true, "the OpenAPI prefix itself"},
 	{"/openapi/v1/apps/3f0c2a8e-0000-4000-8000-000000000001/run", difyAPI, true, "app run"},
 	{"/openapi/v1/apps?workspace_id=3f0c2a8e-0000-4000-8000-000000000001", difyAPI, true, "apps"},
 	{"/openapi/v1/workspaces", difyAPI, true, "workspaces"},

@@ -101,7 +101,8 @@ func render(t *testing.T, dir string) *manifests {
 			decodeInto(t, name, y, m.networkPolicies)
 		case "batch/v1/Job":
 			decodeInto(t, name, y, m.jobs)
-		case "security.istio.io/v1/AuthorizationPolicy", "networking.istio.io/v1/DestinationRule", "networking.istio.io/v1/VirtualService":
+		case "security.istio.io/v1/AuthorizationPolicy", "networking.istio.io/v1/DestinationRule", "networking.istio.io/v1/VirtualService",
+			"networking.istio.io/v1alpha3/EnvoyFilter":
 			var o istioObject
 			strictYAML(t, name, y, &o)
 			decodeIstioSpec(t, name, o)
