@@ -1,7 +1,21 @@
 package deploy_test
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -19,13 +33,17 @@ import (
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/formatter/req_without_query/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/downstream_connections/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/fixed_heap/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/anypb"
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/authgate/authgate/internal/config"
 )
@@ -68,6 +86,8 @@ func TestEnvoyBootstrapIsValid(t *testing.T) {
 		"envoy.extensions.filters.http.router.v3.Router",
 		"envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
 		"envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
+		"envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+		"envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate",
 	} {
 		if typed[want] == 0 {
 			t.Errorf("no %s among the typed configs %v", want, typed)
@@ -526,6 +546,9 @@ func TestEnvoyClusters(t *testing.T) {
 		for _, le := range c.GetLoadAssignment().GetEndpoints() {
 			for _, e := range le.GetLbEndpoints() {
 				addr := e.GetEndpoint().GetAddress().GetSocketAddress().GetAddress()
+				if c.GetName() == adminCluster {
+					continue // the loopback admin interface; TestEnvoyReadinessIsTheAdminReady checks it
+				}
 				if !strings.HasSuffix(addr, ".svc.cluster.local") {
 					t.Errorf("cluster %s: upstream %q is not a Kubernetes Service name", c.GetName(), addr)
 				}
@@ -563,5 +586,514 @@ func TestEnvoyClusters(t *testing.T) {
 				t.Errorf("route %s names unknown cluster %s", r.GetName(), c)
 			}
 		}
+	}
+}
+
+// adminCluster is envoy.yaml's cluster for the loopback admin interface, which the health listener passes /ready to.
+const adminCluster = "admin"
+
+func listenerByName(t *testing.T, b *bootstrapv3.Bootstrap, name string) *listenerv3.Listener {
+	t.Helper()
+	for _, l := range b.GetStaticResources().GetListeners() {
+		if l.GetName() == name {
+			return l
+		}
+	}
+	t.Fatalf("envoy.yaml has no listener %s", name)
+	return nil
+}
+
+// listenerHCM is the HTTP connection manager of a listener with one filter chain holding only that.
+func listenerHCM(t *testing.T, l *listenerv3.Listener) *hcmv3.HttpConnectionManager {
+	t.Helper()
+	if len(l.GetFilterChains()) != 1 || len(l.GetFilterChains()[0].GetFilters()) != 1 {
+		t.Fatalf("listener %s: want one filter chain holding the HTTP connection manager", l.GetName())
+	}
+	return unpack[*hcmv3.HttpConnectionManager](t, "listener "+l.GetName(), l.GetFilterChains()[0].GetFilters()[0].GetTypedConfig())
+}
+
+func clusterByName(t *testing.T, b *bootstrapv3.Bootstrap, name string) *clusterv3.Cluster {
+	t.Helper()
+	for _, c := range b.GetStaticResources().GetClusters() {
+		if c.GetName() == name {
+			return c
+		}
+	}
+	t.Fatalf("envoy.yaml has no cluster %s", name)
+	return nil
+}
+
+func publicExtAuthz(t *testing.T, b *bootstrapv3.Bootstrap) *extauthzv3.ExtAuthz {
+	t.Helper()
+	hcm := publicHCM(t, b)
+	i := httpFilterIndex(hcm, extAuthzFilter)
+	if i < 0 {
+		t.Fatal("no ext_authz filter on the public listener")
+	}
+	return unpack[*extauthzv3.ExtAuthz](t, "ext_authz", hcm.GetHttpFilters()[i].GetTypedConfig())
+}
+
+// TestEnvoyExtAuthzRetriesChecksThatNeverArrived: a Check that could not reach an extauthz replica (one being replaced or
+// scaled in) is sent once more, to another replica, within the ext_authz timeout, instead of failing its request with 503.
+// Only failures that mean the Check never reached extauthz's pipeline are retried.
+func TestEnvoyExtAuthzRetriesChecksThatNeverArrived(t *testing.T) {
+	b := loadBootstrap(t)
+	gs := publicExtAuthz(t, b).GetGrpcService()
+	if gs.GetEnvoyGrpc().GetRetryPolicy() != nil {
+		t.Error("envoy_grpc.retry_policy applies to xDS streams only; a Check's retries are grpc_service.retry_policy")
+	}
+	rp := gs.GetRetryPolicy()
+	if rp == nil {
+		t.Fatal("the ext_authz grpc_service has no retry_policy: a Check that hits a replica going away fails its request")
+	}
+	var on []string
+	for _, c := range strings.Split(rp.GetRetryOn(), ",") {
+		on = append(on, strings.TrimSpace(c))
+	}
+	slices.Sort(on)
+	if want := []string{"connect-failure", "refused-stream", "unavailable"}; !slices.Equal(on, want) {
+		t.Errorf("retry_on %q: want exactly %v (the Check never reached a replica); 5xx, reset or deadline-exceeded would resend "+
+			"a Check extauthz may be deciding", rp.GetRetryOn(), want)
+	}
+	if rp.GetNumRetries().GetValue() != 1 {
+		t.Errorf("num_retries %v: want 1, within a 200 ms budget", rp.GetNumRetries())
+	}
+	timeout := gs.GetTimeout().AsDuration()
+	if bo := rp.GetRetryBackOff(); bo == nil || bo.GetBaseInterval().AsDuration() > timeout/4 ||
+		(bo.GetMaxInterval() != nil && bo.GetMaxInterval().AsDuration() > timeout/4) {
+		t.Errorf("retry_back_off %v: the backoff must leave most of the %v timeout to the retried Check (Envoy's default base "+
+			"interval, 1 s, outlasts it)", bo, timeout)
+	}
+	var otherHost bool
+	for _, p := range rp.GetRetryHostPredicate() {
+		otherHost = otherHost || p.GetName() == "envoy.retry_host_predicates.previous_hosts"
+	}
+	if !otherHost {
+		t.Error("want the previous_hosts retry predicate, so the retry goes to another replica")
+	}
+
+	// The cluster's circuit breaker caps concurrent retries: a few would leave most Checks of a vanished replica unretried.
+	for _, th := range clusterByName(t, b, "extauthz").GetCircuitBreakers().GetThresholds() {
+		if th.GetPriority() == corev3.RoutingPriority_DEFAULT && th.GetRetryBudget() == nil && th.GetMaxRetries().GetValue() < 100 {
+			t.Errorf("cluster extauthz: max_retries %v allows too few concurrent retries; use a retry_budget", th.GetMaxRetries())
+		}
+	}
+}
+
+func TestEnvoyExtAuthzValidatesMutations(t *testing.T) {
+	if !publicExtAuthz(t, loadBootstrap(t)).GetValidateMutations() {
+		t.Error("validate_mutations must be true: Envoy would forward an invalid header value extauthz set instead of refusing it")
+	}
+}
+
+// Idle timeouts of the upstream servers Envoy keeps connections to.
+const (
+	// Dify's API runs gunicorn without a keep-alive setting (api/docker/entrypoint.sh, api/gunicorn.conf.py), so gunicorn's
+	// default applies: `keepalive = 2` (gunicorn/config.py).
+	difyKeepAlive = 2 * time.Second
+	// deviceflow's http.Server IdleTimeout (cmd/deviceflow/run.go).
+	deviceflowIdleTimeout = 120 * time.Second
+)
+
+// TestEnvoyLetsGoOfIdleUpstreamConnectionsFirst: if the server closes an idle connection first, a request Envoy sends on it at
+// that moment fails with 503 "upstream connection termination" (and must not be retried: it may have arrived). Envoy's
+// default idle timeout is an hour.
+func TestEnvoyLetsGoOfIdleUpstreamConnectionsFirst(t *testing.T) {
+	b := loadBootstrap(t)
+	for name, server := range map[string]time.Duration{difyAPI: difyKeepAlive, deviceflow: deviceflowIdleTimeout} {
+		c := clusterByName(t, b, name)
+		if c.GetCommonHttpProtocolOptions() != nil {
+			t.Errorf("cluster %s: set the idle timeout in typed_extension_protocol_options, not the deprecated cluster field", name)
+		}
+		a, ok := c.GetTypedExtensionProtocolOptions()["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+		if !ok {
+			t.Errorf("cluster %s: no HttpProtocolOptions, so Envoy keeps idle connections for an hour", name)
+			continue
+		}
+		opts := unpack[*upstreamhttpv3.HttpProtocolOptions](t, "cluster "+name, a)
+		idle := opts.GetCommonHttpProtocolOptions().GetIdleTimeout()
+		if idle == nil || idle.AsDuration() <= 0 || idle.AsDuration() >= server {
+			t.Errorf("cluster %s: idle_timeout %v, want below the server's %v", name, idle.AsDuration(), server)
+		}
+		if opts.GetExplicitHttpConfig().GetHttpProtocolOptions() == nil {
+			t.Errorf("cluster %s: the upstream speaks HTTP/1.1; select it explicitly", name)
+		}
+	}
+}
+
+// publicTLS is the public listener's TLS context and the certificate resource its SDS file (shipped next to envoy.yaml)
+// holds.
+func publicTLS(t *testing.T, b *bootstrapv3.Bootstrap) (ctx *tlsv3.DownstreamTlsContext, sdsPath string, cert *tlsv3.TlsCertificate) {
+	t.Helper()
+	l := listenerByName(t, b, "public")
+	ctx, ok := unpackIfType[*tlsv3.DownstreamTlsContext](t, l.GetFilterChains()[0].GetTransportSocket().GetTypedConfig())
+	if !ok {
+		t.Fatal("the public listener has no TLS transport socket: bearers cross the network in the clear and Envoy tells " +
+			"upstreams x-forwarded-proto: http")
+	}
+	sds := ctx.GetCommonTlsContext().GetTlsCertificateSdsSecretConfigs()
+	if len(sds) != 1 || sds[0].GetSdsConfig().GetPathConfigSource().GetPath() == "" {
+		t.Fatalf("want the certificate from one file-based SDS resource (reloaded on renewal), got %v", sds)
+	}
+	sdsPath = sds[0].GetSdsConfig().GetPathConfigSource().GetPath()
+	file, ok := strings.CutPrefix(sdsPath, "/etc/envoy/")
+	if !ok || strings.Contains(file, "/") {
+		t.Fatalf("SDS file %s: want it in /etc/envoy, where the overlay mounts the files of envoy/", sdsPath)
+	}
+	var dr discoveryv3.DiscoveryResponse
+	decodeProtoYAML(t, "envoy/"+file, repoFile(t, "envoy/"+file), &dr)
+	validateProto(t, "envoy/"+file, &dr)
+	for _, r := range dr.GetResources() {
+		secret, ok := unpackIfType[*tlsv3.Secret](t, r)
+		if !ok || secret.GetName() != sds[0].GetName() {
+			continue
+		}
+		validateProto(t, "envoy/"+file+" "+secret.GetName(), secret)
+		return ctx, sdsPath, secret.GetTlsCertificate()
+	}
+	t.Fatalf("envoy/%s has no Secret %s", file, sds[0].GetName())
+	return nil, "", nil
+}
+
+func TestEnvoyPublicListenerServesTLS(t *testing.T) {
+	b := loadBootstrap(t)
+	ctx, _, cert := publicTLS(t, b)
+	common := ctx.GetCommonTlsContext()
+	if v := common.GetTlsParams().GetTlsMinimumProtocolVersion(); v < tlsv3.TlsParameters_TLSv1_2 {
+		t.Errorf("tls_minimum_protocol_version %v: want TLSv1_2 or later", v)
+	}
+	for _, p := range []string{"h2", "http/1.1"} {
+		if !slices.Contains(common.GetAlpnProtocols(), p) {
+			t.Errorf("alpn_protocols %v: want %s offered", common.GetAlpnProtocols(), p)
+		}
+	}
+	if len(common.GetTlsCertificates()) > 0 {
+		t.Error("a static tls_certificates entry is never reloaded: a renewed certificate would need a restart")
+	}
+	// Envoy reloads both files together when the kubelet swaps the Secret's ..data link in the watched directory.
+	dir := cert.GetWatchedDirectory().GetPath()
+	if dir == "" || path.Dir(cert.GetCertificateChain().GetFilename()) != dir || path.Dir(cert.GetPrivateKey().GetFilename()) != dir {
+		t.Errorf("certificate %s and key %s: want both in the watched_directory %q", cert.GetCertificateChain().GetFilename(),
+			cert.GetPrivateKey().GetFilename(), dir)
+	}
+
+	// Strict-Transport-Security on every response of the public listener.
+	var maxAge int
+	for _, h := range publicHCM(t, b).GetRouteConfig().GetResponseHeadersToAdd() {
+		if strings.EqualFold(h.GetHeader().GetKey(), "strict-transport-security") {
+			if m := regexp.MustCompile(`max-age=(\d+)`).FindStringSubmatch(h.GetHeader().GetValue()); m != nil {
+				maxAge, _ = strconv.Atoi(m[1])
+			}
+		}
+	}
+	if maxAge < 31536000 {
+		t.Errorf("Strict-Transport-Security max-age %d: want the route configuration to send at least a year", maxAge)
+	}
+}
+
+// TestEnvoyPlainHTTPOnlyRedirects: every listener but the public (TLS) and health ones answers with a redirect to HTTPS and
+// proxies nothing, so a credential sent in the clear reaches no upstream.
+func TestEnvoyPlainHTTPOnlyRedirects(t *testing.T) {
+	b := loadBootstrap(t)
+	var redirects int
+	for _, l := range b.GetStaticResources().GetListeners() {
+		if l.GetName() == "public" || l.GetName() == "health" {
+			continue
+		}
+		for _, vh := range listenerHCM(t, l).GetRouteConfig().GetVirtualHosts() {
+			for _, r := range vh.GetRoutes() {
+				if !r.GetRedirect().GetHttpsRedirect() {
+					t.Errorf("listener %s: route %v does not redirect to HTTPS", l.GetName(), r.GetMatch())
+				}
+				redirects++
+			}
+		}
+	}
+	if redirects == 0 {
+		t.Error("no listener redirects plain HTTP to HTTPS")
+	}
+}
+
+// TestEnvoyReadinessIsTheAdminReady: the health listener passes GET /ready, and nothing else, to the admin interface on
+// loopback, whose /ready answers 503 until Envoy has initialised and once its health check is failed (drain.sh).
+func TestEnvoyReadinessIsTheAdminReady(t *testing.T) {
+	b := loadBootstrap(t)
+	admin := b.GetAdmin().GetAddress().GetSocketAddress()
+	if admin.GetAddress() != "127.0.0.1" {
+		t.Errorf("admin listens on %s: it can drain and stop the server; keep it on loopback", admin.GetAddress())
+	}
+	ac := clusterByName(t, b, adminCluster)
+	ep := ac.GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress()
+	if ac.GetType() != clusterv3.Cluster_STATIC || ep.GetAddress() != admin.GetAddress() || ep.GetPortValue() != admin.GetPortValue() {
+		t.Errorf("cluster %s: want STATIC to the admin interface %s:%d, got %v %s:%d", adminCluster, admin.GetAddress(),
+			admin.GetPortValue(), ac.GetType(), ep.GetAddress(), ep.GetPortValue())
+	}
+	vhs := listenerHCM(t, listenerByName(t, b, "health")).GetRouteConfig().GetVirtualHosts()
+	var ready int
+	for _, vh := range vhs {
+		for _, r := range vh.GetRoutes() {
+			cluster := r.GetRoute().GetCluster()
+			if cluster == "" {
+				continue
+			}
+			var get bool
+			for _, h := range r.GetMatch().GetHeaders() {
+				get = get || (h.GetName() == ":method" && h.GetStringMatch().GetExact() == "GET")
+			}
+			if cluster != adminCluster || r.GetMatch().GetPath() != "/ready" || !get || r.GetRoute().GetPrefixRewrite() != "" ||
+				r.GetRoute().GetRegexRewrite() != nil || r.GetRoute().GetPathRewritePolicy() != nil {
+				t.Errorf("health listener: route %v to %s: only GET /ready, unrewritten, may reach the admin interface", r.GetMatch(), cluster)
+			}
+			ready++
+		}
+	}
+	if ready != 1 {
+		t.Errorf("health listener: %d routes reach a cluster, want the one to the admin's /ready", ready)
+	}
+}
+
+// fakeAdmin stands in for Envoy's admin interface: it records the requests drain.sh makes and reports, in turn, the given
+// numbers of requests in flight on the public listener (the last one repeats; -1 leaves the statistic out).
+type fakeAdmin struct {
+	mu     sync.Mutex
+	calls  []string
+	active []int
+}
+
+func (f *fakeAdmin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	f.calls = append(f.calls, r.Method+" "+r.URL.RequestURI())
+	n := f.active[0]
+	if len(f.active) > 1 {
+		f.active = f.active[1:]
+	}
+	f.mu.Unlock()
+	switch {
+	case r.URL.Path == "/healthcheck/fail" || r.URL.Path == "/drain_listeners":
+		if r.Method != http.MethodPost {
+			http.Error(w, "This endpoint requires POST", http.StatusMethodNotAllowed)
+			return
+		}
+		_, _ = io.WriteString(w, "OK\n")
+	case r.URL.Path == "/stats" && r.Method == http.MethodGet:
+		// Envoy streams statistics in chunks: flush early so the answer is chunked, as Envoy's is.
+		_, _ = io.WriteString(w, "http.admin.downstream_rq_active: 1\n")
+		w.(http.Flusher).Flush()
+		if n >= 0 {
+			_, _ = fmt.Fprintf(w, "http.public.downstream_rq_active: %d\n", n)
+		}
+		_, _ = io.WriteString(w, "http.http_redirect.downstream_rq_active: 0\n")
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+// TestEnvoyDrainScript runs envoy/drain.sh, the Envoy pod's preStop hook, against a stand-in for the admin interface.
+func TestEnvoyDrainScript(t *testing.T) {
+	bash, err := exec.LookPath("bash")
+	if err != nil {
+		t.Skip("no bash here; the Envoy image runs drain.sh with its /bin/bash")
+	}
+	run := func(t *testing.T, port, maxSeconds string) (exitCode int, stderr string) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, bash, filepath.Join("..", "envoy", "drain.sh"), port, "0", maxSeconds)
+		var errb strings.Builder
+		cmd.Stderr = &errb
+		err := cmd.Run()
+		var exit *exec.ExitError
+		switch {
+		case err == nil:
+		case errors.As(err, &exit):
+			exitCode = exit.ExitCode()
+		default:
+			t.Fatalf("drain.sh: %v", err)
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("drain.sh did not return within 60 s (its own limit was %s s)", maxSeconds)
+		}
+		return exitCode, errb.String()
+	}
+	serve := func(t *testing.T, active ...int) (*fakeAdmin, string) {
+		t.Helper()
+		f := &fakeAdmin{active: active}
+		srv := httptest.NewServer(f)
+		t.Cleanup(srv.Close)
+		return f, strings.TrimPrefix(srv.URL, "http://127.0.0.1:")
+	}
+	drainCalls := []string{"POST /healthcheck/fail", "POST /drain_listeners?graceful"}
+
+	t.Run("waits for the requests in flight", func(t *testing.T) {
+		f, port := serve(t, 0, 0, 2, 1, 0) // the two POSTs, then three polls
+		if code, stderr := run(t, port, "30"); code != 0 {
+			t.Fatalf("exit %d: %s", code, stderr)
+		}
+		if len(f.calls) < 2 || !slices.Equal(f.calls[:2], drainCalls) {
+			t.Fatalf("admin calls %v: want %v first", f.calls, drainCalls)
+		}
+		if polls := f.calls[2:]; len(polls) != 3 || polls[0] != "GET /stats?filter=downstream_rq_active" {
+			t.Errorf("polls %v: want three GET /stats, ending at the first that reports none in flight", polls)
+		}
+	})
+	t.Run("gives up at its limit", func(t *testing.T) {
+		f, port := serve(t, 0, 0, 3)
+		code, stderr := run(t, port, "2")
+		if code == 0 || !strings.Contains(stderr, "3 requests still in flight") {
+			t.Errorf("exit %d, stderr %q: want a failure that says what was cut off", code, stderr)
+		}
+		if len(f.calls) < 3 {
+			t.Errorf("admin calls %v: want it to have polled", f.calls)
+		}
+	})
+	t.Run("an unreadable count is not zero", func(t *testing.T) {
+		f, port := serve(t, 0, 0, -1)
+		if code, stderr := run(t, port, "2"); code == 0 || !strings.Contains(stderr, "unknown requests still in flight") {
+			t.Errorf("exit %d, stderr %q: want it to wait to its limit", code, stderr)
+		}
+		if len(f.calls) < 3 {
+			t.Errorf("admin calls %v: want it to have polled", f.calls)
+		}
+	})
+	t.Run("a gone admin interface ends the wait", func(t *testing.T) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := strings.TrimPrefix(ln.Addr().String(), "127.0.0.1:")
+		ln.Close()
+		if code, stderr := run(t, port, "30"); code != 0 || !strings.Contains(stderr, "does not answer") {
+			t.Errorf("exit %d, stderr %q: want it to stop waiting for an Envoy that is gone", code, stderr)
+		}
+	})
+}
+
+// envoyConfigMount is the ConfigMap the Envoy container mounts (envoy/ packaged by envoy/kustomization.yaml) and where.
+func envoyConfigMount(t *testing.T, m *manifests, pod corev1.PodSpec, c corev1.Container) (string, *corev1.ConfigMap) {
+	t.Helper()
+	for _, vm := range c.VolumeMounts {
+		for _, v := range pod.Volumes {
+			if v.Name == vm.Name && v.ConfigMap != nil && m.configMaps[v.ConfigMap.Name] != nil {
+				return vm.MountPath, m.configMaps[v.ConfigMap.Name]
+			}
+		}
+	}
+	t.Fatal("the Envoy container mounts no ConfigMap from the manifests")
+	return "", nil
+}
+
+func envoyFlag(t *testing.T, c corev1.Container, flag string) string {
+	t.Helper()
+	i := slices.Index(c.Args, flag)
+	if i < 0 || i+1 >= len(c.Args) {
+		t.Fatalf("envoy runs with %v, without %s", c.Args, flag)
+	}
+	return c.Args[i+1]
+}
+
+// difyMaxExecution is how long Dify lets an app run, and so its streamed response, last: APP_MAX_EXECUTION_TIME's default
+// (api/configs/feature/__init__.py).
+const difyMaxExecution = 1200 * time.Second
+
+// TestEnvoyProxyDrainsBeforeItStops: Envoy exits at once on SIGTERM and cuts every stream (envoyproxy/envoy#7841), so the pod's
+// preStop hook runs drain.sh, and the grace period lets it wait out a streamed app run.
+func TestEnvoyProxyDrainsBeforeItStops(t *testing.T) {
+	m := render(t, "overlays/envoy")
+	d := m.deployments["authgate-envoy"]
+	if d == nil {
+		t.Fatal("overlays/envoy has no authgate-envoy Deployment")
+	}
+	pod := d.Spec.Template.Spec
+	c := pod.Containers[0]
+	mountDir, cm := envoyConfigMount(t, m, pod, c)
+	if cm.Data["drain.sh"] != string(repoFile(t, "envoy/drain.sh")) {
+		t.Error("the mounted ConfigMap's drain.sh is not envoy/drain.sh")
+	}
+	if c.Lifecycle == nil || c.Lifecycle.PreStop == nil || c.Lifecycle.PreStop.Exec == nil {
+		t.Fatal("the Envoy container has no exec preStop hook")
+	}
+	cmd := c.Lifecycle.PreStop.Exec.Command
+	if len(cmd) != 5 || cmd[0] != "/bin/bash" || cmd[1] != path.Join(mountDir, "drain.sh") {
+		t.Fatalf("preStop runs %v: want /bin/bash %s ADMIN_PORT DRAIN_SECONDS MAX_SECONDS", cmd, path.Join(mountDir, "drain.sh"))
+	}
+	if admin := loadBootstrap(t).GetAdmin().GetAddress().GetSocketAddress().GetPortValue(); cmd[2] != strconv.Itoa(int(admin)) {
+		t.Errorf("drain.sh talks to admin port %s, envoy.yaml's admin listens on %d", cmd[2], admin)
+	}
+	drain, err := strconv.Atoi(envoyFlag(t, c, "--drain-time-s"))
+	if err != nil || cmd[3] != strconv.Itoa(drain) {
+		t.Errorf("drain.sh waits out a drain period of %s s, Envoy's --drain-time-s is %d", cmd[3], drain)
+	}
+	maxWait, err := strconv.Atoi(cmd[4])
+	if err != nil || time.Duration(maxWait-drain)*time.Second < difyMaxExecution {
+		t.Errorf("drain.sh waits at most %s s: want the drain period (%d s) plus Dify's longest app run (%v)", cmd[4], drain, difyMaxExecution)
+	}
+	const exitMargin = 10 // seconds for SIGTERM and Envoy's exit after the hook
+	if g := pod.TerminationGracePeriodSeconds; g == nil || *g < int64(maxWait+exitMargin) {
+		t.Errorf("terminationGracePeriodSeconds %v: the kubelet would kill Envoy before drain.sh's %d s are over", g, maxWait)
+	}
+	// Readiness must fail well within the drain period, while the listeners still accept, so the Service and the load
+	// balancer stop sending before the listeners stop.
+	rp := c.ReadinessProbe
+	if rp == nil || rp.HTTPGet == nil || rp.HTTPGet.Path != "/ready" {
+		t.Fatal("the Envoy readiness probe must GET /ready (the admin interface's, through the health listener)")
+	}
+	if port := containerPort(c, rp.HTTPGet.Port); port != int32(listenerByName(t, loadBootstrap(t), "health").GetAddress().GetSocketAddress().GetPortValue()) {
+		t.Errorf("the readiness probe hits port %d, not the health listener", port)
+	}
+	if detect := rp.PeriodSeconds * rp.FailureThreshold; int(detect) >= drain {
+		t.Errorf("readiness takes up to %d s to fail, not within the %d s drain period", detect, drain)
+	}
+}
+
+// TestEnvoyOverlayTerminatesTLS: the overlay mounts the certificate Secret where envoy.yaml's SDS resource reads it, the SDS
+// file itself with envoy.yaml, and its Service sends 443 to the TLS listener and 80 to the redirect.
+func TestEnvoyOverlayTerminatesTLS(t *testing.T) {
+	m := render(t, "overlays/envoy")
+	d := m.deployments["authgate-envoy"]
+	pod := d.Spec.Template.Spec
+	c := pod.Containers[0]
+	b := loadBootstrap(t)
+	_, sdsPath, cert := publicTLS(t, b)
+
+	mountDir, cm := envoyConfigMount(t, m, pod, c)
+	if file := strings.TrimPrefix(sdsPath, "/etc/envoy/"); mountDir != "/etc/envoy" || cm.Data[file] != string(repoFile(t, "envoy/"+file)) {
+		t.Errorf("envoy.yaml reads %s: the ConfigMap mounted at %s must hold envoy/%s", sdsPath, mountDir, file)
+	}
+	var secret *corev1.SecretVolumeSource
+	for _, vm := range c.VolumeMounts {
+		for _, v := range pod.Volumes {
+			if v.Name == vm.Name && vm.MountPath == cert.GetWatchedDirectory().GetPath() {
+				secret = v.Secret
+			}
+		}
+	}
+	if secret == nil || secret.SecretName == "" || len(secret.Items) > 0 {
+		t.Fatalf("no Secret volume (all keys) mounted at %s, where the certificate is read", cert.GetWatchedDirectory().GetPath())
+	}
+	for _, f := range []string{cert.GetCertificateChain().GetFilename(), cert.GetPrivateKey().GetFilename()} {
+		if k := path.Base(f); k != corev1.TLSCertKey && k != corev1.TLSPrivateKeyKey {
+			t.Errorf("%s is not a key of a kubernetes.io/tls Secret", f)
+		}
+	}
+	mode := int32(0o644)
+	if secret.DefaultMode != nil {
+		mode = *secret.DefaultMode
+	}
+	sc := pod.SecurityContext
+	if mode&0o004 != 0 || mode&0o040 == 0 || sc == nil || sc.FSGroup == nil || sc.RunAsGroup == nil || *sc.FSGroup != *sc.RunAsGroup {
+		t.Errorf("Secret mode %o, fsGroup %v: want the key readable by Envoy's group only", mode, sc.FSGroup)
+	}
+
+	listenerAt := map[int32]string{}
+	for _, l := range b.GetStaticResources().GetListeners() {
+		listenerAt[int32(l.GetAddress().GetSocketAddress().GetPortValue())] = l.GetName()
+	}
+	svc := m.services["authgate-envoy"]
+	got := map[int32]string{}
+	for _, p := range svc.Spec.Ports {
+		got[p.Port] = listenerAt[containerPort(c, p.TargetPort)]
+	}
+	if got[443] != "public" || got[80] == "" || got[80] == "public" || got[80] == "health" {
+		t.Errorf("Service authgate-envoy sends 443 to %q and 80 to %q: want the TLS listener and the redirect", got[443], got[80])
 	}
 }
