@@ -25,6 +25,7 @@ import (
 
 	fixedheapv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/fixed_heap/v3"
 
+	"github.com/authgate/authgate/internal/clientip"
 	"github.com/authgate/authgate/internal/config"
 )
 
@@ -779,4 +780,75 @@ func moduleVersion(t *testing.T, module string) string {
 	}
 	t.Fatalf("go.mod does not require %s", module)
 	return ""
+}
+
+// TestTrustedProxyHopsAreOneValueForBothServices: extauthz (invalid-bearer budget) and deviceflow (its limits) both count
+// requests per client address, read TRUSTED_PROXY_HOPS entries from the right of X-Forwarded-For. Each overlay sets one value
+// for both, the number of proxies in front that append to the header. Behind it, both derive the client's address, whatever
+// a client writes into the header itself; extauthz falls back on Envoy's TCP peer, which behind a load balancer is the
+// balancer, so a wrong value would put every client in one budget.
+func TestTrustedProxyHopsAreOneValueForBothServices(t *testing.T) {
+	hcm := publicHCM(t, loadBootstrap(t))
+	if !hcm.GetUseRemoteAddress().GetValue() {
+		t.Fatal("envoy.yaml: use_remote_address must be true: Envoy then appends the address it accepted")
+	}
+	// Proxies that append to X-Forwarded-For before the request reaches authgate's services: the trusted hops in front of
+	// Envoy, then Envoy itself; for the gateways, the gateway.
+	appending := map[string]int{
+		"base":           0,
+		"overlays/envoy": int(hcm.GetXffNumTrustedHops()) + 1,
+		"overlays/istio": 1,
+	}
+	overlays := map[string]*manifests{}
+	for dir := range appending {
+		overlays[dir] = render(t, dir)
+	}
+	for _, dir := range gatewayAPIDirs {
+		appending[dir], overlays[dir] = 1, renderGatewayAPI(t, dir).manifests
+	}
+
+	const client, forged = "203.0.113.7", "198.51.100.1"
+	for dir, proxies := range appending {
+		m := overlays[dir]
+		hops := map[string]int{}
+		for _, name := range []string{"extauthz", "deviceflow"} {
+			c, _ := authgateContainer(t, m.deployments[name].Spec.Template.Spec)
+			env, _ := envOf(t, m, c)
+			lookup := func(n string) (string, bool) { v, ok := env[n]; return v, ok }
+			var err error
+			if name == "extauthz" {
+				var cfg config.Extauthz
+				cfg, _, err = config.LoadExtauthz(lookup)
+				hops[name] = cfg.TrustedProxyHops
+			} else {
+				var cfg config.Deviceflow
+				cfg, _, err = config.LoadDeviceflow(lookup)
+				hops[name] = cfg.TrustedProxyHops
+			}
+			if err != nil {
+				t.Fatalf("%s: %s would not start: %v", dir, name, err)
+			}
+		}
+		if hops["extauthz"] != proxies || hops["deviceflow"] != proxies {
+			t.Errorf("%s: TRUSTED_PROXY_HOPS extauthz %d, deviceflow %d: want both %d, the proxies that append to X-Forwarded-For",
+				dir, hops["extauthz"], hops["deviceflow"], proxies)
+			continue
+		}
+		if proxies == 0 {
+			continue // nothing in front: the peer is the client
+		}
+		// The header as the services get it: what the client forged, then one entry per proxy, each the address it accepted
+		// the request from (the client, then the proxy before it).
+		xff := []string{forged, client}
+		peer := client // of the last proxy: the address extauthz gets as the Check's source
+		for i := 1; i < proxies; i++ {
+			peer = fmt.Sprintf("10.0.0.%d", i)
+			xff = append(xff, peer)
+		}
+		for name, from := range map[string]string{"extauthz": peer, "deviceflow": "10.1.0.1"} {
+			if got := clientip.FromForwarded(from, strings.Join(xff, ", "), hops[name]); got.String() != client {
+				t.Errorf("%s: %s takes %s for the client (X-Forwarded-For %v, peer %s), want %s", dir, name, got, xff, from, client)
+			}
+		}
+	}
 }
