@@ -36,7 +36,7 @@ func StartRedisCluster(t testing.TB) *RedisCluster {
 		conf := filepath.Join(dir, fmt.Sprintf("nodes-%d.conf", bus))
 		c.Nodes = append(c.Nodes, startRedisServerWith(t, func(port string) []string {
 			// A short node timeout: a hung node is marked failing in 2 s, not 15.
-			return []string{"--port", port, "--cluster-enabled", "yes", "--cluster-config-file", conf,
+			return []string{"--port", port, "--dir", dir, "--cluster-enabled", "yes", "--cluster-config-file", conf,
 				"--cluster-port", fmt.Sprint(bus), "--cluster-node-timeout", "2000"}
 		}))
 	}

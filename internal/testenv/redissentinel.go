@@ -30,7 +30,9 @@ type RedisSentinel struct {
 // `redis-server --sentinel` and waits until it monitors both. Everything is killed at cleanup.
 func StartRedisSentinel(t testing.TB) *RedisSentinel {
 	t.Helper()
-	s := &RedisSentinel{t: t, Master: StartRedisServer(t), Replica: StartRedisServer(t)}
+	// Each in a directory of its own: a replica writes the data set it receives to dump.rdb in its working directory.
+	inDir := func(port string) []string { return []string{"--port", port, "--dir", t.TempDir()} }
+	s := &RedisSentinel{t: t, Master: startRedisServerWith(t, inDir), Replica: startRedisServerWith(t, inDir)}
 	host, port, _ := net.SplitHostPort(s.Master.Addr)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
