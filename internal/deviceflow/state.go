@@ -356,20 +356,21 @@ func (s *State) Complete(ctx context.Context, a Authorization) error {
 	// reply arrived. A run later than that, less the reply's travel time, has nobody waiting for it.
 	validUntil := a.Claim.redisAt + (deadline.Sub(a.Claim.seenAt) - replyMargin).Milliseconds()
 	if validUntil <= a.Claim.redisAt {
-		return errClaimLate
+		return redisFailure("complete device authorization", errClaimLate)
 	}
 	res, err := completeScript.Run(ctx, s.rdb, []string{deviceKey(a.DeviceCodeHash)}, a.Claim.ID, validUntil,
 		"user_code:"+slotOf(a.DeviceCodeHash)).Text()
 	if err != nil {
 		return redisFailure("complete device authorization", err)
 	}
+	// Both refusals come from a slow Redis (or a poll slowed down past its lease): to the client, a dependency failure.
 	switch res {
 	case "ok":
 		return nil
 	case "late":
-		return errClaimLate
+		return redisFailure("complete device authorization", errClaimLate)
 	}
-	return errClaimLost
+	return redisFailure("complete device authorization", errClaimLost)
 }
 
 var releaseScript = redis.NewScript(`

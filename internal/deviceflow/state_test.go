@@ -189,3 +189,64 @@ func TestStateApproveDenyRaceHasOneWinner(t *testing.T) {
 		}
 	}
 }
+
+// TestStateClaimIsALeaseKeyedByItsID: a claimed approval makes other polls wait; only the claim's own completion consumes
+// it; a released or lapsed claim lets the next poll claim it; a completion with no time left to be answered changes nothing.
+func TestStateClaimIsALeaseKeyedByItsID(t *testing.T) {
+	ctx := context.Background()
+	rdb := testenv.Redis(t)
+	st := NewState(rdb)
+	now := time.Now()
+	dc, a := issueForTest(t, st, now)
+	if _, err := st.Approve(ctx, a.UserCode, tokens.AccountSubject("a", "a@example.com"), now); err != nil {
+		t.Fatal(err)
+	}
+	poll := func(want PollOutcome) Authorization {
+		t.Helper()
+		out, got, err := st.Poll(ctx, dc, "difyctl", now, false)
+		if err != nil || out != want {
+			t.Fatalf("poll = %v (%v), want %v", out, err, want)
+		}
+		return got
+	}
+	first := poll(PollApproved)
+	poll(PollPending)
+
+	// Another poll's claim id completes nothing.
+	forged := first
+	forged.Claim.ID = "someone-else"
+	if err := st.Complete(ctx, forged); !errors.Is(err, errClaimLost) {
+		t.Fatalf("completion with a foreign claim: %v", err)
+	}
+	// No time left for the reply: refused before it reaches Redis.
+	short, cancel := context.WithTimeout(ctx, replyMargin/2)
+	defer cancel()
+	if err := st.Complete(short, first); !errors.Is(err, errClaimLate) {
+		t.Fatalf("completion without time for its reply: %v", err)
+	}
+	// Released: claimable at once; the old claim can no longer complete.
+	if err := st.Release(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	second := poll(PollApproved)
+	if err := st.Complete(ctx, first); !errors.Is(err, errClaimLost) {
+		t.Fatalf("completion of a released claim: %v", err)
+	}
+	// Lapsed: after the lease, the next poll claims it.
+	var third Authorization
+	testenv.Eventually(t, claimLease+5*time.Second, "the claim to lapse", func() bool {
+		out, got, err := st.Poll(ctx, dc, "difyctl", now, false)
+		if err != nil || (out != PollApproved && out != PollPending) {
+			t.Fatalf("poll while waiting for the lease = %v (%v)", out, err)
+		}
+		third = got
+		return out == PollApproved
+	})
+	if err := st.Complete(ctx, second); !errors.Is(err, errClaimLost) {
+		t.Fatalf("completion of a lapsed claim taken over: %v", err)
+	}
+	if err := st.Complete(ctx, third); err != nil {
+		t.Fatal(err)
+	}
+	poll(PollExpired)
+}
