@@ -238,9 +238,11 @@ func TestTokenRowChecks(t *testing.T) {
 			t.Fatalf("unknown token over budget: %v", resp)
 		}
 	}
-	if bound := 20 + int(20*elapsed.Seconds()) + 1; lookedUp > bound || refused == 0 {
-		t.Errorf("suspect lane looked up %d and refused %d in %v; want at most %d lookups and some refusals",
-			lookedUp, refused, elapsed, bound)
+	if bound := 20 + int(20*elapsed.Seconds()) + 1; lookedUp > bound {
+		t.Errorf("suspect lane looked up %d in %v, want at most %d", lookedUp, elapsed, bound)
+	}
+	if refused == 0 && elapsed < 3*time.Second { // slower than that, the lane refills fast enough for all 100
+		t.Errorf("suspect lane refused none of 100 lookups in %v", elapsed)
 	}
 
 	// A valid token from the same address is never locked out: at worst it is asked to retry in a second.
