@@ -541,7 +541,7 @@ type result struct {
 	logins, approved, delivered, approvalsLost, approvalsLostToRedisKill, doubleDeliveries int
 	checks, checksAllowed, checksDenied, checks503, unexpected, wrongAllows                int
 	revocationsCommitted, revokeRequestsFailed, revokedAllowedLate                         int
-	denyCodes                                                                              map[int]int
+	denyCodes, tokenDenyCodes, randomDenyCodes                                             map[int]int
 	lost                                                                                   []string
 }
 
@@ -549,7 +549,7 @@ func (r *run) evaluate(t *testing.T, pgURL string) result {
 	t.Helper()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	res := result{denyCodes: map[int]int{}}
+	res := result{denyCodes: map[int]int{}, tokenDenyCodes: map[int]int{}, randomDenyCodes: map[int]int{}}
 
 	for _, l := range r.logins {
 		res.logins++
@@ -621,6 +621,11 @@ func (r *run) evaluate(t *testing.T, pgURL string) result {
 		default:
 			res.checksDenied++
 			res.denyCodes[c.status]++
+			if c.tokenID == "" {
+				res.randomDenyCodes[c.status]++
+			} else {
+				res.tokenDenyCodes[c.status]++
+			}
 			if c.status == 503 {
 				res.checks503++
 			}
@@ -662,9 +667,12 @@ func (r *run) report(res result, before, after map[string]vitals, lines map[stri
 	for _, e := range r.events {
 		b.WriteString("  " + e + "\n")
 	}
-	codes := []string{}
-	for _, c := range []int{401, 429, 503} {
-		codes = append(codes, fmt.Sprintf("%d: %d", c, res.denyCodes[c]))
+	byStatus := func(m map[int]int) string {
+		codes := []string{}
+		for _, c := range []int{401, 429, 503} {
+			codes = append(codes, fmt.Sprintf("%d: %d", c, m[c]))
+		}
+		return strings.Join(codes, ", ")
 	}
 	rows := [][2]string{
 		{"device logins started / approved / token delivered", fmt.Sprintf("%d / %d / %d", res.logins, res.approved, res.delivered)},
@@ -672,7 +680,8 @@ func (r *run) report(res result, before, after map[string]vitals, lines map[stri
 		{"approvals lost to a Redis kill without persistence", strconv.Itoa(res.approvalsLostToRedisKill)},
 		{"codes that delivered a second token (must be 0)", strconv.Itoa(res.doubleDeliveries)},
 		{"Checks / allowed / denied", fmt.Sprintf("%d / %d / %d", res.checks, res.checksAllowed, res.checksDenied)},
-		{"denials by status", strings.Join(codes, ", ")},
+		{"denials of delivered tokens (401 = revoked)", byStatus(res.tokenDenyCodes)},
+		{"denials of random bearers", byStatus(res.randomDenyCodes)},
 		{"revocations committed in Postgres / DELETEs that failed", fmt.Sprintf("%d / %d", res.revocationsCommitted, res.revokeRequestsFailed)},
 		{"revoked tokens allowed > 1 s after Redis was healthy (must be 0)", strconv.Itoa(res.revokedAllowedLate)},
 		{"wrong allows: random bearers allowed (must be 0)", strconv.Itoa(res.wrongAllows)},
