@@ -7,13 +7,9 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 
 	"github.com/authgate/authgate/internal/config"
 	"github.com/authgate/authgate/internal/deviceflow"
@@ -148,24 +144,9 @@ func serve(ctx context.Context, lookup config.Lookup, stderr io.Writer, listenin
 		Redis:     rdb,
 		Limiter:   ratelimit.NewSlidingWindow(rdb),
 		Revoker:   tokencache.NewRevoker(rdb, cfg.TokenCacheTTL),
-		Logger:    log,
 	}
 	if cfg.EnterpriseEnabled {
 		deps.Enterprise = enterprise.New(cfg.EnterpriseAPIURL, cfg.EnterpriseSecretKey, enterprise.Options{})
-	}
-	srv, err := deviceflow.New(deps, deviceflow.Config{
-		SecretKey:         cfg.SecretKey,
-		ConsoleWebURL:     cfg.ConsoleWebURL,
-		ConsoleAPIURL:     cfg.ConsoleAPIURL,
-		CookieDomain:      cfg.CookieDomain,
-		KnownClientIDs:    cfg.KnownClientIDs,
-		ApprovePerHour:    cfg.ApprovePerHour,
-		TrustedProxyHops:  cfg.TrustedProxyHops,
-		TTL:               cfg.TTL,
-		EnterpriseEnabled: cfg.EnterpriseEnabled,
-	})
-	if err != nil {
-		return err
 	}
 
 	apiLn, err := net.Listen("tcp", cfg.Addr)
@@ -177,33 +158,12 @@ func serve(ctx context.Context, lookup config.Lookup, stderr io.Writer, listenin
 		apiLn.Close()
 		return fmt.Errorf("ADMIN_ADDR: %w", err)
 	}
-	// Readiness reflects the process (SPEC §3.4), not Redis or Postgres: every replica shares them, so an outage that failed
-	// readiness would take the whole Service out at once instead of letting each request answer for itself.
-	var draining atomic.Bool
-	ready := func() bool { return !draining.Load() }
-	api := newHTTPServer(otelhttp.NewHandler(srv.Handler(), "deviceflow"), log)
-	admin := newHTTPServer(telemetry.AdminHandler(ready, tel.MetricsHandler()), log)
-
-	runCtx, stopBackground := context.WithCancel(ctx)
-	defer stopBackground()
-	var wg sync.WaitGroup
-	if cfg.PruneEnabled {
-		pruner := deviceflow.NewPruner(deps.Tokens, cfg.RetentionDays, log, nil)
-		wg.Go(func() { pruner.Run(runCtx, cfg.PruneInterval) })
+	svc, err := deviceflow.Start(ctx, cfg, deps, tel, apiLn, adminLn, deviceflow.StartOptions{})
+	if err != nil {
+		apiLn.Close()
+		adminLn.Close()
+		return err
 	}
-	errc := make(chan error, 2)
-	for _, s := range []struct {
-		srv *http.Server
-		ln  net.Listener
-	}{{api, apiLn}, {admin, adminLn}} {
-		go func() {
-			if err := s.srv.Serve(s.ln); !errors.Is(err, http.ErrServerClosed) {
-				errc <- err
-			}
-		}()
-	}
-	log.InfoContext(ctx, "deviceflow listening", "addr", apiLn.Addr().String(), "admin_addr", adminLn.Addr().String(),
-		"enterprise", cfg.EnterpriseEnabled)
 	if listening != nil {
 		listening(apiLn.Addr(), adminLn.Addr())
 	}
@@ -211,27 +171,9 @@ func serve(ctx context.Context, lookup config.Lookup, stderr io.Writer, listenin
 	var serveErr error
 	select {
 	case <-ctx.Done():
-	case serveErr = <-errc:
+	case serveErr = <-svc.Failed():
 	}
-	// Fail readiness first so the load balancer stops sending, then drain in-flight requests.
-	draining.Store(true)
 	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
 	defer cancel()
-	err = errors.Join(serveErr, api.Shutdown(shutdownCtx), admin.Shutdown(shutdownCtx))
-	stopBackground()
-	wg.Wait()
-	log.InfoContext(ctx, "deviceflow stopped")
-	return err
-}
-
-func newHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
-	return &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       120 * time.Second,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
+	return errors.Join(serveErr, svc.Shutdown(shutdownCtx))
 }

@@ -15,7 +15,6 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 
-	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -88,6 +87,8 @@ func run(ctx context.Context, opts Options, stdout io.Writer, ready func(Addrs))
 		"CONSOLE_API_URL":    addrs.Shim,
 		"COOKIE_DOMAIN":      "",
 		"ENTERPRISE_ENABLED": "false",
+		// The demo upstream trusts the identity headers and checks no membership itself, so the proxy must.
+		"MEMBERSHIP_ENFORCED_UPSTREAM": "false",
 	}, map[string]string{"SECRET_KEY": devSecretKey})
 	ecfg, ewarn, err := config.LoadExtauthz(lookup)
 	if err != nil {
@@ -132,28 +133,25 @@ func run(ctx context.Context, opts Options, stdout io.Writer, ready func(Addrs))
 		_ = authz.Shutdown(shutdownCtx)
 	}()
 
-	df, err := deviceflow.New(deviceflow.Deps{
+	deviceflowHost := hostPort(lns.deviceflow.Addr())
+	df, err := deviceflow.Start(ctx, dcfg, deviceflow.Deps{
 		Tokens:    store,
 		Directory: store,
 		Redis:     rdb,
 		Limiter:   ratelimit.NewSlidingWindow(rdb),
 		Revoker:   tokencache.NewRevoker(rdb, dcfg.TokenCacheTTL),
-		Logger:    log,
-	}, deviceflow.Config{
-		SecretKey:        dcfg.SecretKey,
-		ConsoleWebURL:    dcfg.ConsoleWebURL,
-		ConsoleAPIURL:    dcfg.ConsoleAPIURL,
-		KnownClientIDs:   dcfg.KnownClientIDs,
-		ApprovePerHour:   dcfg.ApprovePerHour,
-		TrustedProxyHops: dcfg.TrustedProxyHops,
-		TTL:              dcfg.TTL,
+	}, tel, lns.deviceflow, nil, deviceflow.StartOptions{
+		Routes: map[string]http.Handler{"GET /signin": devSignIn(dcfg.SecretKey, time.Now)},
 	})
 	if err != nil {
 		return err
 	}
-	deviceMux := http.NewServeMux()
-	deviceMux.Handle("GET /signin", devSignIn(dcfg.SecretKey, time.Now))
-	deviceMux.Handle("/", df.Handler())
+	lns.deviceflow = nil // owned by the service now
+	defer func() {
+		shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = df.Shutdown(shutdownCtx)
+	}()
 
 	conn, err := grpc.NewClient(addrs.Extauthz, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -161,18 +159,17 @@ func run(ctx context.Context, opts Options, stdout io.Writer, ready func(Addrs))
 	}
 	defer conn.Close()
 	shim, err := envoyshim.New(shimConfig(authv3.NewAuthorizationClient(conn),
-		&url.URL{Scheme: "http", Host: hostPort(lns.deviceflow.Addr())},
+		&url.URL{Scheme: "http", Host: deviceflowHost},
 		&url.URL{Scheme: "http", Host: hostPort(lns.upstream.Addr())}, log))
 	if err != nil {
 		return err
 	}
 
 	servers := []*served{
-		{name: "deviceflow", srv: newHTTPServer(otelhttp.NewHandler(deviceMux, "deviceflow"), log), ln: lns.deviceflow},
 		{name: "shim", srv: newHTTPServer(shim, log), ln: lns.shim},
 		{name: "upstream", srv: newHTTPServer(newDemoAPI(store, demoApps(), log), log), ln: lns.upstream},
 	}
-	lns.deviceflow, lns.shim, lns.upstream = nil, nil, nil
+	lns.shim, lns.upstream = nil, nil
 	errc := make(chan error, len(servers))
 	var wg sync.WaitGroup
 	for _, s := range servers {
