@@ -113,6 +113,12 @@ type RevokedHash struct {
 	Reason    RevocationReason
 }
 
+// Use is one authenticated use of a token: the request's time, by the clock of the service that authenticated it.
+type Use struct {
+	TokenID string
+	At      time.Time
+}
+
 // Page selects a slice of a listing; Page counts from 1.
 type Page struct {
 	Page  int
@@ -140,6 +146,11 @@ type Store interface {
 	RevokedSince(ctx context.Context, since time.Time) ([]RevokedHash, error)
 	// LookupRevoked returns the record of a hash taken out of service; ErrNotFound for a live, unknown or pruned hash.
 	LookupRevoked(ctx context.Context, hash string) (RevokedHash, error)
+	// RecordLastUsed moves last_used_at forward to each use's time, on rows that are live and were minted (or last rotated)
+	// at or before it: a use never reaches a revoked row, nor the token that replaced the one used. An earlier time than
+	// the stored one, an unknown id and a row another writer has locked are skipped, never waited for; several uses of one
+	// id count as its latest. written is how many rows changed.
+	RecordLastUsed(ctx context.Context, uses []Use) (written int, err error)
 	// Prune deletes rows revoked before cutoff, or unrevoked and expired before cutoff, in batches of batchSize, and returns how
 	// many it deleted; revocation records older than cutoff go too (not counted). Only one replica prunes at a time: a
 	// concurrent call returns ErrPruneBusy.

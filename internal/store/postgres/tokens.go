@@ -190,6 +190,42 @@ func (s *TokenStore) notRevoked(ctx context.Context, id string, owner rules.Owne
 	return tokens.ErrNotFound
 }
 
+// recordLastUsedSQL writes a flush of uses in one statement. The row conditions are the whole contract: a revoked row is
+// never written, nor a row rotated after the use (its created_at is the rotation's), and last_used_at only moves forward.
+// The rows are locked first with SKIP LOCKED, so a flush never waits on a revocation or a mint holding a row, nor on
+// another replica's flush (two batches locking rows in different orders could otherwise deadlock); a skipped use is only a
+// slightly older last_used_at. The conditions are checked again by the UPDATE, on the row it writes.
+const recordLastUsedSQL = `
+WITH used AS (
+	SELECT * FROM unnest($1::uuid[], $2::timestamptz[]) AS u(id, used_at)
+), target AS (
+	SELECT t.id, used.used_at FROM oauth_access_tokens t JOIN used ON t.id = used.id
+	WHERE t.revoked_at IS NULL AND t.created_at <= used.used_at
+		AND (t.last_used_at IS NULL OR t.last_used_at < used.used_at)
+	FOR NO KEY UPDATE OF t SKIP LOCKED
+)
+UPDATE oauth_access_tokens t SET last_used_at = target.used_at
+FROM target
+WHERE t.id = target.id AND t.revoked_at IS NULL AND t.created_at <= target.used_at
+	AND (t.last_used_at IS NULL OR t.last_used_at < target.used_at)`
+
+// RecordLastUsed implements tokens.Store.
+func (s *TokenStore) RecordLastUsed(ctx context.Context, uses []tokens.Use) (int, error) {
+	batch := rules.LastUses(uses)
+	if len(batch) == 0 {
+		return 0, ctx.Err()
+	}
+	idList, times := make([]string, len(batch)), make([]time.Time, len(batch))
+	for i, u := range batch {
+		idList[i], times[i] = u.TokenID, u.At
+	}
+	tag, err := s.pool.Exec(ctx, recordLastUsedSQL, idList, times)
+	if err != nil {
+		return 0, fmt.Errorf("postgres: record last use: %w", err)
+	}
+	return int(tag.RowsAffected()), nil
+}
+
 // RevokedSince implements tokens.Store: a range scan of the revoked_at index, so a reader polling the last minute reads only
 // that minute's records.
 func (s *TokenStore) RevokedSince(ctx context.Context, since time.Time) ([]tokens.RevokedHash, error) {

@@ -42,6 +42,10 @@ func RunTokenStore(t *testing.T, newStore func(t *testing.T) tokens.Store) {
 		{"RevokeConcurrent", testRevokeConcurrent},
 		{"PruneDropsOldRevocationRecords", testPruneDropsOldRevocationRecords},
 		{"TimesAreInstants", testTimesAreInstants},
+		{"RecordLastUsed", testRecordLastUsed},
+		{"RecordLastUsedBatch", testRecordLastUsedBatch},
+		{"RecordLastUsedNeverRevived", testRecordLastUsedNeverRevived},
+		{"RecordLastUsedRotation", testRecordLastUsedRotation},
 		{"HonoursContext", testHonoursContext},
 	}
 	for _, tc := range tests {
@@ -702,12 +706,13 @@ func testHonoursContext(t *testing.T, st tokens.Store) {
 	_, checks["Prune"] = st.Prune(ctx, base.Add(3*ttl), 10)
 	_, checks["RevokedSince"] = st.RevokedSince(ctx, base)
 	_, checks["LookupRevoked"] = st.LookupRevoked(ctx, m.Token.TokenHash)
+	_, checks["RecordLastUsed"] = st.RecordLastUsed(ctx, []tokens.Use{{TokenID: m.Token.ID, At: base.Add(time.Minute)}})
 	for name, err := range checks {
 		if !errors.Is(err, context.Canceled) {
 			t.Errorf("%s with a cancelled context: err = %v, want context.Canceled", name, err)
 		}
 	}
-	if got := lookup(t, st, m.Token.TokenHash); got.ID != m.Token.ID {
+	if got := lookup(t, st, m.Token.TokenHash); got.ID != m.Token.ID || got.LastUsedAt != nil {
 		t.Fatalf("a cancelled call changed the store: %+v", got)
 	}
 	if _, total := list(t, st, alice, base, 1, 10); total != 1 {

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/authgate/authgate/internal/ids"
@@ -72,7 +74,7 @@ func isTokenHash(h string) bool {
 	return true
 }
 
-// Owner is the ownership test of a subject (SPEC §1): an account by its id; an external subject by its lower-cased email and
+// Owner is the ownership test of a subject: an account by its id; an external subject by its lower-cased email and
 // issuer, on rows without an account. ok is false for a subject that can own nothing (so every lookup is "not found").
 type Owner struct {
 	AccountID     string // set for accounts
@@ -116,3 +118,25 @@ func Window(p tokens.Page) (offset, limit int, err error) {
 
 // ErrInvalidBatch: a prune batch size below 1.
 var ErrInvalidBatch = errors.New("store: prune batch size must be at least 1")
+
+// LastUses is what both adapters write for a batch of uses: ids in canonical form (others are dropped: no row has them),
+// times at the stores' precision, one use per id (its latest), sorted by id.
+func LastUses(uses []tokens.Use) []tokens.Use {
+	latest := make(map[string]time.Time, len(uses))
+	for _, u := range uses {
+		id, ok := ids.Canonical(u.TokenID)
+		if !ok || u.At.IsZero() {
+			continue
+		}
+		at := u.At.Truncate(Precision)
+		if prev, seen := latest[id]; !seen || at.After(prev) {
+			latest[id] = at
+		}
+	}
+	out := make([]tokens.Use, 0, len(latest))
+	for id, at := range latest {
+		out = append(out, tokens.Use{TokenID: id, At: at})
+	}
+	slices.SortFunc(out, func(a, b tokens.Use) int { return strings.Compare(a.TokenID, b.TokenID) })
+	return out
+}
