@@ -76,9 +76,9 @@ func generatedRequest(in *authv3.CheckRequest) checkRequest {
 	if method == "" {
 		method = headers[":method"]
 	}
-	id := h.GetId()
+	id := headers["x-request-id"]
 	if id == "" {
-		id = headers["x-request-id"]
+		id = h.GetId()
 	}
 	return checkRequest{
 		req:  pipeline.Request{Method: method, Path: path, Headers: headers, RequestID: id},

@@ -222,3 +222,33 @@ func contains(s []string, v string) bool {
 	}
 	return false
 }
+
+// TestRequestIDIsXRequestID: Envoy's attributes.request.http.id is its internal stream id, which no other log records; the
+// request id extauthz reports (the pipeline puts it in the decision's metadata, which Envoy's access log prints) is
+// x-request-id, the id Envoy, Dify and every other hop log. The attribute is the fallback for a caller without the header.
+func TestRequestIDIsXRequestID(t *testing.T) {
+	// As Envoy sends it: a decimal stream id as the attribute and the request's UUID in x-request-id.
+	const streamID, requestID = "8467196402710386313", "4f8e6cde-33b9-4b0d-8f5e-5dd2a8bde4a1"
+	withHeader := envoyRequest("GET", "/openapi/v1/me", map[string]string{"x-request-id": requestID}, "10.0.0.1")
+	withHeader.GetAttributes().GetRequest().GetHttp().Id = streamID
+	withoutHeader := envoyRequest("GET", "/openapi/v1/me", map[string]string{"user-agent": "curl"}, "10.0.0.1")
+	withoutHeader.GetAttributes().GetRequest().GetHttp().Id = streamID
+	// header_map (encode_raw_headers): the header arrives as a raw value.
+	raw := &authv3.CheckRequest{Attributes: &authv3.AttributeContext{Request: &authv3.AttributeContext_Request{
+		Http: &authv3.AttributeContext_HttpRequest{Id: streamID, HeaderMap: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
+			{Key: ":path", RawValue: []byte("/openapi/v1/me")}, {Key: "X-Request-Id", RawValue: []byte(requestID)},
+		}}},
+	}}}
+	for name, tc := range map[string]struct {
+		in   *authv3.CheckRequest
+		want string
+	}{
+		"x-request-id":           {withHeader, requestID},
+		"x-request-id raw value": {raw, requestID},
+		"no x-request-id":        {withoutHeader, streamID},
+	} {
+		if got := seen(t, tc.in, 0).RequestID; got != tc.want {
+			t.Errorf("%s: request id %q, want %q", name, got, tc.want)
+		}
+	}
+}

@@ -190,8 +190,9 @@ func (d *wireDecoder) headerValue(start, end int) error {
 	return nil
 }
 
-// result applies Envoy's conventions: header names lower-cased and repeats joined with commas, the path, method and id
-// taken from the pseudo-headers when the fields are empty, the query appended to a path that lacks one.
+// result applies Envoy's conventions: header names lower-cased and repeats joined with commas, the path and method taken
+// from the pseudo-headers when the fields are empty, the query appended to a path that lacks one. The request id is
+// x-request-id, else the attribute.
 func (d *wireDecoder) result() checkRequest {
 	headers := d.headers
 	// Envoy sends lower-cased names, already joined: the usual map is used as it is.
@@ -215,9 +216,11 @@ func (d *wireDecoder) result() checkRequest {
 	if method == "" {
 		method = headers[":method"]
 	}
-	id := d.id
+	// x-request-id first: Envoy sets attributes.request.http.id to its own stream id, which appears in no other log, while
+	// x-request-id is the id Envoy's access log, Dify and every other hop record for the request.
+	id := headers["x-request-id"]
 	if id == "" {
-		id = headers["x-request-id"]
+		id = d.id
 	}
 	return checkRequest{
 		req:  pipeline.Request{Method: method, Path: path, Headers: headers, RequestID: id},
