@@ -19,6 +19,10 @@ type Common struct {
 	EnterpriseSecretKey string // ENTERPRISE_API_SECRET_KEY
 
 	OTLPEndpoint string // OTEL_EXPORTER_OTLP_ENDPOINT; empty disables trace export
+
+	// TokenLastUsedInterval (TOKEN_LAST_USED_INTERVAL) is the least time between two writes of one token's last_used_at
+	// by one replica; 0 turns the writes off.
+	TokenLastUsedInterval time.Duration
 }
 
 func readCommon(r *reader) Common {
@@ -31,6 +35,8 @@ func readCommon(r *reader) Common {
 		EnterpriseAPIURL:    r.URL("ENTERPRISE_API_URL", ""),
 		EnterpriseSecretKey: r.String("ENTERPRISE_API_SECRET_KEY", ""),
 		OTLPEndpoint:        r.String("OTEL_EXPORTER_OTLP_ENDPOINT", ""),
+
+		TokenLastUsedInterval: r.DurationOrOff("TOKEN_LAST_USED_INTERVAL", 5*time.Minute),
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

@@ -63,6 +63,7 @@ func TestExtauthzDefaults(t *testing.T) {
 		{"RATE_LIMIT_FAIL_OPEN", c.RateLimitFailOpen, true},
 		{"INVALID_BEARER_PER_IP_PER_MINUTE", c.InvalidBearerPerIPPerMin, 60},
 		{"TOKEN_CACHE_TTL", c.TokenCacheTTL, 60 * time.Second},
+		{"TOKEN_LAST_USED_INTERVAL", c.TokenLastUsedInterval, 5 * time.Minute},
 		{"MEMBERSHIP_ENFORCED_UPSTREAM", c.MembershipEnforcedUpstream, false},
 		{"CHECK_TIMEOUT", c.CheckTimeout, 150 * time.Millisecond},
 		{"FORWARD_AUTHORIZATION", c.ForwardAuthorization, true},
@@ -99,6 +100,7 @@ func TestDeviceflowDefaults(t *testing.T) {
 		{"ENABLE_CLEAN_OAUTH_ACCESS_TOKENS_TASK", c.PruneEnabled, true},
 		{"SHUTDOWN_TIMEOUT", c.ShutdownTimeout, 20 * time.Second},
 		{"TOKEN_CACHE_TTL", c.TokenCacheTTL, 60 * time.Second},
+		{"TOKEN_LAST_USED_INTERVAL", c.TokenLastUsedInterval, 5 * time.Minute},
 		{"ENTERPRISE_ENABLED", c.EnterpriseEnabled, false},
 	}
 	for _, ch := range checks {
@@ -191,6 +193,8 @@ func TestInvalidValuesNameTheirVariable(t *testing.T) {
 		{"INVALID_BEARER_PER_IP_PER_MINUTE", "1.5", []loader{extauthz}, ""},
 		{"TOKEN_CACHE_TTL", "60", both, ""}, // a duration needs its unit
 		{"TOKEN_CACHE_TTL", "-1s", both, ""},
+		{"TOKEN_LAST_USED_INTERVAL", "300", both, ""}, // a duration needs its unit
+		{"TOKEN_LAST_USED_INTERVAL", "-5m", both, ""},
 		{"MEMBERSHIP_ENFORCED_UPSTREAM", "yes", []loader{extauthz}, ""},
 		{"CHECK_TIMEOUT", "0s", []loader{extauthz}, ""},
 		{"FORWARD_AUTHORIZATION", "off", []loader{extauthz}, ""},
@@ -264,5 +268,21 @@ func TestRejectedURLsKeepPasswordsOut(t *testing.T) {
 		if strings.Contains(err.Error(), password) {
 			t.Errorf("ENTERPRISE_API_URL=%q: the error shows the password: %v", v, err)
 		}
+	}
+}
+
+// TestLastUsedInterval: 0 turns last-used writes off, in either service.
+func TestLastUsedInterval(t *testing.T) {
+	for _, v := range []string{"0", "0s"} {
+		e, _, err := config.LoadExtauthz(env(map[string]string{"TOKEN_LAST_USED_INTERVAL": v}))
+		d, _, derr := config.LoadDeviceflow(env(map[string]string{"TOKEN_LAST_USED_INTERVAL": v}))
+		if err != nil || derr != nil || e.TokenLastUsedInterval != 0 || d.TokenLastUsedInterval != 0 {
+			t.Fatalf("TOKEN_LAST_USED_INTERVAL=%s: %v (%v), %v (%v); want 0", v, e.TokenLastUsedInterval, err,
+				d.TokenLastUsedInterval, derr)
+		}
+	}
+	e, _, err := config.LoadExtauthz(env(map[string]string{"TOKEN_LAST_USED_INTERVAL": "90s"}))
+	if err != nil || e.TokenLastUsedInterval != 90*time.Second {
+		t.Fatalf("TOKEN_LAST_USED_INTERVAL=90s: %v, %v", e.TokenLastUsedInterval, err)
 	}
 }

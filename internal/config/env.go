@@ -103,6 +103,23 @@ func (r *reader) Duration(name string, def time.Duration) time.Duration {
 	return d
 }
 
+// DurationOrOff reads a Go duration that may be 0 ("0" or "0s": the feature is off) but not negative.
+func (r *reader) DurationOrOff(name string, def time.Duration) time.Duration {
+	v, ok := r.raw(name)
+	if !ok {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		r.fail(name, "not a duration (e.g. 5m, or 0 to turn it off): %q", v)
+		return def
+	}
+	if d < 0 {
+		r.fail(name, "must not be negative: %q", v)
+	}
+	return d
+}
+
 // URL reads an absolute http(s) URL without a trailing slash.
 func (r *reader) URL(name, def string) string {
 	v := r.String(name, def)
