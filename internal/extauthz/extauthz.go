@@ -12,6 +12,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/authgate/authgate/internal/clientip"
+	"github.com/authgate/authgate/internal/lastused"
 	"github.com/authgate/authgate/internal/pipeline"
 )
 
@@ -26,6 +27,8 @@ type Server struct {
 	logger      *slog.Logger
 	trustedHops int
 	tracer      trace.Tracer
+	// lastUsed notes the token of each allowed Check for last_used_at; nil records nothing.
+	lastUsed *lastused.Recorder
 }
 
 // NewServer returns the gRPC service over checker. trustedHops (TRUSTED_PROXY_HOPS) is how many X-Forwarded-For entries,
@@ -49,5 +52,19 @@ func (s *Server) check(ctx context.Context, in checkRequest) (resp *checkRespons
 	defer span.End()
 	d := s.checker.Check(ctx, req)
 	endCheckSpan(span, d)
+	if d.Allow && s.lastUsed != nil {
+		s.recordUse(d.SetHeaders)
+	}
 	return &checkResponse{d}
+}
+
+// recordUse notes the use of the token an allow identified (none on auth: none routes). The recorder only takes a lock and
+// a non-blocking send, so the Check never waits on Postgres for it.
+func (s *Server) recordUse(headers []pipeline.Header) {
+	for _, h := range headers {
+		if h.Name == pipeline.HeaderTokenID {
+			s.lastUsed.Record(h.Value)
+			return
+		}
+	}
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/authgate/authgate/internal/config"
 	"github.com/authgate/authgate/internal/directory"
 	"github.com/authgate/authgate/internal/enterprise"
+	"github.com/authgate/authgate/internal/lastused"
 	"github.com/authgate/authgate/internal/pipeline"
 	"github.com/authgate/authgate/internal/ratelimit"
 	"github.com/authgate/authgate/internal/telemetry"
@@ -64,6 +65,7 @@ type Service struct {
 
 	stopBackground context.CancelFunc
 	background     sync.WaitGroup
+	lastUsed       *lastused.Recorder
 }
 
 // Start builds the pipeline over deps and serves ext_authz on grpcLn and /healthz, /readyz, /metrics on adminLn. It owns
@@ -110,6 +112,11 @@ func Start(ctx context.Context, cfg config.Extauthz, deps Deps, grpcLn, adminLn 
 	}), grpc.NumStreamWorkers(uint32(streamWorkersPerCPU*runtime.GOMAXPROCS(0))))
 	checks := NewServer(pl, tel.Logger, cfg.TrustedProxyHops)
 	checks.tracer = tel.Tracer
+	if s.lastUsed, err = lastused.New(deps.Tokens, lastused.Options{Interval: cfg.TokenLastUsedInterval, Logger: tel.Logger,
+		Meter: tel.Meter, MetricPrefix: "authgate_extauthz"}); err != nil {
+		return nil, err
+	}
+	checks.lastUsed = s.lastUsed
 	checks.Register(s.grpc)
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
@@ -173,6 +180,9 @@ func (s *Service) Shutdown(ctx context.Context) error {
 	}
 	if aerr := s.admin.Shutdown(ctx); aerr != nil && err == nil {
 		err = aerr
+	}
+	if lerr := s.lastUsed.Close(ctx); lerr != nil { // the Checks have drained: write their last uses
+		s.logger.Warn("last-used times not written at shutdown", "error", lerr)
 	}
 	s.stopBackground()
 	s.background.Wait()
