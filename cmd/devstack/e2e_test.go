@@ -69,7 +69,8 @@ func startE2E(t *testing.T, env map[string]string) *e2eStack {
 
 	lookup := overlay(func(name string) (string, bool) { v, ok := env[name]; return v, ok },
 		map[string]string{"DATABASE_URL": "postgres://unused", "REDIS_URL": "redis://unused", "SECRET_KEY": e2eSecret,
-			"CONSOLE_WEB_URL": "http://console.example", "CONSOLE_API_URL": "http://api.example"}, nil)
+			"CONSOLE_WEB_URL": "http://console.example", "CONSOLE_API_URL": "http://api.example",
+			"SHUTDOWN_DRAIN_DELAY": "0"}, nil)
 	ecfg, _, err := config.LoadExtauthz(lookup)
 	if err != nil {
 		t.Fatal(err)

@@ -89,6 +89,8 @@ func run(ctx context.Context, opts Options, stdout io.Writer, ready func(Addrs))
 		"ENTERPRISE_ENABLED": "false",
 		// The demo upstream trusts the identity headers and checks no membership itself, so the proxy must.
 		"MEMBERSHIP_ENFORCED_UPSTREAM": "false",
+		// The shim runs in this process and health-checks nothing: no proxy to wait for when stopping.
+		"SHUTDOWN_DRAIN_DELAY": "0",
 	}, map[string]string{"SECRET_KEY": devSecretKey})
 	ecfg, ewarn, err := config.LoadExtauthz(lookup)
 	if err != nil {

@@ -123,6 +123,8 @@ func (w *world) config(vars map[string]string) config.Extauthz {
 		"ADMIN_ADDR":         "127.0.0.1:0",
 		// Generous for a shared 2-core machine under -race; the deadline tests set their own.
 		"CHECK_TIMEOUT": "4s",
+		// No proxy health-checks a test server: stop at once (the drain test sets its own).
+		"SHUTDOWN_DRAIN_DELAY": "0",
 	}
 	for k, v := range vars {
 		base[k] = v

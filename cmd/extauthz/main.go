@@ -40,8 +40,11 @@ func run() error {
 		return err
 	}
 	<-ctx.Done()
-	tel.Logger.Info("shutting down; draining in-flight checks", "timeout", cfg.ShutdownTimeout)
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	stop() // a second signal ends the process at once instead of waiting for the drain
+	tel.Logger.Info("shutting down", "drain_delay", cfg.ShutdownDrainDelay, "timeout", cfg.ShutdownTimeout)
+	// The drain delay first (Checks still answered while the proxies drop this replica), then SHUTDOWN_TIMEOUT for the
+	// Checks in flight when the server stops accepting.
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownDrainDelay+cfg.ShutdownTimeout)
 	defer cancel()
 	err = app.Shutdown(shutdownCtx)
 	if terr := tel.Shutdown(shutdownCtx); err == nil {

@@ -73,8 +73,17 @@ type Extauthz struct {
 	ForwardAuthorization       bool          // FORWARD_AUTHORIZATION
 	MaxConnectionAge           time.Duration // GRPC_MAX_CONNECTION_AGE
 	ShutdownTimeout            time.Duration // SHUTDOWN_TIMEOUT
-	TrustedProxyHops           int           // TRUSTED_PROXY_HOPS: X-Forwarded-For hops to trust for the per-IP budget
+	// ShutdownDrainDelay (SHUTDOWN_DRAIN_DELAY) is how long a stopping extauthz keeps answering Checks after it reports
+	// NOT_SERVING, before it stops accepting them: the proxies take that long to drop it (Envoy after unhealthy_threshold
+	// failed health checks). 0 stops at once.
+	ShutdownDrainDelay time.Duration
+	TrustedProxyHops   int // TRUSTED_PROXY_HOPS: X-Forwarded-For hops to trust for the per-IP budget
 }
+
+// DefaultShutdownDrainDelay covers envoy/envoy.yaml's active health check of the extauthz cluster, the slowest way a
+// proxy notices a replica going: unhealthy_threshold (2) failed checks, interval (5 s) apart, the first sent up to an
+// interval after the replica went NOT_SERVING, plus one check's timeout (1 s) and a second of margin.
+const DefaultShutdownDrainDelay = 2*5*time.Second + time.Second + time.Second
 
 // LoadExtauthz reads the extauthz configuration. Warnings (clamped values) are for the caller to log.
 func LoadExtauthz(lookup Lookup) (Extauthz, []string, error) {
@@ -93,6 +102,7 @@ func LoadExtauthz(lookup Lookup) (Extauthz, []string, error) {
 		ForwardAuthorization:       r.Bool("FORWARD_AUTHORIZATION", true),
 		MaxConnectionAge:           r.Duration("GRPC_MAX_CONNECTION_AGE", 5*time.Minute),
 		ShutdownTimeout:            r.Duration("SHUTDOWN_TIMEOUT", 20*time.Second),
+		ShutdownDrainDelay:         r.DurationOrOff("SHUTDOWN_DRAIN_DELAY", DefaultShutdownDrainDelay),
 		TrustedProxyHops:           r.Int("TRUSTED_PROXY_HOPS", 0, 0, 16),
 	}
 	return c, r.warnings, r.err

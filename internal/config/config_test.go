@@ -69,6 +69,7 @@ func TestExtauthzDefaults(t *testing.T) {
 		{"FORWARD_AUTHORIZATION", c.ForwardAuthorization, true},
 		{"GRPC_MAX_CONNECTION_AGE", c.MaxConnectionAge, 5 * time.Minute},
 		{"SHUTDOWN_TIMEOUT", c.ShutdownTimeout, 20 * time.Second},
+		{"SHUTDOWN_DRAIN_DELAY", c.ShutdownDrainDelay, 12 * time.Second},
 	}
 	for _, ch := range checks {
 		if ch.got != ch.want {

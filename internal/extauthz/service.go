@@ -41,6 +41,16 @@ const streamWorkersPerCPU = 32
 // localCacheEntries bounds the in-process token cache.
 const localCacheEntries = 100_000
 
+// KeepaliveMinTime is the shortest interval between a client's HTTP/2 pings that extauthz accepts, with or without a Check in
+// flight. Envoy pings every connection to the extauthz cluster every 30 s (envoy/envoy.yaml, connection_keepalive), idle
+// or not; grpc-go's default policy (a ping at most every 5 minutes, none without an active stream) answers the third such
+// ping with GOAWAY too_many_pings and closes the connection, and a Check sent on it meanwhile fails with 503. A third of
+// Envoy's interval leaves room for its jitter and for clients that ping more often.
+const KeepaliveMinTime = 10 * time.Second
+
+// keepaliveEnforcement is the ping policy Start gives the gRPC server.
+var keepaliveEnforcement = keepalive.EnforcementPolicy{MinTime: KeepaliveMinTime, PermitWithoutStream: true}
+
 // Deps are the stores the service runs on; cmd/extauthz opens Postgres and Redis, devstack passes in-memory ones.
 type Deps struct {
 	Tokens    tokens.Store
@@ -62,6 +72,7 @@ type Service struct {
 	health          *health.Server
 	admin           *http.Server
 	ready           atomic.Bool
+	drainDelay      time.Duration // SHUTDOWN_DRAIN_DELAY
 
 	stopBackground context.CancelFunc
 	background     sync.WaitGroup
@@ -104,12 +115,8 @@ func Start(ctx context.Context, cfg config.Extauthz, deps Deps, grpcLn, adminLn 
 		return nil, fmt.Errorf("pipeline: %w", err)
 	}
 
-	s := &Service{logger: tel.Logger, grpcLn: grpcLn, adminLn: adminLn}
-	// Envoy holds one HTTP/2 connection per upstream host for ever; ageing it out spreads load over new replicas.
-	s.grpc = NewGRPCServer(grpc.KeepaliveParams(keepalive.ServerParameters{
-		MaxConnectionAge:      cfg.MaxConnectionAge,
-		MaxConnectionAgeGrace: cfg.ShutdownTimeout,
-	}), grpc.NumStreamWorkers(uint32(streamWorkersPerCPU*runtime.GOMAXPROCS(0))))
+	s := &Service{logger: tel.Logger, grpcLn: grpcLn, adminLn: adminLn, drainDelay: cfg.ShutdownDrainDelay}
+	s.grpc = NewGRPCServer(serverOptions(cfg, keepaliveEnforcement)...)
 	checks := NewServer(pl, tel.Logger, cfg.TrustedProxyHops)
 	checks.tracer = tel.Tracer
 	if s.lastUsed, err = lastused.New(deps.Tokens, lastused.Options{Interval: cfg.TokenLastUsedInterval, Logger: tel.Logger,
@@ -155,16 +162,45 @@ func Start(ctx context.Context, cfg config.Extauthz, deps Deps, grpcLn, adminLn 
 	return s, nil
 }
 
+// serverOptions are the gRPC server's connection settings: the client pings it accepts (pings), connection ageing, and the
+// pool of Check workers.
+func serverOptions(cfg config.Extauthz, pings keepalive.EnforcementPolicy) []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.KeepaliveEnforcementPolicy(pings),
+		// Envoy holds one HTTP/2 connection per upstream host for ever; ageing it out spreads load over new replicas.
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			MaxConnectionAge:      cfg.MaxConnectionAge,
+			MaxConnectionAgeGrace: cfg.ShutdownTimeout,
+		}),
+		grpc.NumStreamWorkers(uint32(streamWorkersPerCPU * runtime.GOMAXPROCS(0))),
+	}
+}
+
 // GRPCAddr is the bound ext_authz address (useful with :0).
 func (s *Service) GRPCAddr() string { return s.grpcLn.Addr().String() }
 
 // AdminAddr is the bound admin address.
 func (s *Service) AdminAddr() string { return s.adminLn.Addr().String() }
 
-// Shutdown stops taking new work, lets in-flight Checks finish (up to ctx), then stops the background work.
+// Shutdown takes the replica out of rotation and keeps answering Checks for the drain delay (SHUTDOWN_DRAIN_DELAY), then
+// stops taking new work, lets in-flight Checks finish (up to ctx), and stops the background work. ctx must leave room for
+// the drain delay; when it ends during the drain, the server stops at once.
+//
+// The replica reports NOT_SERVING (gRPC health and /readyz) first and refuses Checks only later because Envoy keeps
+// sending Checks to it until unhealthy_threshold health checks have failed (about 10 s with envoy/envoy.yaml's): a Check
+// refused meanwhile becomes a 503 once Envoy's one retry is spent.
 func (s *Service) Shutdown(ctx context.Context) error {
-	s.ready.Store(false)
+	wasReady := s.ready.Swap(false)
 	s.health.Shutdown()
+	if wasReady && s.drainDelay > 0 { // drained once: a second Shutdown goes straight to stopping
+		s.logger.Info("not serving; answering Checks until the proxies have dropped this replica", "drain_delay", s.drainDelay)
+		drain := time.NewTimer(s.drainDelay)
+		select {
+		case <-drain.C:
+		case <-ctx.Done():
+			drain.Stop()
+		}
+	}
 	drained := make(chan struct{})
 	go func() {
 		s.grpc.GracefulStop()
