@@ -81,6 +81,7 @@ func (s *Server) authenticate(r *http.Request) (caller, error) {
 		}
 		return caller{Hash: hash}, errBearerExpired
 	}
+	s.deps.LastUsed.Record(t.ID) // in memory only: the write happens later, off this request
 	return caller{Token: t, Hash: hash}, nil
 }
 

@@ -56,6 +56,11 @@ func (p postgresTokens) LookupRevoked(ctx context.Context, hash string) (tokens.
 	return h, pgErr("look up revocation", err)
 }
 
+func (p postgresTokens) RecordLastUsed(ctx context.Context, uses []tokens.Use) (int, error) {
+	n, err := p.Store.RecordLastUsed(ctx, uses)
+	return n, pgErr("record last use", err)
+}
+
 func (p postgresTokens) Prune(ctx context.Context, cutoff time.Time, batchSize int) (int, error) {
 	n, err := p.Store.Prune(ctx, cutoff, batchSize)
 	return n, pgErr("prune tokens", err)

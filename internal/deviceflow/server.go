@@ -14,6 +14,7 @@ import (
 
 	"github.com/authgate/authgate/internal/directory"
 	"github.com/authgate/authgate/internal/enterprise"
+	"github.com/authgate/authgate/internal/lastused"
 	"github.com/authgate/authgate/internal/ratelimit"
 	"github.com/authgate/authgate/internal/telemetry"
 	"github.com/authgate/authgate/internal/tokencache"
@@ -30,7 +31,10 @@ type Deps struct {
 	Revoker *tokencache.Revoker
 	// Enterprise is the EE client; nil on CE (the SSO routes then answer 404).
 	Enterprise *enterprise.Client
-	Logger     *slog.Logger
+	// LastUsed notes the token of each request a bearer authenticates, for last_used_at; nil records nothing. Start
+	// builds one from TOKEN_LAST_USED_INTERVAL when it is nil.
+	LastUsed *lastused.Recorder
+	Logger   *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// Meter records deviceflow's metrics; nil means the process's global meter provider.

@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 
 	"github.com/authgate/authgate/internal/config"
+	"github.com/authgate/authgate/internal/lastused"
 	"github.com/authgate/authgate/internal/telemetry"
 )
 
@@ -32,6 +33,7 @@ type Service struct {
 
 	stopBackground context.CancelFunc
 	background     sync.WaitGroup
+	lastUsed       *lastused.Recorder // the one Start built, which Shutdown closes
 }
 
 // Start builds the server from cfg over deps and serves the API on apiLn and /healthz, /readyz, /metrics on adminLn (nil:
@@ -45,6 +47,15 @@ func Start(ctx context.Context, cfg config.Deviceflow, deps Deps, tel *telemetry
 	if deps.Meter == nil {
 		deps.Meter = tel.Meter
 	}
+	var lastUsed *lastused.Recorder
+	if deps.LastUsed == nil && deps.Tokens != nil {
+		var err error
+		if lastUsed, err = lastused.New(deps.Tokens, lastused.Options{Interval: cfg.TokenLastUsedInterval, Now: deps.Now,
+			Logger: deps.Logger, Meter: deps.Meter, MetricPrefix: "authgate_deviceflow"}); err != nil {
+			return nil, err
+		}
+		deps.LastUsed = lastUsed
+	}
 	srv, err := New(deps, Config{
 		SecretKey:         cfg.SecretKey,
 		ConsoleWebURL:     cfg.ConsoleWebURL,
@@ -57,6 +68,7 @@ func Start(ctx context.Context, cfg config.Deviceflow, deps Deps, tel *telemetry
 		EnterpriseEnabled: cfg.EnterpriseEnabled,
 	})
 	if err != nil {
+		_ = lastUsed.Close(ctx)
 		return nil, err
 	}
 	handler := srv.Handler()
@@ -69,7 +81,7 @@ func Start(ctx context.Context, cfg config.Deviceflow, deps Deps, tel *telemetry
 		handler = mux
 	}
 
-	s := &Service{log: deps.Logger, errc: make(chan error, 2)}
+	s := &Service{log: deps.Logger, errc: make(chan error, 2), lastUsed: lastUsed}
 	s.api = newHTTPServer(otelhttp.NewHandler(handler, "deviceflow"), deps.Logger)
 	// Readiness reflects the process, not Redis or Postgres: every replica shares them, so an outage that failed readiness
 	// would take the whole Service out at once instead of letting each request answer for itself.
@@ -114,6 +126,9 @@ func (s *Service) Shutdown(ctx context.Context) error {
 	errs := []error{s.api.Shutdown(ctx)}
 	if s.admin != nil {
 		errs = append(errs, s.admin.Shutdown(ctx))
+	}
+	if err := s.lastUsed.Close(ctx); err != nil { // the requests have drained: write their last uses
+		s.log.WarnContext(ctx, "last-used times not written at shutdown", "error", err)
 	}
 	s.stopBackground()
 	s.background.Wait()

@@ -57,11 +57,21 @@ func (s *Server) handleListSessions(w http.ResponseWriter, r *http.Request) erro
 		HasMore: page*limit < total}
 	for _, t := range rows {
 		out.Data = append(out.Data, sessionJSON{ID: t.ID, ClientID: t.ClientID, DeviceLabel: t.DeviceLabel, Prefix: t.Prefix,
-			CreatedAt: t.CreatedAt.UTC(), LastUsedAt: t.LastUsedAt, ExpiresAt: t.ExpiresAt.UTC(), Current: t.ID == c.Token.ID})
+			CreatedAt: t.CreatedAt.UTC(), LastUsedAt: utc(t.LastUsedAt), ExpiresAt: t.ExpiresAt.UTC(), Current: t.ID == c.Token.ID})
 	}
 	noStore(w)
 	writeJSON(w, http.StatusOK, out)
 	return nil
+}
+
+// utc is the stored last use (written by extauthz and by deviceflow's bearer endpoints, at most once per
+// TOKEN_LAST_USED_INTERVAL per replica) in UTC, like the other times; nil when the token was never recorded as used.
+func utc(t *time.Time) *time.Time {
+	if t == nil {
+		return nil
+	}
+	u := t.UTC()
+	return &u
 }
 
 // intParam reads an optional integer query parameter; a limit above hi is clamped like Dify's, anything unparsable is 400.
