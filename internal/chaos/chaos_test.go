@@ -58,10 +58,10 @@ func TestChaos(t *testing.T) {
 	runOnce(t, bins+"/deviceflow", []string{"migrate"}, common)
 	seed(t, pg.URL())
 
-	extAddr, extAdmin := freeAddr(t), freeAddr(t)
+	extAddr, extAdmin := testenv.FreeAddr(t), testenv.FreeAddr(t)
 	ext := startProcess(t, bins+"/extauthz", nil, with(common, "EXTAUTHZ_GRPC_ADDR", extAddr, "ADMIN_ADDR", extAdmin,
 		"OPENAPI_RATE_LIMIT_PER_TOKEN", "100000", "CHECK_TIMEOUT", "150ms"), extAdmin)
-	dfAddr, dfAdmin := freeAddr(t), freeAddr(t)
+	dfAddr, dfAdmin := testenv.FreeAddr(t), testenv.FreeAddr(t)
 	df := startProcess(t, bins+"/deviceflow", nil, with(common, "DEVICEFLOW_ADDR", dfAddr, "ADMIN_ADDR", dfAdmin,
 		"TRUSTED_PROXY_HOPS", "1", "DEVICE_FLOW_APPROVE_RATE_LIMIT_PER_HOUR", "100000",
 		"ENABLE_CLEAN_OAUTH_ACCESS_TOKENS_TASK", "false"), dfAdmin)
@@ -78,8 +78,8 @@ func TestChaos(t *testing.T) {
 	if warm == nil || warm.token == "" {
 		t.Fatal("the warm-up login did not deliver a token on healthy dependencies")
 	}
-	before := map[string]vitals{ext.name: ext.vitals(context.Background()), df.name: df.vitals(context.Background())}
-	linesBefore := map[string]int{ext.name: ext.logLines(), df.name: df.logLines()}
+	before := map[string]vitals{ext.Name: ext.vitals(context.Background()), df.Name: df.vitals(context.Background())}
+	linesBefore := map[string]int{ext.Name: ext.logLines(), df.Name: df.logLines()}
 
 	r.start = time.Now()
 	loadEnd := r.start.Add(duration)
@@ -100,11 +100,11 @@ func TestChaos(t *testing.T) {
 
 	// After the faults: every token must be decided correctly now that both dependencies are up.
 	r.finalChecks(context.Background())
-	after := map[string]vitals{ext.name: ext.vitals(context.Background()), df.name: df.vitals(context.Background())}
+	after := map[string]vitals{ext.Name: ext.vitals(context.Background()), df.Name: df.vitals(context.Background())}
 
 	res := r.evaluate(t, pg.URL())
 	report := r.report(res, before, after, map[string]int{
-		ext.name: ext.logLines() - linesBefore[ext.name], df.name: df.logLines() - linesBefore[df.name]},
+		ext.Name: ext.logLines() - linesBefore[ext.Name], df.Name: df.logLines() - linesBefore[df.Name]},
 		duration, time.Since(healthyAgain))
 	fmt.Println(report)
 	if path := os.Getenv("CHAOS_REPORT"); path != "" {

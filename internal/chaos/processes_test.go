@@ -4,16 +4,11 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/authgate/authgate/internal/testenv"
 )
@@ -22,82 +17,24 @@ import (
 func buildBinaries(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
-	cmd := exec.Command("go", "build", "-o", dir+"/", "../../cmd/extauthz", "../../cmd/deviceflow")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
+	if err := testenv.BuildServices(dir); err != nil {
+		t.Fatal(err)
 	}
 	return dir
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // process is one running service; its log goes to a file that the report counts lines of.
-type process struct {
-	name    string
-	cmd     *exec.Cmd
-	logPath string
-	admin   string
-}
+type process struct{ *testenv.Process }
 
 func startProcess(t *testing.T, bin string, args []string, env map[string]string, admin string) *process {
 	t.Helper()
-	logPath := filepath.Join(t.TempDir(), filepath.Base(bin)+".log")
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
-	for k, v := range env {
-		cmd.Env = append(cmd.Env, k+"="+v)
-	}
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &process{name: filepath.Base(bin), cmd: cmd, logPath: logPath, admin: admin}
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-		logFile.Close()
-	})
-	if admin != "" {
-		testenv.Eventually(t, 60*time.Second, p.name+" ready", func() bool {
-			resp, err := http.Get("http://" + admin + "/readyz")
-			if err != nil {
-				return false
-			}
-			resp.Body.Close()
-			return resp.StatusCode == http.StatusOK
-		})
-	}
-	return p
+	return &process{testenv.StartProcess(t, bin, args, env, admin)}
 }
 
 // runOnce runs a subcommand to completion (deviceflow migrate).
 func runOnce(t *testing.T, bin string, args []string, env map[string]string) {
 	t.Helper()
-	cmd := exec.Command(bin, args...)
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
-	for k, v := range env {
-		cmd.Env = append(cmd.Env, k+"="+v)
-	}
-	if out, err := cmd.CombinedOutput(); err != nil {
+	if out, err := testenv.RunCommand(t, bin, args, env); err != nil {
 		t.Fatalf("%s %v: %v\n%s", bin, args, err, out)
 	}
 }
@@ -110,7 +47,7 @@ type vitals struct {
 
 func (p *process) vitals(ctx context.Context) vitals {
 	var v vitals
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.admin+"/metrics", nil)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.Admin+"/metrics", nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return v
@@ -133,7 +70,7 @@ func (p *process) vitals(ctx context.Context) vitals {
 }
 
 func (p *process) logLines() int {
-	b, err := os.ReadFile(p.logPath)
+	b, err := os.ReadFile(p.LogPath)
 	if err != nil {
 		return -1
 	}
