@@ -18,12 +18,13 @@ import (
 )
 
 // TestWarmCheckCost: on a warm cache a Check makes exactly one Redis command (the limiter's script) and no Postgres call.
+// The token's last use, written once per TOKEN_LAST_USED_INTERVAL off the Check path, is written during the warm-up.
 func TestWarmCheckCost(t *testing.T) {
 	rs := testenv.StartRedisServer(t)
 	w := newWorld(t)
 	w.redisURL = rs.URL()
 	srv := w.start(map[string]string{"OPENAPI_RATE_LIMIT_PER_TOKEN": "100000"})
-	ada, _ := w.accountToken(accountActive, "ada@example.com")
+	ada, adaID := w.accountToken(accountActive, "ada@example.com")
 	run := "/openapi/v1/apps/" + appOK + "/run"
 	paths := []struct{ method, path string }{{"GET", "/openapi/v1/me"}, {"POST", run}, {"GET", "/openapi/v1/apps?workspace_id=" + tenantMain}}
 	// Warm up: token entry, membership verdict and app are cached; wait for the verdict to reach the local layer.
@@ -31,6 +32,7 @@ func TestWarmCheckCost(t *testing.T) {
 		srv.check(t, p.method, p.path, bearer(ada))
 	}
 	rdb := rs.Client()
+	w.waitLastUsed(adaID, time.Time{})
 	testenv.Eventually(t, 5*time.Second, "warm", func() bool {
 		before := redisCommands(t, rdb)
 		acquires := srv.app.pool.Stat().AcquireCount()
