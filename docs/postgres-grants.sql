@@ -4,9 +4,10 @@
 --   public         the schema holding Dify's tables, if not public
 --   dify_owner     the role that owns Dify's tables
 --   the passwords
--- Checked against PostgreSQL 15 with the statements authgate runs (mint, lookup, hard-expire, revoke, list, prune, directory
--- reads, the revocation records and their reconciler) and with `deviceflow migrate`, on a fresh database and on one where Dify
--- had already created oauth_access_tokens.
+-- Checked against PostgreSQL 15 with the statements authgate runs (mint, lookup, hard-expire, revoke, list, prune, last-used
+-- times, directory reads, the revocation records and their reconciler) and with `deviceflow migrate`, on a fresh database and
+-- on one where Dify had already created oauth_access_tokens. internal/store/postgres's grants test runs this file, the
+-- optional role included, and those statements under each role.
 
 -- 1. Roles: one for the running services, one for the migration Job.
 CREATE ROLE authgate_runtime LOGIN PASSWORD 'change-me';
@@ -37,8 +38,17 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON oauth_access_tokens TO authgate_runtime;
 -- read them; the retention prune deletes old ones.
 GRANT SELECT, INSERT, DELETE ON authgate_revoked_tokens TO authgate_runtime;
 
--- Optional, narrower: extauthz only looks tokens up, hard-expires them (which records the hash) and reads the revocation
--- records. Give it its own role (and its own Secret key) with
---   GRANT SELECT, UPDATE ON oauth_access_tokens TO authgate_extauthz;
+-- 6. Optional, narrower: extauthz only looks tokens up, hard-expires them (revoked_at and token_hash, recording the hash),
+-- writes last-used times (last_used_at, nothing else) and reads the revocation records. To give it its own role (and its own
+-- Secret key), run these without the leading "--" (as a superuser, or each grant as the owner of its table):
+--   CREATE ROLE authgate_extauthz LOGIN PASSWORD 'change-me';
+--   GRANT CONNECT ON DATABASE dify TO authgate_extauthz;
+--   GRANT USAGE ON SCHEMA public TO authgate_extauthz;
+--   GRANT SELECT (id, tenant_id, name, mode, status, enable_api) ON apps TO authgate_extauthz;
+--   GRANT SELECT (id, name, status) ON tenants TO authgate_extauthz;
+--   GRANT SELECT (id, email, name, status) ON accounts TO authgate_extauthz;
+--   GRANT SELECT (tenant_id, account_id, role, current) ON tenant_account_joins TO authgate_extauthz;
+--   GRANT SELECT, UPDATE (revoked_at, token_hash) ON oauth_access_tokens TO authgate_extauthz;
+--   GRANT UPDATE (last_used_at) ON oauth_access_tokens TO authgate_extauthz;
 --   GRANT SELECT, INSERT ON authgate_revoked_tokens TO authgate_extauthz;
--- plus the directory grants of step 3. deviceflow needs SELECT, INSERT, DELETE on authgate_revoked_tokens (step 5).
+-- deviceflow keeps authgate_runtime: it mints, revokes, prunes and records last uses too.
