@@ -15,7 +15,7 @@ import (
 // honoured by both extauthz; and of the two servers' pruners, which start together, one prunes and the other reports
 // that it is busy.
 func TestTwoReplicasOfEachService(t *testing.T) {
-	s := newStack(t, map[string]string{"REDIS_URL": testenv.RedisURL(t)})
+	s := newStack(t, map[string]string{"REDIS_URL": testenv.StartRedisServer(t).URL()})
 	expired := s.seedExpired(3)
 	release := s.holdRow(expired[0])
 
