@@ -12,7 +12,7 @@ import (
 	"github.com/authgate/authgate/internal/tokens"
 )
 
-// SPEC §4: the server prunes (at start, then every PRUNE_INTERVAL) when ENABLE_CLEAN_OAUTH_ACCESS_TOKENS_TASK is left at
+// docs/reference/database.md (retention): the server prunes (at start, then every PRUNE_INTERVAL) when ENABLE_CLEAN_OAUTH_ACCESS_TOKENS_TASK is left at
 // its default.
 func TestServeRunsThePruner(t *testing.T) {
 	pool := testenv.Postgres(t)
@@ -28,7 +28,7 @@ func TestServeRunsThePruner(t *testing.T) {
 		t.Fatal(err)
 	}
 	vars := map[string]string{
-		"DATABASE_URL": pool.Config().ConnString(), "REDIS_URL": testenv.RedisURL(t), "SECRET_KEY": "k",
+		"DATABASE_URL": pool.Config().ConnString(), "REDIS_URL": testenv.RedisURL(t), "SECRET_KEY": cmdTestSecretKey,
 		"DEVICEFLOW_ADDR": "127.0.0.1:0", "ADMIN_ADDR": "127.0.0.1:0",
 	}
 	ctx, stop := context.WithCancel(t.Context())

@@ -11,12 +11,12 @@ import (
 	"github.com/authgate/authgate/internal/testenv"
 )
 
-// TestReadinessIgnoresSharedDependencies: readiness reflects the process (SPEC §3.4). A Redis every replica shares going
+// TestReadinessIgnoresSharedDependencies: readiness reflects the process (docs/operations.md). A Redis every replica shares going
 // away must not take them all out of the Service at once.
 func TestReadinessIgnoresSharedDependencies(t *testing.T) {
 	rs := testenv.StartRedisServer(t)
 	vars := map[string]string{
-		"DATABASE_URL": testenv.EmptyPostgresURL(t), "REDIS_URL": rs.URL(), "SECRET_KEY": "k",
+		"DATABASE_URL": testenv.EmptyPostgresURL(t), "REDIS_URL": rs.URL(), "SECRET_KEY": cmdTestSecretKey,
 		"DEVICEFLOW_ADDR": "127.0.0.1:0", "ADMIN_ADDR": "127.0.0.1:0",
 	}
 	ctx, stop := context.WithCancel(t.Context())

@@ -33,11 +33,11 @@ import (
 	"github.com/authgate/authgate/internal/tokencache"
 )
 
-const e2eSecret = "e2e-secret-key"
+const e2eSecret = "e2e-secret-key-long-enough-for-deviceflow"
 
 var appRunPath = "/openapi/v1/apps/" + demoAppID + "/run"
 
-// identityHeaders are every x-authgate-* header an allowed account request to an app route carries (SPEC §3.3).
+// identityHeaders are every x-authgate-* header an allowed account request to an app route carries (docs/reference/check.md).
 var identityHeaders = map[string]string{
 	"x-authgate-subject-type":   "account",
 	"x-authgate-subject-email":  demoEmail,
@@ -315,7 +315,7 @@ func TestEndToEndThroughTheShim(t *testing.T) {
 			http.StatusNoContent {
 			t.Fatalf("revoke: %d %s", status, body)
 		}
-		// SPEC: within 1 s; bounded a little above it for a loaded machine.
+		// The contract: within 1 s; bounded a little above it for a loaded machine.
 		deadline := time.Now().Add(2 * time.Second)
 		for {
 			status, body := s.call(t, http.MethodPost, appRunPath, revoked, nil)

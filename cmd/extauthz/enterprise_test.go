@@ -20,7 +20,7 @@ func eeVars(ent *enterprisetest.Server, extra ...string) map[string]string {
 	return vars
 }
 
-// TestEnterpriseGates covers the edition, license and app_access rules of SPEC §3.2 steps 2, 4, 10 and 13 on EE.
+// TestEnterpriseGates covers the edition, license and app_access rules of docs/reference/check.md (route, query, license and app access steps) on EE.
 func TestEnterpriseGates(t *testing.T) {
 	w := newWorld(t)
 	ent := enterprisetest.NewServer(t)

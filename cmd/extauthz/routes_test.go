@@ -12,7 +12,7 @@ import (
 	"github.com/authgate/authgate/internal/telemetry"
 )
 
-// TestPolicyAndPipelineCE runs one case per route row of SPEC §3.1 and per outcome of §3.2 on the community edition.
+// TestPolicyAndPipelineCE runs one case per route row of docs/reference/routes.md and per outcome of docs/reference/check.md on the community edition.
 func TestPolicyAndPipelineCE(t *testing.T) {
 	w := newWorld(t)
 	srv := w.start(nil)

@@ -4,7 +4,7 @@ import (
 	"context"
 )
 
-// Audit events (SPEC §4). Their attributes never carry a token, device code, cookie or assertion in clear: tokens and
+// Audit events (docs/operations.md). Their attributes never carry a token, device code, cookie or assertion in clear: tokens and
 // device codes appear as their SHA-256 hashes at most.
 const (
 	auditDeviceCodeIssued = "oauth.device_code_issued"

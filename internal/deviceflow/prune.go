@@ -12,7 +12,7 @@ import (
 // pruneBatch keeps each DELETE small on a large table.
 const pruneBatch = 1000
 
-// Pruner deletes tokens past the retention window (SPEC §1): revoked before the cutoff, or never revoked and expired before
+// Pruner deletes tokens past the retention window (docs/reference/database.md): revoked before the cutoff, or never revoked and expired before
 // it. Replicas share the work through the store's advisory lock.
 type Pruner struct {
 	store     tokens.Store

@@ -40,7 +40,7 @@ type Options struct {
 	BreakerOpenFor time.Duration
 	// OnBreakerChange, if set, is told every breaker transition ("closed", "open", "half-open"), for logs and metrics.
 	OnBreakerChange func(from, to string)
-	// LicenseTTL is how long a license status is reused. Default 60 s (SPEC §3.2 step 10).
+	// LicenseTTL is how long a license status is reused. Default 60 s (docs/reference/check.md, license step).
 	LicenseTTL time.Duration
 	// Transport overrides the HTTP transport (tests, custom TLS). Redirects are never followed whatever it does.
 	Transport http.RoundTripper

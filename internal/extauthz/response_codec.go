@@ -18,7 +18,7 @@ type checkResponse struct{ d pipeline.Decision }
 // Every header is set with OVERWRITE_IF_EXISTS_OR_ADD: Envoy's default appends a duplicate.
 const overwriteIfExistsOrAdd = uint64(corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD)
 
-// rpcCode is SPEC §3.3's mapping from HTTP status to the CheckResponse status.
+// rpcCode is docs/reference/check.md's mapping from HTTP status to the CheckResponse status.
 func rpcCode(httpStatus int) codes.Code {
 	switch httpStatus {
 	case 401:

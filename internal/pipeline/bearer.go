@@ -2,7 +2,7 @@ package pipeline
 
 import "strings"
 
-// maxAuthorization bounds the Authorization header we parse; a longer one is an invalid bearer (SPEC §3.2 step 5).
+// maxAuthorization bounds the Authorization header we parse; a longer one is an invalid bearer (docs/reference/check.md, bearer step).
 const maxAuthorization = 4 << 10
 
 type bearerOutcome int

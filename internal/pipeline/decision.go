@@ -1,4 +1,4 @@
-// Package pipeline decides whether a request to Dify's /openapi/v1 API may reach the upstream (SPEC §3). It is
+// Package pipeline decides whether a request to Dify's /openapi/v1 API may reach the upstream (docs/reference/check.md). It is
 // transport-neutral: the Envoy adapter (internal/extauthz) turns a CheckRequest into a Request and a Decision back into a
 // CheckResponse; nothing here knows about Envoy, HTTP or SQL.
 package pipeline
@@ -78,7 +78,7 @@ func deny(status int, code Code, message string, headers ...Header) Decision {
 	return Decision{Status: status, Code: code, Message: message, DenyHeaders: headers}
 }
 
-// The WWW-Authenticate values of RFC 6750 §3 that SPEC §3.2 step 5 and 9 prescribe.
+// The WWW-Authenticate values of RFC 6750 §3 that the bearer and scope steps answer with.
 const (
 	challengeBearer       = `Bearer realm="api"`
 	challengeInvalidToken = `Bearer realm="api", error="invalid_token"`

@@ -15,7 +15,7 @@ func splitTarget(target string) (path, rawQuery string) {
 }
 
 // canonicalSegments returns the decoded segments of a canonical absolute path, or errNonCanonical. Anything an upstream
-// might resolve differently from the route matcher is refused (SPEC §3.2 step 1): dot segments, empty segments (// and a
+// might resolve differently from the route matcher is refused (docs/reference/check.md, path step): dot segments, empty segments (// and a
 // trailing /), encoded or literal separators (%2F, %5C, \), an encoded dot, control and non-ASCII bytes, broken escapes.
 func canonicalSegments(path string) ([]string, error) {
 	if path == "" || path[0] != '/' {

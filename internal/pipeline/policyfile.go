@@ -21,7 +21,7 @@ var defaultPolicy []byte
 // DefaultPolicyName is how errors in the embedded policy name their file.
 const DefaultPolicyName = "routes.default.yaml (embedded)"
 
-// LoadPolicy reads the policy at path (ROUTES_FILE), or the embedded default of SPEC §3.1 when path is empty.
+// LoadPolicy reads the policy at path (ROUTES_FILE), or the embedded default (docs/reference/routes.md) when path is empty.
 func LoadPolicy(path string) (*Policy, error) {
 	if path == "" {
 		return ParsePolicy(DefaultPolicyName, defaultPolicy)

@@ -9,7 +9,7 @@ import (
 // queryWorkspaceID is the one query parameter the pipeline reads (membership of GET /apps).
 const queryWorkspaceID = "workspace_id"
 
-// checkQuery applies SPEC §3.2 step 4 and returns the workspace_id value. Parameters the pipeline reads or rejects must
+// checkQuery applies the query step (docs/reference/check.md) and returns the workspace_id value. Parameters the pipeline reads or rejects must
 // appear at most once and under their plain name, so the upstream cannot see a different value than the one checked.
 func checkQuery(r *Route, rawQuery string) (workspaceID string, ok bool) {
 	if rawQuery == "" {

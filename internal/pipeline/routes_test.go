@@ -25,7 +25,7 @@ func match(p *Policy, method, path string) (*Route, map[string]string) {
 	return r, params
 }
 
-// TestDefaultPolicyRows pins every row of SPEC §3.1 to its route and policy.
+// TestDefaultPolicyRows pins every row of docs/reference/routes.md's default policy to its route and policy.
 func TestDefaultPolicyRows(t *testing.T) {
 	p := mustDefault(t)
 	const app = "/apps/0b0b0b0b-0000-4000-8000-000000000001"

@@ -9,8 +9,8 @@ import (
 	"testing"
 )
 
-// specFormat is SPEC §1's token format, verbatim.
-var specFormat = regexp.MustCompile(`^(dfoa|dfoe)_[A-Za-z0-9_-]{43}$`)
+// documentedFormat is the token format of docs/reference/check.md (bearer step), verbatim.
+var documentedFormat = regexp.MustCompile(`^(dfoa|dfoe)_[A-Za-z0-9_-]{43}$`)
 
 func TestGenerateMatchesSpecFormat(t *testing.T) {
 	seen := map[string]bool{}
@@ -20,8 +20,8 @@ func TestGenerateMatchesSpecFormat(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !specFormat.MatchString(tok) || !strings.HasPrefix(tok, k.Prefix) {
-				t.Fatalf("Generate(%s) = %q, not of the SPEC format", k.Prefix, tok)
+			if !documentedFormat.MatchString(tok) || !strings.HasPrefix(tok, k.Prefix) {
+				t.Fatalf("Generate(%s) = %q, not of the documented format", k.Prefix, tok)
 			}
 			if seen[tok] {
 				t.Fatalf("Generate returned %q twice", tok)
@@ -112,7 +112,7 @@ func TestHashIsHexSHA256(t *testing.T) {
 	}
 }
 
-// FuzzParse checks that Parse accepts exactly SPEC §1's format: whatever it accepts matches the regexp, keeps its prefix, and
+// FuzzParse checks that Parse accepts exactly the documented format: whatever it accepts matches the regexp, keeps its prefix, and
 // parses again to the same kind; whatever matches the regexp it accepts. Seeds: f.Add below and testdata/fuzz/FuzzParse.
 func FuzzParse(f *testing.F) {
 	secret := strings.Repeat("A", 43)
@@ -125,18 +125,18 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, token string) {
 		k, err := Parse(token)
-		matches := specFormat.MatchString(token)
+		matches := documentedFormat.MatchString(token)
 		if err != nil {
 			if !errors.Is(err, ErrMalformed) {
 				t.Fatalf("Parse(%q) error %v is not ErrMalformed", token, err)
 			}
 			if matches {
-				t.Fatalf("Parse rejected %q, which has the SPEC format", token)
+				t.Fatalf("Parse rejected %q, which has the documented format", token)
 			}
 			return
 		}
 		if !matches {
-			t.Fatalf("Parse accepted %q, which does not have the SPEC format", token)
+			t.Fatalf("Parse accepted %q, which does not have the documented format", token)
 		}
 		if !strings.HasPrefix(token, k.Prefix) {
 			t.Fatalf("Parse(%q) = kind %s, not the token's prefix", token, k.Prefix)

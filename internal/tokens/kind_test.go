@@ -48,7 +48,7 @@ func TestKindLookups(t *testing.T) {
 	}
 	if Account.Prefix != "dfoa_" || Account.Subject != SubjectAccount || ExternalSSO.Prefix != "dfoe_" ||
 		ExternalSSO.Subject != SubjectExternalSSO {
-		t.Errorf("kinds do not match SPEC §1: %+v %+v", Account, ExternalSSO)
+		t.Errorf("kinds do not match docs/reference/routes.md's scopes: %+v %+v", Account, ExternalSSO)
 	}
 }
 

@@ -77,7 +77,7 @@ type column struct {
 	nullable bool
 }
 
-// expectedColumns is oauth_access_tokens as authgate reads and writes it (SPEC §1).
+// expectedColumns is oauth_access_tokens as authgate reads and writes it (docs/reference/database.md).
 var expectedColumns = map[string]column{
 	"id":             {dataType: "uuid"},
 	"subject_email":  {dataType: "character varying", length: sql.NullInt64{Int64: 255, Valid: true}},
