@@ -59,11 +59,13 @@ func (s *Server) revocationBearer(w http.ResponseWriter, r *http.Request) (c cal
 // Hash is set from errBearerUnknown on. Any other error is a dependency failure.
 func (s *Server) authenticate(r *http.Request) (caller, error) {
 	ctx := r.Context()
-	scheme, raw, ok := strings.Cut(r.Header.Get("Authorization"), " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") {
+	raw, outcome := tokens.ParseAuthorization(strings.Join(r.Header.Values("Authorization"), ","))
+	switch outcome {
+	case tokens.BearerMissing:
 		return caller{}, errBearerMissing
+	case tokens.BearerSeveral, tokens.BearerTooLarge:
+		return caller{}, errBearerMalformed
 	}
-	raw = strings.TrimSpace(raw)
 	if _, err := tokens.Parse(raw); err != nil {
 		return caller{}, errBearerMalformed
 	}

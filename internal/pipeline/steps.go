@@ -54,14 +54,14 @@ func (p *Pipeline) authenticate(ctx context.Context, req *Request, route *Route,
 	}
 
 	// 5. Bearer.
-	token, outcome := parseBearer(req.Headers["authorization"])
+	token, outcome := tokens.ParseAuthorization(req.Headers["authorization"])
 	switch outcome {
-	case bearerMissing:
+	case tokens.BearerMissing:
 		return deny(401, CodeBearerRequired, "an Authorization: Bearer token is required",
 			Header{"www-authenticate", challengeBearer})
-	case bearerSeveral:
+	case tokens.BearerSeveral:
 		return deny(400, CodeInvalidRequest, "send exactly one bearer token")
-	case bearerTooLarge:
+	case tokens.BearerTooLarge:
 		return denyInvalidBearer("the bearer token is not valid")
 	}
 	kind, err := tokens.Parse(token)
