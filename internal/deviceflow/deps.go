@@ -15,7 +15,7 @@ type postgresTokens struct{ tokens.Store }
 
 func pgErr(op string, err error) error {
 	if err == nil || errors.Is(err, tokens.ErrNotFound) || errors.Is(err, tokens.ErrAlreadyRevoked) ||
-		errors.Is(err, directory.ErrNotFound) {
+		errors.Is(err, tokens.ErrDeviceTaken) || errors.Is(err, directory.ErrNotFound) {
 		return err
 	}
 	return postgresFailure(op, err)

@@ -109,6 +109,14 @@ func (s *Server) deliver(ctx context.Context, w http.ResponseWriter, a Authoriza
 		s.audit(ctx, auditFlowRejected, "reason", "account_inactive", "client_id", a.ClientID, "account_id", a.Subject.AccountID)
 		return errorf(http.StatusBadRequest, codeAccessDenied, "the approving account is no longer active")
 	}
+	if errors.Is(err, tokens.ErrDeviceTaken) {
+		// Another Dify account whose email differs only in letter case holds this device label's token: it keeps it.
+		s.release(ctx, a)
+		s.audit(ctx, auditFlowRejected, "reason", "device_label_taken", "client_id", a.ClientID, "device_label", a.DeviceLabel,
+			"account_id", a.Subject.AccountID, "subject_email", a.Subject.Email)
+		return errorf(http.StatusBadRequest, codeAccessDenied, "another account with this email address (in other letter "+
+			"case) already has a token for this device label; log in again with another device label")
+	}
 	if err != nil {
 		s.release(ctx, a)
 		return err
