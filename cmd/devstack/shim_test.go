@@ -104,4 +104,19 @@ func TestShimRoutesAsEnvoyDoes(t *testing.T) {
 				c.checked)
 		}
 	}
+	// An escaped slash is refused before routing (path_with_escaped_slashes_action: REJECT_REQUEST): it cannot reach a
+	// route without a Check. A path outside the routes gets envoy.yaml's JSON 404.
+	for path, want := range map[string]int{"/openapi/v1/oauth%2Fdevice/token": 400, "/openapi/v1/oauth/device%2ftoken": 400,
+		"/devices": 404} {
+		checks, proxied := authz.checks, len(transport.hosts)
+		rec := httptest.NewRecorder()
+		shim.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+		if rec.Code != want || authz.checks != checks || len(transport.hosts) != proxied {
+			t.Errorf("%s: %d, checked %v, proxied %v; want %d, neither", path, rec.Code, authz.checks > checks,
+				len(transport.hosts) > proxied, want)
+		}
+		if want == 404 && (rec.Header().Get("Content-Type") != "application/json" || !strings.Contains(rec.Body.String(), "route_not_found")) {
+			t.Errorf("%s: %s %q, want envoy.yaml's JSON 404", path, rec.Header().Get("Content-Type"), rec.Body.String())
+		}
+	}
 }

@@ -1,12 +1,16 @@
 package envoyshim
 
 import (
+	"context"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -23,12 +27,12 @@ var hopByHop = map[string]bool{
 }
 
 // prepare returns the request as Envoy's filters see it when ext_authz runs: trace context extracted, client-supplied
-// authgate headers stripped, a request id assigned, forwarding headers set, the path normalized.
-func (s *Shim) prepare(in *http.Request) *http.Request {
+// authgate headers stripped, a request id assigned, forwarding headers set, the normalized target in place.
+func (s *Shim) prepare(in *http.Request, target string) *http.Request {
 	// HttpConnectionManager.tracing with the W3C propagator: an incoming traceparent becomes the parent of the Check
 	// (an otelgrpc-instrumented Authz client sends it on) and is forwarded upstream as a header anyway.
 	ctx := otel.GetTextMapPropagator().Extract(in.Context(), propagation.HeaderCarrier(in.Header))
-	r := in.Clone(ctx)
+	r := in.Clone(context.WithValue(ctx, targetKey{}, target))
 	for name := range r.Header {
 		lower := strings.ToLower(name)
 		for _, prefix := range s.cfg.StripRequestHeaderPrefixes {
@@ -37,10 +41,10 @@ func (s *Shim) prepare(in *http.Request) *http.Request {
 			}
 		}
 	}
-	// HttpConnectionManager.generate_request_id (default true): a request without x-request-id gets a UUID, which
-	// the filter then sends as attributes.request.http.id and the router forwards upstream. (Envoy at the edge
-	// replaces a client's id unless preserve_external_request_id is set; the shim keeps it, as that option does.)
-	if r.Header.Get("X-Request-Id") == "" {
+	// HttpConnectionManager.generate_request_id (default true): a request without x-request-id gets a UUID, which the
+	// router forwards upstream; at the edge (use_remote_address, from a client no internal_address_config trusts) a
+	// client's own id is replaced too, unless preserve_external_request_id is set.
+	if r.Header.Get("X-Request-Id") == "" || (s.cfg.UseRemoteAddress && !s.cfg.PreserveExternalRequestID) {
 		r.Header.Set("X-Request-Id", uuid.NewString())
 	}
 	if s.cfg.UseRemoteAddress {
@@ -53,58 +57,116 @@ func (s *Shim) prepare(in *http.Request) *http.Request {
 		}
 		r.Header.Set("X-Forwarded-Proto", downstreamScheme(r))
 	}
-	if s.cfg.MergeSlashes || s.cfg.NormalizePath {
-		normalizePath(r, s.cfg.MergeSlashes, s.cfg.NormalizePath)
-	}
+	setTarget(r.URL, target)
+	r.RequestURI = target
 	return r
 }
 
-// checkRequest builds the CheckRequest the ext_authz filter sends for r.
-func checkRequest(r *http.Request, now time.Time) *authv3.CheckRequest {
-	path := requestPath(r)
+// rawTarget is the request target as the client sent it (:path), before Go's URL parsing could re-encode any of it. An
+// absolute-form target (GET http://host/path) is reduced to its path, as Envoy's HTTP/1 codec does.
+func rawTarget(r *http.Request) string {
+	t := r.RequestURI
+	if t == "" { // a request built in-process, not read off a connection
+		return r.URL.RequestURI()
+	}
+	if strings.HasPrefix(t, "/") || t == "*" {
+		return t
+	}
+	if _, rest, ok := strings.Cut(t, "://"); ok {
+		if i := strings.IndexAny(rest, "/?"); i >= 0 {
+			if rest[i] == '?' {
+				return "/" + rest[i:]
+			}
+			return rest[i:]
+		}
+		return "/"
+	}
+	return t
+}
+
+// setTarget makes u's path and query the target exactly, so the upstream receives the bytes Envoy would send: as Path
+// and RawPath where Go's encoding reproduces them, else as Opaque (a % that starts no escape, a \ after unescaping).
+func setTarget(u *url.URL, target string) {
+	path, query, hasQuery := strings.Cut(target, "?")
+	u.RawQuery, u.ForceQuery = query, hasQuery && query == ""
+	u.Opaque = ""
+	if unescaped, err := url.PathUnescape(path); err == nil {
+		u.Path, u.RawPath = unescaped, path
+		if u.EscapedPath() == path {
+			return
+		}
+	}
+	u.Path, u.RawPath, u.Opaque = "", "", path
+}
+
+type targetKey struct{}
+
+// targetOf is the normalized target prepare put in the request's context.
+func targetOf(r *http.Request) string {
+	t, _ := r.Context().Value(targetKey{}).(string)
+	return t
+}
+
+// checkRequest builds the CheckRequest the ext_authz filter sends for r, whose normalized target is path
+// (CheckRequestUtils::createHttpCheck).
+func checkRequest(r *http.Request, path string, now time.Time) *authv3.CheckRequest {
 	scheme := downstreamScheme(r)
 	// headers: lowercased names, repeated headers joined with "," (Envoy's header map merge), and the HTTP/2-style
-	// pseudo-headers Envoy keeps in the same map even for HTTP/1 requests. Host lives in :authority, not "host".
+	// pseudo-headers Envoy keeps in the same map even for HTTP/1 requests. Host lives in :authority, not "host". A value
+	// that is not UTF-8 (obs-text, Latin-1) has each bad byte replaced by "!", as Envoy does for the proto string:
+	// otherwise the Check could not be marshalled and the request would end in status_on_error without one.
 	headers := make(map[string]string, len(r.Header)+4)
 	for name, values := range r.Header {
 		lower := strings.ToLower(name)
 		if hopByHop[lower] {
 			continue
 		}
-		headers[lower] = strings.Join(values, ",")
+		headers[lower] = sanitizeUTF8(strings.Join(values, ","))
 	}
-	headers[":authority"] = r.Host
+	headers[":authority"] = sanitizeUTF8(r.Host)
 	headers[":method"] = r.Method
 	headers[":path"] = path
 	headers[":scheme"] = scheme
 
-	size := r.ContentLength // attributes.request.http.size: -1 when unknown, as Envoy documents.
-	if size < 0 {
-		size = -1
-	}
 	return &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
 		Source:      &authv3.AttributeContext_Peer{Address: socketAddress(r.RemoteAddr)},
 		Destination: &authv3.AttributeContext_Peer{Address: socketAddress(localAddr(r))},
 		Request: &authv3.AttributeContext_Request{
 			Time: timestamppb.New(now),
 			Http: &authv3.AttributeContext_HttpRequest{
-				Id:       r.Header.Get("X-Request-Id"),
-				Method:   r.Method,
-				Headers:  headers,
-				Path:     path, // path including the query; Envoy leaves the query and fragment fields empty.
-				Host:     r.Host,
-				Scheme:   scheme,
-				Size:     size,
+				// Envoy's stream id, a random 64-bit number in decimal, not x-request-id (which is in the headers).
+				Id:      strconv.FormatUint(rand.Uint64(), 10),
+				Method:  r.Method,
+				Headers: headers,
+				Path:    path, // path including the query; Envoy leaves the query and fragment fields empty.
+				Host:    headers[":authority"],
+				Scheme:  scheme,
+				// The bytes of the body received so far (StreamInfo::bytesReceived): the Check goes out when the headers
+				// are decoded, before any body byte, as no with_request_body is configured.
+				Size:     0,
 				Protocol: protocol(r),
 			},
 		},
 	}}
 }
 
-// requestPath is the request target still percent-encoded as the client sent it (EscapedPath keeps the raw
-// form), query included: what Envoy puts in :path.
-func requestPath(r *http.Request) string {
-	return r.URL.RequestURI()
+// sanitizeUTF8 replaces each byte that is not part of a valid UTF-8 sequence with "!" (MessageUtil::sanitizeUtf8String):
+// one "!" per bad byte, unlike strings.ToValidUTF8, which replaces a run with one.
+func sanitizeUTF8(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	b := make([]byte, 0, len(s))
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && n == 1 {
+			b = append(b, '!')
+		} else {
+			b = append(b, s[i:i+n]...)
+		}
+		i += n
+	}
+	return string(b)
 }
 
 func downstreamScheme(r *http.Request) string {

@@ -113,8 +113,11 @@ func isPseudoOrHost(name string) bool {
 // repeated set-cookie survive) and its body; a body without a content-type goes out as text/plain, as Envoy's local
 // replies do.
 func writeLocalReply(w http.ResponseWriter, reply *authv3.DeniedHttpResponse, fallback int) {
+	// Envoy passes the status as given and uses the fallback only when it is unset (0). One Go cannot send as a final
+	// response gets the fallback too: Go's server panics below 100 or above 999, and sends a 1xx as informational, then
+	// 200 for the body.
 	status := int(reply.GetStatus().GetCode())
-	if status < 100 || status > 599 {
+	if status < 200 || status > 999 {
 		status = fallback
 	}
 	for _, opt := range reply.GetHeaders() {
@@ -134,8 +137,9 @@ func writeLocalReply(w http.ResponseWriter, reply *authv3.DeniedHttpResponse, fa
 	_, _ = io.WriteString(w, reply.GetBody())
 }
 
-// route picks the upstream by longest matching prefix.
-func (s *Shim) route(path string) (Route, bool) {
+// route picks the route of a target: exact paths first, then the longest matching prefix. The query takes no part.
+func (s *Shim) route(target string) (Route, bool) {
+	path, _, _ := strings.Cut(target, "?")
 	for _, r := range s.cfg.Routes {
 		if r.matches(path) {
 			return r, true
@@ -155,11 +159,15 @@ func sortedRoutes(routes []Route) []Route {
 	return out
 }
 
-// rewrite forwards to the route's upstream. The path and the Host header go through unchanged (no prefix_rewrite,
-// no host_rewrite); x-forwarded-* and x-request-id are kept as the shim (Envoy's HCM) set them.
+// rewrite forwards to the route's upstream. The normalized target and the Host header go through unchanged (no
+// prefix_rewrite, no host_rewrite); x-forwarded-* and x-request-id are kept as the shim (Envoy's HCM) set them.
 func (s *Shim) rewrite(pr *httputil.ProxyRequest) {
-	route, _ := s.route(pr.In.URL.Path)
+	target := targetOf(pr.In)
+	route, _ := s.route(target)
 	pr.SetURL(route.Upstream)
+	setTarget(pr.Out.URL, target)
+	// The query as the Check's query_parameters_to_set and _to_remove left it (applyOK).
+	pr.Out.URL.RawQuery, pr.Out.URL.ForceQuery = pr.In.URL.RawQuery, pr.In.URL.ForceQuery
 	pr.Out.Host = pr.In.Host
 	for _, h := range []string{"X-Forwarded-For", "X-Forwarded-Proto"} {
 		if v, ok := pr.In.Header[h]; ok {

@@ -20,16 +20,27 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 )
 
-// Route sends matching requests to Upstream (route.match -> route.cluster). Path matches one path exactly
-// (route.match.path). Otherwise a Prefix ending in "/" matches as route.match.prefix, any other as
-// route.match.path_separated_prefix: the path itself or the path followed by "/", so /device does not take /devices.
+// Route sends matching requests to Upstream (route.match -> route.cluster), or answers them itself (DirectResponse).
+// Path matches one path exactly (route.match.path). Otherwise a Prefix ending in "/" matches as route.match.prefix, any
+// other as route.match.path_separated_prefix: the path itself or the path followed by "/", so /device does not take
+// /devices. Matching is on the normalized path as it is, escapes included, and case-sensitive, as Envoy's.
 type Route struct {
-	Path     string
-	Prefix   string
+	Path   string
+	Prefix string
+	// Upstream is scheme and host only: the request's path goes on unchanged (no prefix_rewrite).
 	Upstream *url.URL
+	// DirectResponse answers the request instead of an upstream (route.direct_response).
+	DirectResponse *DirectResponse
 	// AuthzDisabled skips the Check on this route (typed_per_filter_config ExtAuthzPerRoute{disabled: true}). It belongs to
 	// the route, as in Envoy, so a path is never unchecked and sent to another route's upstream.
 	AuthzDisabled bool
+}
+
+// DirectResponse is a route's direct_response with the route's response_headers_to_add.
+type DirectResponse struct {
+	Status int
+	Body   string
+	Header http.Header
 }
 
 func (r Route) matches(path string) bool {
@@ -63,9 +74,15 @@ type Config struct {
 	// UseRemoteAddress mirrors HttpConnectionManager.use_remote_address: true: the client's address is appended to
 	// x-forwarded-for and x-forwarded-proto is set to the downstream scheme, before the Check.
 	UseRemoteAddress bool
-	// MergeSlashes and NormalizePath mirror HttpConnectionManager.merge_slashes and normalize_path: the Check and
-	// the upstream see the normalized path.
+	// MergeSlashes, NormalizePath and EscapedSlashes mirror HttpConnectionManager.merge_slashes, normalize_path and
+	// path_with_escaped_slashes_action: routing, the Check and the upstream see the path as Envoy normalizes it, and a path
+	// Envoy refuses is answered 400 before anything else (normalizeTarget).
 	MergeSlashes, NormalizePath bool
+	EscapedSlashes              EscapedSlashesAction
+	// PreserveExternalRequestID mirrors HttpConnectionManager.preserve_external_request_id: without it, and with
+	// UseRemoteAddress, a client's x-request-id is replaced by a fresh one (Envoy trusts no client's id unless
+	// internal_address_config names its address, which the shim has no equivalent of).
+	PreserveExternalRequestID bool
 	// Routes are matched exact paths first, then longest prefix first.
 	Routes []Route
 	// Transport reaches the upstreams; default http.DefaultTransport.
@@ -92,8 +109,13 @@ func New(cfg Config) (*Shim, error) {
 		if (r.Path == "") == (r.Prefix == "") {
 			return nil, fmt.Errorf("envoyshim: route %q%q needs a Path or a Prefix, not both", r.Path, r.Prefix)
 		}
-		if r.Upstream == nil || r.Upstream.Scheme == "" || r.Upstream.Host == "" {
-			return nil, fmt.Errorf("envoyshim: route %q needs an absolute upstream URL", r.Path+r.Prefix)
+		switch {
+		case r.DirectResponse != nil:
+			if r.Upstream != nil || r.DirectResponse.Status < 200 || r.DirectResponse.Status > 599 {
+				return nil, fmt.Errorf("envoyshim: route %q: a direct response needs a status and no upstream", r.Path+r.Prefix)
+			}
+		case r.Upstream == nil || r.Upstream.Scheme == "" || r.Upstream.Host == "" || strings.Trim(r.Upstream.Path, "/") != "":
+			return nil, fmt.Errorf("envoyshim: route %q needs an upstream URL with a scheme and host and no path", r.Path+r.Prefix)
 		}
 	}
 	if cfg.Timeout <= 0 {
@@ -129,18 +151,24 @@ func (s *Shim) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-	r = s.prepare(r)
+	// The connection manager normalizes the path before any filter runs, and answers a path it refuses with 400 itself.
+	target, ok := normalizeTarget(rawTarget(r), s.cfg.EscapedSlashes, s.cfg.NormalizePath, s.cfg.MergeSlashes)
+	if !ok {
+		w.WriteHeader(http.StatusBadRequest)
+		return
+	}
+	r = s.prepare(r, target)
 
 	// Envoy's filter skips the Check when no route matches (getPerRouteFlags: no route -> skip) and the router then
 	// answers 404 with an empty body.
-	route, ok := s.route(r.URL.Path)
+	route, ok := s.route(target)
 	if !ok {
 		w.WriteHeader(http.StatusNotFound)
 		return
 	}
 
 	if !route.AuthzDisabled {
-		resp, err := s.check(r)
+		resp, err := s.check(r, target)
 		switch {
 		case err != nil:
 			// failure_mode_allow: false -> a local reply with status_on_error and no body, never an allow.
@@ -158,6 +186,14 @@ func (s *Shim) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if d := route.DirectResponse; d != nil {
+		for k, v := range d.Header {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(d.Status)
+		_, _ = io.WriteString(w, d.Body)
+		return
+	}
 	// Envoy streams a request and its response at once. Go's HTTP/1 server instead closes the request body once the
 	// response headers go out, so a streamed answer (flushed at once, above) raced the proxy still sending the
 	// request: the body's final read failed and the upstream connection was torn down mid-stream. The error only
@@ -167,10 +203,10 @@ func (s *Shim) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // check sends the CheckRequest under the filter's timeout (grpc_service.timeout).
-func (s *Shim) check(r *http.Request) (*authv3.CheckResponse, error) {
+func (s *Shim) check(r *http.Request, target string) (*authv3.CheckResponse, error) {
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.Timeout)
 	defer cancel()
-	return s.cfg.Authz.Check(ctx, checkRequest(r, time.Now()))
+	return s.cfg.Authz.Check(ctx, checkRequest(r, target, time.Now()))
 }
 
 func (s *Shim) upstreamError(w http.ResponseWriter, r *http.Request, err error) {

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -17,6 +18,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"github.com/google/uuid"
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -208,13 +210,21 @@ func TestCheckRequestLooksLikeEnvoys(t *testing.T) {
 	if _, ok := h.GetHeaders()["host"]; ok {
 		t.Error(`headers has "host"; Envoy carries it as :authority`)
 	}
-	// x-request-id: generated when missing, sent as id, forwarded upstream.
-	id := h.GetId()
-	if id == "" || h.GetHeaders()["x-request-id"] != id {
-		t.Errorf("id = %q, x-request-id header = %q", id, h.GetHeaders()["x-request-id"])
+	// The id is Envoy's stream id, a decimal 64-bit number; x-request-id is generated when missing, sent among the
+	// headers and forwarded upstream.
+	if _, err := strconv.ParseUint(h.GetId(), 10, 64); err != nil {
+		t.Errorf("id = %q, want a stream id", h.GetId())
 	}
-	if ups := up.received(); len(ups) != 1 || ups[0].Header.Get("X-Request-Id") != id {
-		t.Errorf("upstream x-request-id = %q, want %q", ups[0].Header.Get("X-Request-Id"), id)
+	rid := h.GetHeaders()["x-request-id"]
+	if _, err := uuid.Parse(rid); err != nil || rid == h.GetId() {
+		t.Errorf("x-request-id = %q, want a UUID of its own (id %q)", rid, h.GetId())
+	}
+	if ups := up.received(); len(ups) != 1 || ups[0].Header.Get("X-Request-Id") != rid {
+		t.Errorf("upstream x-request-id = %q, want %q", ups[0].Header.Get("X-Request-Id"), rid)
+	}
+	// The body has not arrived when the Check goes out: Envoy sends the bytes received so far, none.
+	if h.GetSize() != 0 {
+		t.Errorf("size = %d, want 0", h.GetSize())
 	}
 	src := got[0].GetAttributes().GetSource().GetAddress().GetSocketAddress()
 	if src.GetAddress() != "127.0.0.1" || src.GetPortValue() == 0 {
@@ -224,12 +234,93 @@ func TestCheckRequestLooksLikeEnvoys(t *testing.T) {
 		t.Errorf("upstream saw host %q uri %q", up.received()[0].Host, up.received()[0].URI)
 	}
 
-	// A client's own x-request-id is kept.
+	// Behind no use_remote_address the connection manager is not at the edge: a client's own x-request-id is kept.
 	req = newRequest(t, http.MethodGet, shim.URL+"/x")
 	req.Header.Set("X-Request-Id", "client-chosen")
 	do(t, req)
-	if id := authz.received()[1].GetAttributes().GetRequest().GetHttp().GetId(); id != "client-chosen" {
-		t.Errorf("id = %q, want the client's", id)
+	if rid := authz.received()[1].GetAttributes().GetRequest().GetHttp().GetHeaders()["x-request-id"]; rid != "client-chosen" {
+		t.Errorf("x-request-id = %q, want the client's", rid)
+	}
+}
+
+// TestEdgeReplacesClientRequestIDs: at the edge (use_remote_address, as envoy.yaml) Envoy trusts no client's x-request-id
+// and sets its own, unless preserve_external_request_id says otherwise; the Check and the upstream see the same one.
+func TestEdgeReplacesClientRequestIDs(t *testing.T) {
+	for _, preserve := range []bool{false, true} {
+		authz, client := startAuthz(t, allow())
+		up := startUpstream(t)
+		shim := startShim(t, envoyshim.Config{Authz: client, UseRemoteAddress: true, PreserveExternalRequestID: preserve,
+			Routes: []envoyshim.Route{{Prefix: "/", Upstream: up.url(t)}}})
+		req := newRequest(t, http.MethodGet, shim.URL+"/openapi/v1/me")
+		req.Header.Set("X-Request-Id", "client-chosen")
+		do(t, req)
+		checked := authz.received()[0].GetAttributes().GetRequest().GetHttp().GetHeaders()["x-request-id"]
+		forwarded := up.received()[0].Header.Get("X-Request-Id")
+		if kept := checked == "client-chosen"; kept != preserve || forwarded != checked {
+			t.Errorf("preserve_external_request_id %v: Check saw %q, upstream %q", preserve, checked, forwarded)
+		}
+	}
+}
+
+// TestNonUTF8HeaderValuesAreChecked: a header value that is not UTF-8 (Latin-1, obs-text) reaches the Check with each bad
+// byte as "!", as Envoy sends it, instead of failing the Check's encoding and the request with status_on_error; the
+// upstream gets the bytes the client sent.
+func TestNonUTF8HeaderValuesAreChecked(t *testing.T) {
+	authz, client := startAuthz(t, allow())
+	up := startUpstream(t)
+	shim := startShim(t, envoyshim.Config{Authz: client, Routes: []envoyshim.Route{{Prefix: "/", Upstream: up.url(t)}}})
+	req := newRequest(t, http.MethodGet, shim.URL+"/openapi/v1/me")
+	req.Header.Set("X-Note", "caf\xe9 \xff\xfe")
+	if resp, body := do(t, req); resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d %q, want the allow's 200", resp.StatusCode, body)
+	}
+	if got := authz.received()[0].GetAttributes().GetRequest().GetHttp().GetHeaders()["x-note"]; got != "caf! !!" {
+		t.Errorf("Check saw x-note %q, want %q", got, "caf! !!")
+	}
+	if got := up.received()[0].Header.Get("X-Note"); got != "caf\xe9 \xff\xfe" {
+		t.Errorf("upstream got x-note %q", got)
+	}
+}
+
+// TestDirectResponseRoute: a route with a direct_response answers itself, with its headers, and takes no Check when its
+// ext_authz is disabled, as envoy.yaml's JSON 404 for every path outside its routes.
+func TestDirectResponseRoute(t *testing.T) {
+	authz, client := startAuthz(t, allow())
+	up := startUpstream(t)
+	notFound := &envoyshim.DirectResponse{Status: http.StatusNotFound, Body: `{"error":"route_not_found","message":"no such route"}`,
+		Header: http.Header{"Content-Type": {"application/json"}}}
+	shim := startShim(t, envoyshim.Config{Authz: client, Routes: []envoyshim.Route{
+		{Prefix: "/openapi/v1", Upstream: up.url(t)},
+		{Prefix: "/", DirectResponse: notFound, AuthzDisabled: true},
+	}})
+	resp, body := do(t, newRequest(t, http.MethodGet, shim.URL+"/elsewhere"))
+	if resp.StatusCode != http.StatusNotFound || body != notFound.Body || resp.Header.Get("Content-Type") != "application/json" {
+		t.Fatalf("got %d %q (%s)", resp.StatusCode, body, resp.Header.Get("Content-Type"))
+	}
+	if len(authz.received()) != 0 || len(up.received()) != 0 {
+		t.Fatal("a direct response was checked or proxied")
+	}
+}
+
+// TestDenyStatusesPassAsGiven: Envoy answers a denial with the status extauthz gave, whatever it is, and with 403 only
+// when none is set.
+func TestDenyStatusesPassAsGiven(t *testing.T) {
+	for given, want := range map[int]int{0: 403, 200: 200, 401: 401, 418: 418, 429: 429, 503: 503, 600: 600} {
+		_, client := startAuthz(t, func(context.Context, *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+			return &authv3.CheckResponse{
+				Status: &status.Status{Code: int32(codes.PermissionDenied)},
+				HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
+					Status: &typev3.HttpStatus{Code: typev3.StatusCode(given)}, Body: "denied"}},
+			}, nil
+		})
+		up := startUpstream(t)
+		shim := startShim(t, envoyshim.Config{Authz: client, Routes: []envoyshim.Route{{Prefix: "/", Upstream: up.url(t)}}})
+		if resp, body := do(t, newRequest(t, http.MethodGet, shim.URL+"/x")); resp.StatusCode != want || body != "denied" {
+			t.Errorf("deny status %d: client got %d %q, want %d", given, resp.StatusCode, body, want)
+		}
+		if len(up.received()) != 0 {
+			t.Errorf("deny status %d reached the upstream", given)
+		}
 	}
 }
 
@@ -620,6 +711,11 @@ func TestNewValidates(t *testing.T) {
 		"no match":    {Authz: client, Routes: []envoyshim.Route{{Upstream: &url.URL{Scheme: "http", Host: "x"}}}},
 		"path and prefix": {Authz: client, Routes: []envoyshim.Route{
 			{Path: "/a", Prefix: "/", Upstream: &url.URL{Scheme: "http", Host: "x"}}}},
+		"upstream path": {Authz: client, Routes: []envoyshim.Route{{Prefix: "/", Upstream: &url.URL{Scheme: "http", Host: "x", Path: "/api"}}}},
+		"direct response without status": {Authz: client, Routes: []envoyshim.Route{
+			{Prefix: "/", DirectResponse: &envoyshim.DirectResponse{Body: "x"}}}},
+		"direct response and upstream": {Authz: client, Routes: []envoyshim.Route{
+			{Prefix: "/", DirectResponse: &envoyshim.DirectResponse{Status: 404}, Upstream: &url.URL{Scheme: "http", Host: "x"}}}},
 	} {
 		if _, err := envoyshim.New(cfg); err == nil {
 			t.Errorf("%s: New accepted it", name)
