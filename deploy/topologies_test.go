@@ -20,7 +20,7 @@ var difyAPIObjects = map[string]map[string]string{
 		"REDIS_SENTINEL_SERVICE_NAME": "mymaster", "REDIS_DB": "0",
 		"LOG_LEVEL": "INFO", "STORAGE_TYPE": "s3", "VECTOR_STORE": "weaviate", "CONSOLE_WEB_URL": "https://dify.internal",
 	},
-	"Secret/dify-api": {"DB_PASSWORD": "db-pw", "REDIS_PASSWORD": "redis-pw", "SECRET_KEY": "dify-secret-key"},
+	"Secret/dify-api": {"DB_PASSWORD": "db-pw", "REDIS_PASSWORD": "redis-pw", "SECRET_KEY": "dify-secret-key-at-least-32-bytes-long"},
 }
 
 // external is Dify's objects plus the Secret "authgate" with the given keys.
@@ -42,7 +42,7 @@ func TestServicesTakeDifyConnectionSettings(t *testing.T) {
 			c, _ := authgateContainer(t, m.deployments[name].Spec.Template.Spec)
 			checkDifyRefsComeFirst(t, where, c)
 
-			env, _ := envWith(t, m, c, external(map[string]string{"secret-key": "k"}))
+			env, _ := envWith(t, m, c, external(map[string]string{"secret-key": "authgate-secret-key-at-least-32-bytes"}))
 			lookup := func(n string) (string, bool) { v, ok := env[n]; return v, ok }
 			x, _, err := config.LoadExtauthz(lookup)
 			if err != nil {
@@ -63,7 +63,7 @@ func TestServicesTakeDifyConnectionSettings(t *testing.T) {
 				}
 			}
 
-			env, _ = envWith(t, m, c, external(map[string]string{"secret-key": "k",
+			env, _ = envWith(t, m, c, external(map[string]string{"secret-key": "authgate-secret-key-at-least-32-bytes",
 				"database-url": "postgres://authgate@pg/dify", "redis-url": "redis://redis:6379/0"}))
 			x, _, err = config.LoadExtauthz(func(n string) (string, bool) { v, ok := env[n]; return v, ok })
 			if err != nil || x.Database.URL != "postgres://authgate@pg/dify" || x.Redis.URL != "redis://redis:6379/0" {

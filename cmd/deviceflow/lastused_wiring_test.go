@@ -57,7 +57,7 @@ func TestServeRecordsLastUse(t *testing.T) {
 		}
 	}
 	vars := func(extra ...string) map[string]string {
-		v := map[string]string{"DATABASE_URL": pool.Config().ConnString(), "REDIS_URL": testenv.RedisURL(t), "SECRET_KEY": "k",
+		v := map[string]string{"DATABASE_URL": pool.Config().ConnString(), "REDIS_URL": testenv.RedisURL(t), "SECRET_KEY": cmdTestSecretKey,
 			"DEVICEFLOW_ADDR": "127.0.0.1:0", "ADMIN_ADDR": "127.0.0.1:0"}
 		for i := 0; i+1 < len(extra); i += 2 {
 			v[extra[i]] = extra[i+1]

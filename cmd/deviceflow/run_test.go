@@ -15,6 +15,9 @@ import (
 	"github.com/authgate/authgate/migrations"
 )
 
+// cmdTestSecretKey is a SECRET_KEY deviceflow accepts outside the dev stack (long enough, not a published sample).
+const cmdTestSecretKey = "deviceflow-cmd-test-secret-key-0123456789"
+
 func env(vars map[string]string) config.Lookup {
 	return func(name string) (string, bool) { v, ok := vars[name]; return v, ok }
 }
@@ -34,7 +37,7 @@ func TestServeMigratePrune(t *testing.T) {
 	}
 
 	vars := map[string]string{
-		"DATABASE_URL": dbURL, "REDIS_URL": testenv.RedisURL(t), "SECRET_KEY": "k",
+		"DATABASE_URL": dbURL, "REDIS_URL": testenv.RedisURL(t), "SECRET_KEY": cmdTestSecretKey,
 		"DEVICEFLOW_ADDR": "127.0.0.1:0", "ADMIN_ADDR": "127.0.0.1:0", "CONSOLE_API_URL": "https://api.test",
 	}
 	a, stop := startServing(t, vars)
@@ -81,7 +84,7 @@ func TestDeviceCodeOverTLSRedis(t *testing.T) {
 	rs := testenv.StartRedisServerTLS(t)
 	a, stop := startServing(t, map[string]string{
 		"DATABASE_URL": testenv.Postgres(t).Config().ConnString(), "REDIS_URL": rs.URL() + "?skip_verify=true",
-		"SECRET_KEY": "k", "DEVICEFLOW_ADDR": "127.0.0.1:0", "ADMIN_ADDR": "127.0.0.1:0", "CONSOLE_API_URL": "https://api.test",
+		"SECRET_KEY": cmdTestSecretKey, "DEVICEFLOW_ADDR": "127.0.0.1:0", "ADMIN_ADDR": "127.0.0.1:0", "CONSOLE_API_URL": "https://api.test",
 	})
 	defer stop()
 	requestDeviceCode(t, a.api)
@@ -129,7 +132,7 @@ func startServing(t *testing.T, vars map[string]string) (serveAddrs, func()) {
 }
 
 func TestConfigErrorsNameTheVariable(t *testing.T) {
-	full := map[string]string{"DATABASE_URL": "postgres://x", "REDIS_URL": "redis://x", "SECRET_KEY": "k"}
+	full := map[string]string{"DATABASE_URL": "postgres://x", "REDIS_URL": "redis://x", "SECRET_KEY": cmdTestSecretKey}
 	cases := []struct {
 		args  []string
 		drop  string
@@ -139,6 +142,8 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 		{nil, "DATABASE_URL", nil, "DATABASE_URL"},
 		{nil, "REDIS_URL", nil, "REDIS_URL"},
 		{nil, "SECRET_KEY", nil, "SECRET_KEY"},
+		{nil, "", map[string]string{"SECRET_KEY": "sk-9f73s3ljTXVcMT3Blb3ljTqtsKiGHXVcMT3BlbkFJLK7U"}, "SECRET_KEY"}, // Dify's sample
+		{nil, "", map[string]string{"SECRET_KEY": "short"}, "SECRET_KEY"},
 		{nil, "", map[string]string{"OAUTH_TTL_DAYS": "two"}, "OAUTH_TTL_DAYS"},
 		{nil, "", map[string]string{"TRUSTED_PROXY_HOPS": "-1"}, "TRUSTED_PROXY_HOPS"},
 		{nil, "", map[string]string{"CONSOLE_WEB_URL": "console"}, "CONSOLE_WEB_URL"},
@@ -179,7 +184,7 @@ func TestBadURLErrorsKeepPasswordsOut(t *testing.T) {
 		{[]string{"migrate"}, map[string]string{"DATABASE_URL": "postgres://dify:" + password + "@db/dify?sslmode=bogus"}, "DATABASE_URL"},
 	}
 	for _, c := range cases {
-		vars := map[string]string{"DATABASE_URL": "postgres://x", "REDIS_URL": "redis://x", "SECRET_KEY": "k"}
+		vars := map[string]string{"DATABASE_URL": "postgres://x", "REDIS_URL": "redis://x", "SECRET_KEY": cmdTestSecretKey}
 		for k, v := range c.set {
 			vars[k] = v
 		}

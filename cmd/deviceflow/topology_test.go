@@ -33,7 +33,7 @@ func TestServeFromDifyVariablesOnRedisCluster(t *testing.T) {
 
 	cl := testenv.StartRedisCluster(t)
 	vars := map[string]string{"REDIS_USE_CLUSTERS": "true", "REDIS_CLUSTERS": strings.Join(cl.Addrs(), ","),
-		"SECRET_KEY": "k", "DEVICEFLOW_ADDR": "127.0.0.1:0", "ADMIN_ADDR": "127.0.0.1:0", "CONSOLE_API_URL": "https://api.test"}
+		"SECRET_KEY": cmdTestSecretKey, "DEVICEFLOW_ADDR": "127.0.0.1:0", "ADMIN_ADDR": "127.0.0.1:0", "CONSOLE_API_URL": "https://api.test"}
 	for k, v := range db {
 		vars[k] = v
 	}

@@ -96,7 +96,7 @@ func run(ctx context.Context, opts Options, stdout io.Writer, ready func(Addrs))
 	if err != nil {
 		return err
 	}
-	dcfg, dwarn, err := config.LoadDeviceflow(lookup)
+	dcfg, dwarn, err := config.LoadDeviceflow(lookup, config.DevStack())
 	if err != nil {
 		return err
 	}

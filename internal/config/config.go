@@ -127,13 +127,15 @@ type Deviceflow struct {
 	TokenCacheTTL time.Duration
 }
 
-// LoadDeviceflow reads the deviceflow configuration. Warnings (clamped values) are for the caller to log.
-func LoadDeviceflow(lookup Lookup) (Deviceflow, []string, error) {
+// LoadDeviceflow reads the deviceflow configuration. Warnings (clamped values) are for the caller to log. A SECRET_KEY
+// that is Dify's published sample or shorter than MinSecretKeyLen is refused, unless opts has DevStack.
+func LoadDeviceflow(lookup Lookup, opts ...LoadOption) (Deviceflow, []string, error) {
+	o := applyOptions(opts)
 	r := &reader{lookup: lookup}
 	c := Deviceflow{
 		Common:           readCommon(r),
 		Addr:             r.String("DEVICEFLOW_ADDR", ":8080"),
-		SecretKey:        r.Required("SECRET_KEY"),
+		SecretKey:        r.secretKey("SECRET_KEY", o),
 		ConsoleWebURL:    r.URL("CONSOLE_WEB_URL", "http://localhost:3000"),
 		ConsoleAPIURL:    r.URL("CONSOLE_API_URL", "http://localhost:5001"),
 		CookieDomain:     r.String("COOKIE_DOMAIN", ""),

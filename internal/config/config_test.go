@@ -16,7 +16,7 @@ func env(overrides map[string]string) config.Lookup {
 	vars := map[string]string{
 		"DATABASE_URL": "postgres://authgate@db:5432/dify",
 		"REDIS_URL":    "redis://redis:6379/0",
-		"SECRET_KEY":   "sk-test",
+		"SECRET_KEY":   testSecretKey,
 	}
 	for k, v := range overrides {
 		vars[k] = v
@@ -87,7 +87,7 @@ func TestDeviceflowDefaults(t *testing.T) {
 		name      string
 		got, want any
 	}{
-		{"SECRET_KEY", c.SecretKey, "sk-test"},
+		{"SECRET_KEY", c.SecretKey, testSecretKey},
 		{"DEVICEFLOW_ADDR", c.Addr, ":8080"},
 		{"ADMIN_ADDR", c.AdminAddr, ":9090"},
 		{"OAUTH_TTL_DAYS", c.TTL.Days, 14},

@@ -35,7 +35,7 @@ var passwords = []string{redisPW, sentinelPW, clusterPW, dbPW}
 func difyEnv(vars map[string]string) config.Lookup {
 	return func(name string) (string, bool) {
 		if name == "SECRET_KEY" {
-			return "sk-test", true
+			return testSecretKey, true
 		}
 		v, ok := vars[name]
 		return v, ok
