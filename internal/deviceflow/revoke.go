@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"time"
 
 	"github.com/authgate/authgate/internal/ids"
 	"github.com/authgate/authgate/internal/tokens"
@@ -83,9 +84,18 @@ func sessionNotFound() *apiError {
 	return errorf(http.StatusNotFound, codeNotFound, "no such session")
 }
 
+// Unknown tokens presented to RFC 7009 revocation are remembered for revokeMissTTL, so a repeated one costs Postgres nothing.
+// A token unknown now cannot become live later (a mint commits before its token is handed out), and a revoked one is found
+// by its record, so the only cost of the cache is memory: revokeMissEntries hashes at most.
+const (
+	revokeMissTTL     = 10 * time.Second
+	revokeMissEntries = 10_000
+)
+
 // handleRevoke is RFC 7009 token revocation for public clients: a token issued to the calling client is revoked; an
 // unknown, malformed or already revoked token, or one issued to another client, is answered 200 as well (§2.2), so the
-// endpoint tells nothing about tokens it did not revoke.
+// endpoint tells nothing about tokens it did not revoke. Since it takes no credential, every lookup is paid for: an address
+// that presented too many unknown tokens is refused (429) before its next lookup, and unknown tokens are remembered.
 func (s *Server) handleRevoke(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
 	p, apiErr := decodeBody(w, r)
@@ -111,7 +121,15 @@ func (s *Server) handleRevoke(w http.ResponseWriter, r *http.Request) error {
 		w.WriteHeader(http.StatusOK)
 		return nil
 	}
+	bucket := s.clientBucket(r)
+	if err := s.checkBudget(ctx, w, limitRevokeUnknown, bucket, "revocation budget"); err != nil {
+		return err
+	}
 	hash := tokens.Hash(raw)
+	if _, known := s.revokeMisses.Get(hash); known {
+		w.WriteHeader(http.StatusOK)
+		return nil
+	}
 	t, err := s.deps.Tokens.LookupByHash(ctx, hash)
 	switch {
 	case errors.Is(err, tokens.ErrNotFound):
@@ -120,7 +138,12 @@ func (s *Server) handleRevoke(w http.ResponseWriter, r *http.Request) error {
 		switch {
 		case err == nil:
 			s.publishRevocation(ctx, rec.Hash, rec.TokenID)
-		case !errors.Is(err, tokens.ErrNotFound):
+		case errors.Is(err, tokens.ErrNotFound):
+			s.revokeMisses.Add(hash, struct{}{})
+			if err := s.chargeBudget(ctx, limitRevokeUnknown, bucket, "revocation budget"); err != nil {
+				return err
+			}
+		default:
 			return err
 		}
 	case err != nil:

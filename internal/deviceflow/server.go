@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/hashicorp/golang-lru/v2/expirable"
 	"github.com/redis/go-redis/v9"
 	"go.opentelemetry.io/otel/metric"
 
@@ -66,6 +67,8 @@ type Server struct {
 	// throttle keeps a dependency outage from logging a line per request (failed requests, unpublished revocations).
 	throttle *telemetry.Throttle
 	metrics  *metrics
+	// revokeMisses holds hashes RFC 7009 revocation found neither live nor recorded (revoke.go).
+	revokeMisses *expirable.LRU[string, struct{}]
 }
 
 // New validates cfg and builds the server.
@@ -86,7 +89,7 @@ func New(deps Deps, cfg Config) (*Server, error) {
 		cfg.ApprovePerHour = 10
 	}
 	s := &Server{deps: deps, cfg: cfg, log: deps.Logger, now: deps.Now, clients: map[string]bool{},
-		throttle: telemetry.NewThrottle(0)}
+		throttle: telemetry.NewThrottle(0), revokeMisses: expirable.NewLRU[string, struct{}](revokeMissEntries, nil, revokeMissTTL)}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
