@@ -66,6 +66,9 @@ type Extauthz struct {
 	EnableOAuthBearer          bool          // ENABLE_OAUTH_BEARER
 	RateLimitPerToken          int           // OPENAPI_RATE_LIMIT_PER_TOKEN; 0 disables
 	RateLimitFailOpen          bool          // RATE_LIMIT_FAIL_OPEN
+	RateLimitMode              string        // RATE_LIMIT_MODE: exact or batched
+	RateLimitBatchInterval     time.Duration // RATE_LIMIT_BATCH_INTERVAL
+	RateLimitBatchAllowance    int           // RATE_LIMIT_BATCH_ALLOWANCE
 	InvalidBearerPerIPPerMin   int           // INVALID_BEARER_PER_IP_PER_MINUTE; 0 disables
 	TokenCacheTTL              time.Duration // TOKEN_CACHE_TTL
 	MembershipEnforcedUpstream bool          // MEMBERSHIP_ENFORCED_UPSTREAM
@@ -105,6 +108,7 @@ func LoadExtauthz(lookup Lookup) (Extauthz, []string, error) {
 		ShutdownDrainDelay:         r.DurationOrOff("SHUTDOWN_DRAIN_DELAY", DefaultShutdownDrainDelay),
 		TrustedProxyHops:           r.Int("TRUSTED_PROXY_HOPS", 0, 0, 16),
 	}
+	c.readRateLimitMode(r)
 	return c, r.warnings, r.err
 }
 

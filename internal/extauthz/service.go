@@ -77,6 +77,7 @@ type Service struct {
 	stopBackground context.CancelFunc
 	background     sync.WaitGroup
 	lastUsed       *lastused.Recorder
+	limiter        *ratelimit.SlidingWindow
 }
 
 // Start builds the pipeline over deps and serves ext_authz on grpcLn and /healthz, /readyz, /metrics on adminLn. It owns
@@ -88,8 +89,13 @@ func Start(ctx context.Context, cfg config.Extauthz, deps Deps, grpcLn, adminLn 
 	}
 	tel := deps.Telemetry
 	cache := tokencache.New(deps.Redis, tokencache.Options{TTL: cfg.TokenCacheTTL, Local: true, LocalMaxEntries: localCacheEntries})
+	limiter, err := ratelimit.New(deps.Redis, ratelimit.Options{Mode: ratelimit.Mode(cfg.RateLimitMode),
+		BatchInterval: cfg.RateLimitBatchInterval, Allowance: cfg.RateLimitBatchAllowance})
+	if err != nil {
+		return nil, &config.Error{Var: "RATE_LIMIT_MODE", Reason: err.Error()}
+	}
 	pdeps := pipeline.Deps{
-		Limiter:      limiterAdapter{ratelimit.NewSlidingWindow(deps.Redis)},
+		Limiter:      limiterAdapter{limiter},
 		Cache:        cacheAdapter{cache},
 		Tokens:       deps.Tokens,
 		Directory:    deps.Directory,
@@ -115,7 +121,7 @@ func Start(ctx context.Context, cfg config.Extauthz, deps Deps, grpcLn, adminLn 
 		return nil, fmt.Errorf("pipeline: %w", err)
 	}
 
-	s := &Service{logger: tel.Logger, grpcLn: grpcLn, adminLn: adminLn, drainDelay: cfg.ShutdownDrainDelay}
+	s := &Service{logger: tel.Logger, grpcLn: grpcLn, adminLn: adminLn, drainDelay: cfg.ShutdownDrainDelay, limiter: limiter}
 	s.grpc = NewGRPCServer(serverOptions(cfg, keepaliveEnforcement)...)
 	checks := NewServer(pl, tel.Logger, cfg.TrustedProxyHops)
 	checks.tracer = tel.Tracer
@@ -216,6 +222,9 @@ func (s *Service) Shutdown(ctx context.Context) error {
 	}
 	if aerr := s.admin.Shutdown(ctx); aerr != nil && err == nil {
 		err = aerr
+	}
+	if lerr := s.limiter.Close(ctx); lerr != nil { // the Checks have drained: write the hits a batched limiter holds
+		s.logger.Warn("rate-limit hits not written at shutdown", "error", lerr)
 	}
 	if lerr := s.lastUsed.Close(ctx); lerr != nil { // the Checks have drained: write their last uses
 		s.logger.Warn("last-used times not written at shutdown", "error", lerr)

@@ -18,6 +18,11 @@ func (l limiterAdapter) Allow(ctx context.Context, key string, limit int, window
 	return pipeline.RateDecision(d), err
 }
 
+func (l limiterAdapter) AllowLocal(key string, limit int, window time.Duration) (pipeline.RateDecision, bool) {
+	d, ok := l.w.AllowLocal(key, limit, window)
+	return pipeline.RateDecision(d), ok
+}
+
 func (l limiterAdapter) Exceeded(ctx context.Context, key string, limit int, window time.Duration) (pipeline.RateDecision, error) {
 	d, err := l.w.Exceeded(ctx, key, limit, window)
 	return pipeline.RateDecision(d), err

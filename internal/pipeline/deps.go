@@ -20,12 +20,20 @@ type RateLimiter interface {
 	Add(ctx context.Context, key string, window time.Duration) error
 }
 
+// LocalRateLimiter is a RateLimiter that can sometimes decide from process memory (a known denial, a batched local
+// admission). A Check asks it first, so such a decision costs no Redis deadline.
+type LocalRateLimiter interface {
+	// AllowLocal is Allow when it needs no Redis call; ok false means nothing was counted and Allow must be called.
+	AllowLocal(key string, limit int, window time.Duration) (d RateDecision, ok bool)
+}
+
 // RateDecision is a limiter's verdict.
 type RateDecision struct {
 	Allowed          bool
 	Limit, Remaining int
 	RetryAfter       time.Duration // >= 1 s when denied
 	Reset            time.Duration
+	Local            bool // decided from process memory, without Redis
 }
 
 // CacheStatus is the outcome of a token cache read.

@@ -15,10 +15,12 @@ type metrics struct {
 	checks           metric.Int64Counter     // authgate_extauthz_checks_total{route, outcome}
 	duration         metric.Float64Histogram // authgate_extauthz_check_duration_seconds{route, outcome}
 	rateLimitSkipped metric.Int64Counter     // authgate_extauthz_ratelimit_skipped_total{limit="token"|"invalid_bearer_ip"}
-	tokenCache       metric.Int64Counter     // authgate_extauthz_token_cache_total{result}
-	suspectLookups   metric.Int64Counter     // authgate_extauthz_suspect_lookups_total{result="admitted"|"refused"}
-	dependencyErrors metric.Int64Counter     // authgate_extauthz_dependency_errors_total{dependency}
-	hardExpired      metric.Int64Counter     // authgate_extauthz_tokens_hard_expired_total
+	// authgate_extauthz_ratelimit_decisions_total{source="memory"|"redis"}
+	rateLimitDecisions metric.Int64Counter
+	tokenCache         metric.Int64Counter // authgate_extauthz_token_cache_total{result}
+	suspectLookups     metric.Int64Counter // authgate_extauthz_suspect_lookups_total{result="admitted"|"refused"}
+	dependencyErrors   metric.Int64Counter // authgate_extauthz_dependency_errors_total{dependency}
+	hardExpired        metric.Int64Counter // authgate_extauthz_tokens_hard_expired_total
 
 	// attrs caches the attribute set of each (route, outcome): building one per Check is a measurable share of a warm Check.
 	attrs sync.Map // string -> metric.MeasurementOption
@@ -42,6 +44,11 @@ func newMetrics(m metric.Meter) (*metrics, error) {
 	if out.rateLimitSkipped, err = m.Int64Counter("authgate_extauthz_ratelimit_skipped",
 		metric.WithDescription("Limiter decisions skipped because Redis was unreachable: the per-token limit "+
 			"(RATE_LIMIT_FAIL_OPEN) or the shared per-IP invalid-bearer budget (then counted per replica).")); err != nil {
+		return nil, err
+	}
+	if out.rateLimitDecisions, err = m.Int64Counter("authgate_extauthz_ratelimit_decisions",
+		metric.WithDescription("Per-token limiter decisions by where they were made: memory (a token known to be over its "+
+			"limit, or a batched local admission) or redis (the script).")); err != nil {
 		return nil, err
 	}
 	if out.tokenCache, err = m.Int64Counter("authgate_extauthz_token_cache",
@@ -88,11 +95,13 @@ func (m *metrics) record(ctx context.Context, d Decision, elapsed time.Duration)
 }
 
 var (
-	cacheResultAttrs = map[string]metric.AddOption{}
-	skippedToken     = metric.WithAttributeSet(attribute.NewSet(attribute.String("limit", "token")))
-	skippedIPBudget  = metric.WithAttributeSet(attribute.NewSet(attribute.String("limit", "invalid_bearer_ip")))
-	suspectAdmitted  = metric.WithAttributeSet(attribute.NewSet(attribute.String("result", "admitted")))
-	suspectRefused   = metric.WithAttributeSet(attribute.NewSet(attribute.String("result", "refused")))
+	cacheResultAttrs    = map[string]metric.AddOption{}
+	rateDecidedInMemory = metric.WithAttributeSet(attribute.NewSet(attribute.String("source", "memory")))
+	rateDecidedByRedis  = metric.WithAttributeSet(attribute.NewSet(attribute.String("source", "redis")))
+	skippedToken        = metric.WithAttributeSet(attribute.NewSet(attribute.String("limit", "token")))
+	skippedIPBudget     = metric.WithAttributeSet(attribute.NewSet(attribute.String("limit", "invalid_bearer_ip")))
+	suspectAdmitted     = metric.WithAttributeSet(attribute.NewSet(attribute.String("result", "admitted")))
+	suspectRefused      = metric.WithAttributeSet(attribute.NewSet(attribute.String("result", "refused")))
 )
 
 func init() {

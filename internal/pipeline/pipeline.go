@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -69,6 +70,9 @@ type Pipeline struct {
 	lane       *suspectLane
 	admissions admissions
 	flights    flights
+
+	localLimiter   LocalRateLimiter // deps.Limiter, when it can decide from memory
+	rateLimitValue string           // the RateLimit-Limit header
 }
 
 // New builds a pipeline over a validated policy.
@@ -98,16 +102,19 @@ func New(policy *Policy, opts Options, deps Deps) (*Pipeline, error) {
 	if opts.SuspectLookupsPerSecond <= 0 {
 		opts.SuspectLookupsPerSecond = defaultSuspectLookupsPerSecond
 	}
+	local, _ := deps.Limiter.(LocalRateLimiter)
 	return &Pipeline{
-		policy:   policy,
-		opts:     opts,
-		deps:     deps,
-		metrics:  m,
-		apps:     newTTLCache[appRecord](10_000, deps.Now),
-		acl:      newTTLCache[bool](100_000, deps.Now),
-		negative: expirable.NewLRU[string, struct{}](negativeEntries, nil, negativeTTL),
-		budget:   newLocalBudget(opts.InvalidBearerPerIPPerMin, invalidBearerWindow, deps.Now),
-		lane:     newSuspectLane(opts.SuspectLookupsPerSecond, deps.Now),
+		localLimiter:   local,
+		rateLimitValue: strconv.Itoa(opts.RateLimitPerToken),
+		policy:         policy,
+		opts:           opts,
+		deps:           deps,
+		metrics:        m,
+		apps:           newTTLCache[appRecord](10_000, deps.Now),
+		acl:            newTTLCache[bool](100_000, deps.Now),
+		negative:       expirable.NewLRU[string, struct{}](negativeEntries, nil, negativeTTL),
+		budget:         newLocalBudget(opts.InvalidBearerPerIPPerMin, invalidBearerWindow, deps.Now),
+		lane:           newSuspectLane(opts.SuspectLookupsPerSecond, deps.Now),
 	}, nil
 }
 

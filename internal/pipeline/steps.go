@@ -3,16 +3,10 @@ package pipeline
 import (
 	"context"
 	"log/slog"
-	"math"
-	"strconv"
 	"strings"
-	"time"
 
 	"github.com/authgate/authgate/internal/tokens"
 )
-
-// rateWindow is Dify's per-token window.
-const rateWindow = 60 * time.Second
 
 // decide runs the steps in order (docs/architecture.md, "A Check"); the first failure decides.
 func (p *Pipeline) decide(ctx context.Context, req *Request) Decision {
@@ -34,12 +28,7 @@ func (p *Pipeline) decide(ctx context.Context, req *Request) Decision {
 		return deny(404, CodeRouteNotFound, "no such route")
 	}
 	if preflight || route.AuthNone {
-		d := Decision{Allow: true, Route: route.Name}
-		if !p.opts.ForwardAuthorization {
-			// Nothing checked the header here either: an upstream told it never sees one must not get a client's.
-			d.RemoveHeaders = []string{"authorization"}
-		}
-		return d
+		return Decision{Allow: true, Route: route.Name}
 	}
 	d := p.authenticate(ctx, req, route, params, rawQuery)
 	d.Route = route.Name
@@ -134,54 +123,6 @@ func (p *Pipeline) authenticate(ctx context.Context, req *Request, route *Route,
 		d.RemoveHeaders = append(d.RemoveHeaders, "authorization")
 	}
 	return d
-}
-
-// rateLimit is Dify's per-token sliding window, for a token the token step found valid. A request it admits is counted
-// whatever a later step decides; one it denies is not. With Redis unreachable it follows RATE_LIMIT_FAIL_OPEN.
-func (p *Pipeline) rateLimit(ctx context.Context, c *caller) ([]Header, Decision, bool) {
-	if p.opts.RateLimitPerToken <= 0 {
-		return nil, Decision{}, true
-	}
-	rd, err := RateDecision{}, errRedisDown
-	if !c.redisDown {
-		rctx, cancel := p.redisCtx(ctx)
-		rd, err = p.deps.Limiter.Allow(rctx, tokenBucketKey(c.hash), p.opts.RateLimitPerToken, rateWindow)
-		cancel()
-	}
-	switch {
-	case err != nil && (ctx.Err() != nil || !p.opts.RateLimitFailOpen):
-		p.dependencyFailed(ctx, "redis", "rate limiter", err)
-		return nil, denyUnavailable(), false
-	case err != nil:
-		p.metrics.rateLimitSkipped.Add(ctx, 1, skippedToken)
-		if !c.redisDown {
-			p.logFailure(ctx, slog.LevelWarn, "redis:rate limiter", "rate limiter unavailable; skipped (RATE_LIMIT_FAIL_OPEN)",
-				"error", err)
-		}
-		c.redisDown = true
-		return nil, Decision{}, true
-	case !rd.Allowed:
-		return nil, denyRateLimited(rd, "too many requests with this token"), false
-	}
-	return []Header{
-		{"ratelimit-limit", strconv.Itoa(rd.Limit)},
-		{"ratelimit-remaining", strconv.Itoa(rd.Remaining)},
-		{"ratelimit-reset", strconv.Itoa(ceilSeconds(rd.Reset))},
-	}, Decision{}, true
-}
-
-// tokenBucketKey is Dify's per-token rate-limit bucket, so Dify and authgate share one budget.
-func tokenBucketKey(hash string) string { return "rl:token_id:token:" + hash }
-
-func denyRateLimited(rd RateDecision, message string) Decision {
-	retry := max(rd.RetryAfter, time.Second)
-	d := deny(429, CodeRateLimited, message, Header{"retry-after", strconv.Itoa(ceilSeconds(retry))})
-	d.RetryAfter = retry
-	return d
-}
-
-func ceilSeconds(d time.Duration) int {
-	return int(math.Ceil(d.Seconds()))
 }
 
 // dependencyFailed records a failure that denies the Check with 503: counted every time, logged through the throttle.

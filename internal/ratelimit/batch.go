@@ -32,16 +32,15 @@ type batcher struct {
 }
 
 type call struct {
-	ctx       context.Context
-	key       string
-	limit     int
-	windowSec int64
-	args      []any
-	done      chan result // buffered: the sender never blocks on a caller that gave up
+	ctx  context.Context
+	key  string
+	args []any
+	r    reply       // limit, window and sentAt, filled in by the caller
+	done chan result // buffered: the sender never blocks on a caller that gave up
 }
 
 type result struct {
-	d   Decision
+	r   reply
 	err error
 }
 
@@ -51,15 +50,18 @@ func newBatcher(rdb redis.UniversalClient) *batcher {
 	return &batcher{rdb: rdb, instance: hex.EncodeToString(b[:])}
 }
 
-func (b *batcher) do(ctx context.Context, key string, m mode, limit int, window time.Duration) (Decision, error) {
+// do runs the script for key; pending > 0 adds that many hits admitted earlier (fresh members) before deciding.
+func (b *batcher) do(ctx context.Context, key string, m mode, limit int, windowSec int64, pending int, now func() time.Time) (reply, error) {
 	if err := ctx.Err(); err != nil {
-		return Decision{}, err
+		return reply{}, err
 	}
-	ws := windowSeconds(window)
-	c := &call{
-		ctx: ctx, key: key, limit: limit, windowSec: ws, done: make(chan result, 1),
-		args: []any{limit, ws, string(m), b.instance + "-" + strconv.FormatUint(b.seq.Add(1), 36)},
+	args := make([]any, 4, 4+pending)
+	args[0], args[1], args[2], args[3] = limit, windowSec, string(m), b.member()
+	for range pending {
+		args = append(args, b.member())
 	}
+	c := &call{ctx: ctx, key: key, args: args, r: reply{limit: limit, windowSec: windowSec, sentAt: now()},
+		done: make(chan result, 1)}
 	b.mu.Lock()
 	b.queue = append(b.queue, c)
 	if b.senders == 0 || (len(b.queue) >= maxBatch && b.senders < maxSenders) {
@@ -69,10 +71,15 @@ func (b *batcher) do(ctx context.Context, key string, m mode, limit int, window 
 	b.mu.Unlock()
 	select {
 	case r := <-c.done:
-		return r.d, r.err
+		return r.r, r.err
 	case <-ctx.Done():
-		return Decision{}, ctx.Err()
+		return reply{}, ctx.Err()
 	}
+}
+
+// member is a fresh member: unique across replicas, restarts and requests.
+func (b *batcher) member() string {
+	return b.instance + "-" + strconv.FormatUint(b.seq.Add(1), 36)
 }
 
 // send drains the queue one pipeline at a time and exits when it is empty.
@@ -128,13 +135,14 @@ func (b *batcher) roundTrip(batch []*call) {
 	}
 
 	for i, c := range batch {
-		reply, err := cmds[i].Result()
+		raw, err := cmds[i].Result()
 		if err != nil {
 			c.done <- result{err: err}
 			continue
 		}
-		d, err := decide(reply, c.limit, c.windowSec)
-		c.done <- result{d: d, err: err}
+		r, err := parseReply(raw)
+		r.limit, r.windowSec, r.sentAt = c.r.limit, c.r.windowSec, c.r.sentAt
+		c.done <- result{r: r, err: err}
 	}
 }
 

@@ -1,10 +1,22 @@
 // Package ratelimit is Dify's sliding-window limiter over Redis sorted sets, shared by every replica and by Dify itself:
-// one sorted set per bucket, scored by whole seconds of Redis's own clock, entries older than the window dropped on every
-// decision, key expiry twice the window. Each decision is one Lua script, so check and count are atomic across replicas.
+// one sorted set per bucket, scored by whole seconds of Redis's own clock, entries older than the window dropped when a
+// decision meets them, key expiry twice the window. Each decision Redis makes is one Lua script, so check and count are
+// atomic across replicas.
+//
+// Two ways keep most decisions off Redis (docs/architecture.md, "Rate limiting"):
+//   - known denials: a bucket seen at or over its limit stays there until its oldest counted entry leaves the window
+//     (entries leave only by age, and denied requests are not counted), so until then a replica denies from memory, exactly
+//     as Redis would;
+//   - batched mode (Options.Mode = Batched, for Allow): a replica admits locally against its last view of the bucket plus
+//     its own hits not yet written, writes its hits to the bucket every interval, and goes back to the script when the
+//     bucket nears its limit. Over-admission is bounded by replicas × the per-replica allowance per window.
 package ratelimit
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -21,16 +33,97 @@ type Decision struct {
 	RetryAfter time.Duration
 	// Reset is how long until the oldest counted entry leaves the window (when Remaining next grows); 0 if nothing is counted.
 	Reset time.Duration
+	// Local is true when the decision was made from this process's memory, without a Redis call.
+	Local bool
+}
+
+// Mode selects how Allow decides.
+type Mode string
+
+const (
+	// Exact decides every admission with the script (known denials from memory).
+	Exact Mode = "exact"
+	// Batched admits locally while the bucket is far from its limit and writes hits every BatchInterval.
+	Batched Mode = "batched"
+)
+
+// ParseMode reads RATE_LIMIT_MODE.
+func ParseMode(s string) (Mode, error) {
+	switch Mode(s) {
+	case Exact, Batched:
+		return Mode(s), nil
+	}
+	return "", fmt.Errorf("unknown rate limit mode %q (want exact or batched)", s)
+}
+
+// Defaults and bounds of the batched mode.
+const (
+	DefaultBatchInterval = 100 * time.Millisecond
+	// MaxAllowance bounds the hits one replica holds for one bucket, so the script that writes them stays small.
+	MaxAllowance = 1000
+)
+
+// DefaultAllowance is the per-replica allowance when none is configured: one interval's worth of the limit (what a client
+// at exactly its limit sends in one interval), rounded up, at least 1 and at most MaxAllowance. With it a busy token costs
+// about one script per interval per replica, and the worst case over-admits by replicas × one interval's worth.
+func DefaultAllowance(limit int, interval, window time.Duration) int {
+	if window <= 0 {
+		return 1
+	}
+	a := (int64(limit)*int64(interval) + int64(window) - 1) / int64(window)
+	return int(min(max(a, 1), MaxAllowance))
+}
+
+// Options configure New.
+type Options struct {
+	Mode Mode // "" is Exact
+	// BatchInterval is how often a batched limiter writes its hits (default 100 ms).
+	BatchInterval time.Duration
+	// Allowance is, in batched mode, how many hits one replica may admit for one bucket without writing them, and the
+	// headroom below the limit under which it stops admitting locally. 0: DefaultAllowance of each call's limit.
+	Allowance int
+	// Now is the local clock (default time.Now); Redis's TIME stays the clock of every count.
+	Now func() time.Time
 }
 
 // SlidingWindow counts requests per key. It is safe for concurrent use; concurrent calls share Redis round trips.
 type SlidingWindow struct {
-	batch *batcher
+	batch   *batcher
+	now     func() time.Time
+	denials *denials // nil: every decision goes to Redis
+	local   *batched // nil unless Mode is Batched
+	stats   counters
 }
 
-// NewSlidingWindow returns a limiter over rdb. It needs no Close: batches are sent by goroutines that exit when idle.
+// NewSlidingWindow returns an exact limiter over rdb that asks Redis for every decision. It needs no Close: batches are
+// sent by goroutines that exit when idle.
 func NewSlidingWindow(rdb redis.UniversalClient) *SlidingWindow {
-	return &SlidingWindow{batch: newBatcher(rdb)}
+	return &SlidingWindow{batch: newBatcher(rdb), now: time.Now}
+}
+
+// New returns a limiter over rdb that remembers known denials and, in batched mode, admits locally. Close writes what a
+// batched limiter holds.
+func New(rdb redis.UniversalClient, o Options) (*SlidingWindow, error) {
+	if o.Mode == "" {
+		o.Mode = Exact
+	}
+	if _, err := ParseMode(string(o.Mode)); err != nil {
+		return nil, err
+	}
+	if o.BatchInterval < 0 || o.Allowance < 0 || o.Allowance > MaxAllowance {
+		return nil, errors.New("ratelimit: negative batch interval, or allowance outside 0..1000")
+	}
+	if o.BatchInterval == 0 {
+		o.BatchInterval = DefaultBatchInterval
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	s := &SlidingWindow{batch: newBatcher(rdb), now: o.Now, denials: newDenials()}
+	if o.Mode == Batched {
+		s.local = newBatched(s, rdb, o)
+	}
+	return s, nil
 }
 
 // TokenKey is Dify's per-token bucket, so Dify and authgate share one budget per token.
@@ -40,19 +133,111 @@ func TokenKey(tokenHash string) string { return "rl:token_id:token:" + tokenHash
 // A Redis failure is returned as an error: the caller decides between failing open and refusing. A limit of 0 or less
 // denies everything, so a caller whose setting says 0 = disabled must skip the call.
 func (s *SlidingWindow) Allow(ctx context.Context, key string, limit int, window time.Duration) (Decision, error) {
-	return s.batch.do(ctx, key, modeAllow, limit, window)
+	if d, ok := s.AllowLocal(key, limit, window); ok {
+		return d, nil
+	}
+	if s.local != nil {
+		return s.local.allowExact(ctx, key, limit, window)
+	}
+	return s.do(ctx, key, modeAllow, limit, window, 0)
+}
+
+// AllowLocal is Allow when this process can decide without Redis: a known denial, or (batched mode) a local admission,
+// which counts the request. ok is false when Redis must be asked; then nothing was counted.
+func (s *SlidingWindow) AllowLocal(key string, limit int, window time.Duration) (d Decision, ok bool) {
+	if d, ok := s.knownDenial(key, limit); ok {
+		return d, true
+	}
+	if s.local != nil {
+		return s.local.admit(key, limit, window)
+	}
+	return Decision{}, false
 }
 
 // Exceeded reports, without counting anything, whether limit events are already counted in the window (Allowed false).
 // With Add it guards budgets of failures: check before the work, Add only when the work failed.
 func (s *SlidingWindow) Exceeded(ctx context.Context, key string, limit int, window time.Duration) (Decision, error) {
-	return s.batch.do(ctx, key, modeCheck, limit, window)
+	if d, ok := s.knownDenial(key, limit); ok {
+		return d, nil
+	}
+	return s.do(ctx, key, modeCheck, limit, window, 0)
 }
 
 // Add counts one event unconditionally.
 func (s *SlidingWindow) Add(ctx context.Context, key string, window time.Duration) error {
-	_, err := s.batch.do(ctx, key, modeAdd, 0, window)
+	_, err := s.do(ctx, key, modeAdd, 0, window, 0)
 	return err
+}
+
+// Close writes the hits a batched limiter admitted and has not written yet (up to ctx) and stops its writer; later calls
+// go to Redis. It does nothing for an exact limiter.
+func (s *SlidingWindow) Close(ctx context.Context) error {
+	if s.local == nil {
+		return nil
+	}
+	return s.local.close(ctx)
+}
+
+// Stats are counts of how decisions were made since the limiter started.
+type Stats struct {
+	// RedisDecisions are scripts run for Allow, Exceeded and Add (one Redis command each).
+	RedisDecisions int64
+	// LocalDenials are denials answered from memory; LocalAdmissions are admissions made without Redis (batched mode).
+	LocalDenials, LocalAdmissions int64
+	// Flushes are the batched writes sent, FlushedHits the hits they carried, FlushErrors the writes that failed (their hits
+	// are kept for the next one).
+	Flushes, FlushedHits, FlushErrors int64
+}
+
+type counters struct {
+	redisDecisions, localDenials, localAdmissions, flushes, flushedHits, flushErrors atomic.Int64
+}
+
+// Stats returns the counters.
+func (s *SlidingWindow) Stats() Stats {
+	c := &s.stats
+	return Stats{RedisDecisions: c.redisDecisions.Load(), LocalDenials: c.localDenials.Load(),
+		LocalAdmissions: c.localAdmissions.Load(), Flushes: c.flushes.Load(), FlushedHits: c.flushedHits.Load(),
+		FlushErrors: c.flushErrors.Load()}
+}
+
+// do runs the script for one decision (with pending hits of this replica to write first, batched mode) and remembers a
+// bucket it finds at or over the limit.
+func (s *SlidingWindow) do(ctx context.Context, key string, m mode, limit int, window time.Duration, pending int) (Decision, error) {
+	r, err := s.batch.do(ctx, key, m, limit, windowSeconds(window), pending, s.now)
+	if err != nil {
+		return Decision{}, err
+	}
+	s.stats.redisDecisions.Add(1)
+	if m != modeAdd {
+		s.remember(key, r)
+	}
+	return r.decision(), nil
+}
+
+// remember keeps a bucket the reply shows at or over its limit: no request can be admitted before its oldest counted entry
+// leaves the window, so until then the answer is known.
+func (s *SlidingWindow) remember(key string, r reply) {
+	if s.denials == nil || r.count < int64(r.limit) || r.oldest < 0 || r.limit <= 0 {
+		return
+	}
+	until := r.sentAt.Add(reset(r.oldest, r.windowSec, r.nowSec, r.nowUsec))
+	s.denials.put(key, denial{until: until, count: r.count}, s.now())
+}
+
+// knownDenial answers from memory for a bucket known to be at or over limit until a time still ahead.
+func (s *SlidingWindow) knownDenial(key string, limit int) (Decision, bool) {
+	if s.denials == nil || limit <= 0 {
+		return Decision{}, false
+	}
+	now := s.now()
+	dn, ok := s.denials.get(key, now)
+	if !ok || dn.count < int64(limit) {
+		return Decision{}, false
+	}
+	s.stats.localDenials.Add(1)
+	left := dn.until.Sub(now)
+	return Decision{Limit: limit, RetryAfter: max(left, time.Second), Reset: left, Local: true}, true
 }
 
 // windowSeconds is the window in whole seconds, as Dify scores it; anything shorter than a second counts as one.

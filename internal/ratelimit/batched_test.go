@@ -1,0 +1,240 @@
+package ratelimit
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/authgate/authgate/internal/testenv"
+)
+
+// A batched limiter admits without Redis while the bucket is far from its limit, and writes its hits to Dify's sorted set
+// within an interval: one entry per hit, scored in whole seconds of Redis's clock, with Dify's expiry.
+func TestBatchedAdmitsLocallyAndWritesEachInterval(t *testing.T) {
+	ctx := context.Background()
+	rdb := testenv.Redis(t)
+	rl := newLimiter(t, rdb, Options{Mode: Batched, BatchInterval: 50 * time.Millisecond, Allowance: 100})
+	key := TokenKey("batched")
+	d, err := rl.Allow(ctx, key, 1000, time.Minute)
+	if err != nil || !d.Allowed || d.Local || d.Remaining != 999 {
+		t.Fatalf("first request: %+v, %v; want admitted by Redis (no view yet)", d, err)
+	}
+	for i := range 50 {
+		d, err := rl.Allow(ctx, key, 1000, time.Minute)
+		if err != nil || !d.Allowed || !d.Local {
+			t.Fatalf("request %d: %+v, %v; want admitted locally", i+2, d, err)
+		}
+		if d.Remaining > 998-i || d.Remaining < 998-i-50 || d.Reset <= 0 || d.Reset > time.Minute {
+			t.Fatalf("request %d: remaining %d, reset %v", i+2, d.Remaining, d.Reset)
+		}
+	}
+	testenv.Eventually(t, 5*time.Second, "51 hits in the bucket", func() bool { return rdb.ZCard(ctx, key).Val() == 51 })
+	st := rl.Stats()
+	if st.LocalAdmissions != 50 || st.RedisDecisions != 1 || st.FlushedHits != 50 || st.Flushes == 0 {
+		t.Fatalf("stats %+v", st)
+	}
+	redisNow := rdb.Time(ctx).Val().Unix()
+	members := map[string]bool{}
+	for _, z := range rdb.ZRangeWithScores(ctx, key, 0, -1).Val() {
+		if z.Score != float64(int64(z.Score)) || redisNow-int64(z.Score) > 5 || int64(z.Score) > redisNow {
+			t.Fatalf("entry %v: want Redis's TIME in whole seconds (%d)", z, redisNow)
+		}
+		members[z.Member.(string)] = true
+	}
+	if len(members) != 51 {
+		t.Fatalf("%d distinct members, want 51", len(members))
+	}
+	if ttl := rdb.TTL(ctx, key).Val(); ttl <= 110*time.Second || ttl > 120*time.Second {
+		t.Fatalf("key TTL %v, want twice the window", ttl)
+	}
+}
+
+// With one replica the batched mode is exact: near the limit it goes back to the script, which writes the hits it holds
+// before deciding.
+func TestBatchedAloneIsExact(t *testing.T) {
+	ctx := context.Background()
+	rdb := testenv.Redis(t)
+	rl := newLimiter(t, rdb, Options{Mode: Batched, BatchInterval: time.Hour, Allowance: 5})
+	var admitted atomic.Int64
+	var wg sync.WaitGroup
+	for range 10 {
+		wg.Go(func() {
+			for range 10 {
+				d, err := rl.Allow(ctx, "alone", 20, time.Minute)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if d.Allowed {
+					admitted.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if admitted.Load() != 20 {
+		t.Fatalf("admitted %d of 100, want exactly the limit (20)", admitted.Load())
+	}
+	if st := rl.Stats(); st.LocalAdmissions == 0 {
+		t.Fatalf("stats %+v: nothing admitted locally", st)
+	}
+	// The hour-long interval never ticked: the script wrote every hit held, since the bucket was near its limit.
+	if n := rdb.ZCard(ctx, "alone").Val(); n != 20 {
+		t.Fatalf("bucket holds %d, want 20", n)
+	}
+}
+
+// Three replicas hammering one bucket admit at most limit + replicas × allowance, and every admission is written.
+func TestBatchedOverAdmissionIsBounded(t *testing.T) {
+	ctx := context.Background()
+	url := testenv.RedisURL(t)
+	const limit, allowance, replicas = 60, 6, 3
+	for round := range 3 {
+		key := TokenKey("hammer-" + string(rune('a'+round)))
+		var limiters []*SlidingWindow
+		for range replicas {
+			limiters = append(limiters, newLimiter(t, client(t, url),
+				Options{Mode: Batched, BatchInterval: 20 * time.Millisecond, Allowance: allowance}))
+		}
+		var admitted atomic.Int64
+		var wg sync.WaitGroup
+		for _, rl := range limiters {
+			for range 8 {
+				wg.Go(func() {
+					for range 40 {
+						d, err := rl.Allow(ctx, key, limit, time.Minute)
+						if err != nil {
+							t.Error(err)
+							return
+						}
+						if d.Allowed {
+							admitted.Add(1)
+						}
+					}
+				})
+			}
+		}
+		wg.Wait()
+		n := admitted.Load()
+		t.Logf("round %d: %d admitted of %d (limit %d, bound %d)", round+1, n, replicas*8*40, limit, limit+replicas*allowance)
+		if n < limit || n > limit+replicas*allowance {
+			t.Fatalf("admitted %d, want between the limit (%d) and limit + replicas·allowance (%d)", n, limit,
+				limit+replicas*allowance)
+		}
+		for _, rl := range limiters {
+			if err := rl.Close(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if c := client(t, url).ZCard(ctx, key).Val(); c != n {
+			t.Fatalf("bucket holds %d, want every admission (%d)", c, n)
+		}
+	}
+}
+
+// The bound is reached: three replicas each hold a whole allowance admitted on views that left room, while Dify fills the
+// bucket to the limit; what they hold is written anyway (it was admitted), and then every replica refuses.
+func TestBatchedOverAdmissionReachesItsBound(t *testing.T) {
+	ctx := context.Background()
+	url := testenv.RedisURL(t)
+	dify := client(t, url)
+	key := TokenKey("worst")
+	const limit, allowance = 60, 6
+	var limiters []*SlidingWindow
+	for range 3 {
+		limiters = append(limiters, newLimiter(t, client(t, url), Options{Mode: Batched, BatchInterval: time.Hour, Allowance: allowance}))
+	}
+	for _, rl := range limiters { // each learns the bucket with one script call
+		if d, err := rl.Allow(ctx, key, limit, time.Minute); err != nil || !d.Allowed || d.Local {
+			t.Fatalf("%+v, %v", d, err)
+		}
+	}
+	for _, rl := range limiters {
+		for range allowance {
+			if d, err := rl.Allow(ctx, key, limit, time.Minute); err != nil || !d.Allowed || !d.Local {
+				t.Fatalf("%+v, %v; want admitted locally", d, err)
+			}
+		}
+	}
+	// Dify admits up to the limit meanwhile: one request a second over the last 57 s, as its RateLimiter writes them.
+	now := dify.Time(ctx).Val().Unix()
+	for i := range int64(limit - 3) {
+		difyIncrement(t, dify, key, now-i, 60)
+	}
+	if n := difyAttempts(t, dify, key, 60); n != limit {
+		t.Fatalf("Dify's check counts %d, want the limit %d", n, limit)
+	}
+	for _, rl := range limiters {
+		if err := rl.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if total := dify.ZCard(ctx, key).Val(); total != limit+3*allowance {
+		t.Fatalf("bucket holds %d, want limit + replicas·allowance = %d", total, limit+3*allowance)
+	}
+	for _, rl := range limiters {
+		if d, err := rl.Allow(ctx, key, limit, time.Minute); err != nil || d.Allowed {
+			t.Fatalf("%+v, %v; want denied", d, err)
+		}
+	}
+}
+
+// Close writes the hits held, and afterwards every decision goes to the script.
+func TestBatchedCloseWritesHeldHits(t *testing.T) {
+	ctx := context.Background()
+	rdb := testenv.Redis(t)
+	rl := newLimiter(t, rdb, Options{Mode: Batched, BatchInterval: time.Hour, Allowance: 50})
+	for range 11 {
+		if d, err := rl.Allow(ctx, "closing", 1000, time.Minute); err != nil || !d.Allowed {
+			t.Fatalf("%+v, %v", d, err)
+		}
+	}
+	if n := rdb.ZCard(ctx, "closing").Val(); n != 1 {
+		t.Fatalf("before Close the bucket holds %d, want 1 (the first, decided by the script)", n)
+	}
+	if err := rl.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := rdb.ZCard(ctx, "closing").Val(); n != 11 {
+		t.Fatalf("after Close the bucket holds %d, want 11", n)
+	}
+	if d, err := rl.Allow(ctx, "closing", 1000, time.Minute); err != nil || !d.Allowed || d.Local {
+		t.Fatalf("after Close: %+v, %v; want decided by Redis", d, err)
+	}
+}
+
+// With Redis down a batched limiter admits at most its allowance locally, then fails like the exact path (the caller
+// applies RATE_LIMIT_FAIL_OPEN); the hits it held are written once Redis is back.
+func TestBatchedRedisDown(t *testing.T) {
+	ctx := context.Background()
+	srv := testenv.StartRedisServer(t)
+	rdb := srv.Client()
+	rl := newLimiter(t, rdb, Options{Mode: Batched, BatchInterval: 20 * time.Millisecond, Allowance: 5})
+	if d, err := rl.Allow(ctx, "down", 100, time.Minute); err != nil || !d.Allowed {
+		t.Fatalf("%+v, %v", d, err)
+	}
+	srv.Stop()
+	local := 0
+	for range 20 {
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		d, err := rl.Allow(cctx, "down", 100, time.Minute)
+		cancel()
+		if err != nil {
+			break
+		}
+		if !d.Allowed || !d.Local {
+			t.Fatalf("%+v: want a local admission or an error with Redis down", d)
+		}
+		local++
+	}
+	if local == 0 || local > 5 {
+		t.Fatalf("%d admitted with Redis down, want 1..5 (the allowance)", local)
+	}
+	testenv.Eventually(t, 5*time.Second, "a failed write counted", func() bool { return rl.Stats().FlushErrors > 0 })
+	srv.Start() // empty: the server keeps nothing across a restart
+	testenv.Eventually(t, 10*time.Second, "held hits written after the outage", func() bool {
+		return rdb.ZCard(ctx, "down").Val() == int64(local)
+	})
+}
