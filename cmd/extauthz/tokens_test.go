@@ -32,7 +32,7 @@ func (w *world) redisClient() *redis.Client {
 func (w *world) auditCount(tokenID string) int {
 	n := 0
 	for _, line := range strings.Split(w.audit.String(), "\n") {
-		if strings.Contains(line, `"audit_event":"oauth.token_expired"`) && strings.Contains(line, `"token_id":"`+tokenID+`"`) {
+		if strings.Contains(line, `"event":"oauth.token_expired"`) && strings.Contains(line, `"token_id":"`+tokenID+`"`) {
 			n++
 		}
 	}

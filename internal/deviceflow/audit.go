@@ -2,23 +2,23 @@ package deviceflow
 
 import (
 	"context"
+
+	"github.com/authgate/authgate/internal/audit"
 )
 
-// Audit events (docs/operations.md). Their attributes never carry a token, device code, cookie or assertion in clear: tokens and
-// device codes appear as their SHA-256 hashes at most.
+// deviceflow's audit events, by their names in package audit.
 const (
-	auditDeviceCodeIssued = "oauth.device_code_issued"
-	auditDeviceApproved   = "oauth.device_approved"
-	auditDeviceDenied     = "oauth.device_denied"
-	auditTokenMinted      = "oauth.token_minted"
-	auditTokenRotated     = "oauth.token_rotated"
-	auditTokenRevoked     = "oauth.token_revoked"
-	auditTokenExpired     = "oauth.token_expired"
-	auditCrossIPPoll      = "oauth.device_code_cross_ip_poll"
-	auditFlowRejected     = "oauth.device_flow_rejected"
+	auditDeviceCodeIssued = audit.DeviceCodeIssued
+	auditDeviceApproved   = audit.DeviceApproved
+	auditDeviceDenied     = audit.DeviceDenied
+	auditTokenMinted      = audit.TokenMinted
+	auditTokenRotated     = audit.TokenRotated
+	auditTokenRevoked     = audit.TokenRevoked
+	auditTokenExpired     = audit.TokenExpired
+	auditCrossIPPoll      = audit.DeviceCodeCrossIP
+	auditFlowRejected     = audit.DeviceFlowRejected
 )
 
-// audit writes one audit event as a structured log line.
-func (s *Server) audit(ctx context.Context, event string, attrs ...any) {
-	s.log.InfoContext(ctx, event, append([]any{"audit", true, "event", event}, attrs...)...)
+func (s *Server) audit(ctx context.Context, event audit.Event, attrs ...any) {
+	audit.Log(ctx, s.log, event, attrs...)
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"github.com/authgate/authgate/internal/audit"
 	"io"
 	"log/slog"
 	"net/http"
@@ -83,10 +84,10 @@ func (l *flowLogs) events() []map[string]any {
 	return out
 }
 
-func (l *flowLogs) count(event string) int {
+func (l *flowLogs) count(event audit.Event) int {
 	n := 0
 	for _, e := range l.events() {
-		if e["event"] == event {
+		if e["event"] == string(event) {
 			n++
 		}
 	}

@@ -3,6 +3,7 @@ package deviceflow
 import (
 	"context"
 	"encoding/json"
+	"github.com/authgate/authgate/internal/audit"
 	"io"
 	"net/http"
 	"net/url"
@@ -194,7 +195,7 @@ func TestAccountFlowWithDifyJSONClient(t *testing.T) {
 	if n := e.rdb.DBSize(t.Context()).Val(); n != countRateLimitKeys(t, e)+2 { // the marker and the slot's epoch
 		t.Fatalf("device-flow keys left in Redis after the token was delivered: %v", e.rdb.Keys(t.Context(), "*").Val())
 	}
-	for _, ev := range []string{auditDeviceCodeIssued, auditDeviceApproved, auditTokenMinted} {
+	for _, ev := range []audit.Event{auditDeviceCodeIssued, auditDeviceApproved, auditTokenMinted} {
 		if e.logs.count(ev) != 1 {
 			t.Fatalf("audit %s logged %d times", ev, e.logs.count(ev))
 		}

@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"errors"
+	"github.com/authgate/authgate/internal/audit"
 	"log/slog"
 	"time"
 
@@ -265,8 +266,7 @@ func (p *Pipeline) hardExpire(ctx context.Context, tokenID, clientID string, now
 	}
 	if hit {
 		p.metrics.hardExpired.Add(ctx, 1)
-		p.deps.Logger.InfoContext(ctx, "oauth.token_expired", "audit_event", "oauth.token_expired",
-			"token_id", tokenID, "client_id", clientID)
+		audit.Log(ctx, p.deps.Logger, audit.TokenExpired, "token_id", tokenID, "client_id", clientID)
 	}
 }
 
