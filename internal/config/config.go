@@ -80,7 +80,8 @@ type Extauthz struct {
 	// NOT_SERVING, before it stops accepting them: the proxies take that long to drop it (Envoy after unhealthy_threshold
 	// failed health checks). 0 stops at once.
 	ShutdownDrainDelay time.Duration
-	TrustedProxyHops   int // TRUSTED_PROXY_HOPS: X-Forwarded-For hops to trust for the per-IP budget
+	TrustedProxyHops   int               // TRUSTED_PROXY_HOPS: X-Forwarded-For hops to trust for the per-IP budget
+	IdentityAssertion  IdentityAssertion // IDENTITY_ASSERTION*: the signed identity for the upstream
 }
 
 // DefaultShutdownDrainDelay covers envoy/envoy.yaml's active health check of the extauthz cluster, the slowest way a
@@ -109,6 +110,7 @@ func LoadExtauthz(lookup Lookup) (Extauthz, []string, error) {
 		TrustedProxyHops:           r.Int("TRUSTED_PROXY_HOPS", 0, 0, 16),
 	}
 	c.readRateLimitMode(r)
+	c.IdentityAssertion = readIdentityAssertion(r)
 	return c, r.warnings, r.err
 }
 
