@@ -28,7 +28,12 @@ func (p *Pipeline) decide(ctx context.Context, req *Request) Decision {
 		return deny(404, CodeRouteNotFound, "no such route")
 	}
 	if preflight || route.AuthNone {
-		return Decision{Allow: true, Route: route.Name}
+		d := Decision{Allow: true, Route: route.Name}
+		if !p.opts.ForwardAuthorization {
+			// Nothing checked the header here either: an upstream told it never sees one must not get a client's.
+			d.RemoveHeaders = []string{"authorization"}
+		}
+		return d
 	}
 	d := p.authenticate(ctx, req, route, params, rawQuery)
 	d.Route = route.Name
