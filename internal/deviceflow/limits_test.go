@@ -191,7 +191,7 @@ func TestMistypedCodesLockOutForMinutesNotAnHour(t *testing.T) {
 	}
 }
 
-// TestEveryUnknownCodeAnswerSpendsOneBudget: unknown codes typed into lookup, /device/details, approve, deny and
+// TestEveryUnknownCodeAnswerSpendsOneBudget: unknown codes typed into lookup, /device/details, approve, deny and the page's
 // sso-initiate are charged to one failed-lookup budget per address (an IPv6 /64); once it is spent every one of them
 // refuses even a valid code, so spreading guesses over endpoints gains nothing.
 func TestEveryUnknownCodeAnswerSpendsOneBudget(t *testing.T) {
@@ -199,6 +199,7 @@ func TestEveryUnknownCodeAnswerSpendsOneBudget(t *testing.T) {
 	_, uc := e.issue("laptop")
 	c := e.consoleFor(flowAnn.ID)
 	from := fromIP("2001:db8:7:7::1")
+	page := e.openPage(from)
 	guessers := []func(code string) flowResp{
 		func(code string) flowResp { return e.get("/oauth/device/lookup?user_code="+code, from) },
 		func(code string) flowResp {
@@ -210,7 +211,7 @@ func TestEveryUnknownCodeAnswerSpendsOneBudget(t *testing.T) {
 		func(code string) flowResp {
 			return e.postJSON("/oauth/device/deny", map[string]string{"user_code": code}, append(c.opts(), from)...)
 		},
-		func(code string) flowResp { return e.get("/oauth/device/sso-initiate?user_code="+code, from) },
+		func(code string) flowResp { return e.ssoInitiate(code, page, from) },
 	}
 	for i := range limitFailedLookup.n {
 		r := guessers[i%len(guessers)]("BBBB-BBB" + string(userCodeAlphabet[i]))

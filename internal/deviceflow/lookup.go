@@ -17,6 +17,7 @@ type lookupResponse struct {
 // so unknown codes spend the per-IP budget of failures (limits.go) besides the per-IP request limit.
 func (s *Server) handleLookup(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
+	noStore(w) // a shared cache must not hand one person's device label and client to another
 	if err := s.checkGuesses(ctx, w, r); err != nil {
 		return err
 	}

@@ -9,8 +9,8 @@ import (
 	"net/url"
 )
 
-// The /device page (SPEC §4.2): one server-rendered HTML document holding every view, a stylesheet and a small script,
-// all embedded in the binary. No CDN, no inline script or style, so the CSP can forbid everything else.
+// The /device page (docs/architecture.md): one server-rendered HTML document holding every view, a stylesheet and a small
+// script, all embedded in the binary. No CDN, no inline script or style, so the CSP can forbid everything else.
 
 //go:embed web
 var webFS embed.FS
@@ -53,6 +53,8 @@ type pageData struct {
 	CSRFCookie  string
 	SSOVerified bool
 	SSOError    string
+	// SSOState is the nonce of the device_sso_state cookie; the page sends it back to start SSO (EE only).
+	SSOState string
 }
 
 // handleDevicePage: GET /device.
@@ -71,6 +73,13 @@ func (s *Server) handleDevicePage(w http.ResponseWriter, r *http.Request) error 
 		if msg, ok := ssoErrorMessages[q.Get("sso_error")]; ok {
 			data.SSOError = msg
 		}
+	}
+	if data.Enterprise {
+		state, err := s.startStateFor(w, r)
+		if err != nil {
+			return err
+		}
+		data.SSOState = state
 	}
 	var body bytes.Buffer
 	if err := pageTemplate.Execute(&body, data); err != nil {

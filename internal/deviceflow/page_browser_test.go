@@ -203,6 +203,49 @@ func TestDevicePageInChromium(t *testing.T) {
 		}
 	})
 
+	t.Run("SSO starts only after the code is confirmed on the page, never from a link", func(t *testing.T) {
+		b := b.in(t)
+		deviceCode, userCode := h.issue()
+		// The fake IdP sends the browser straight back with an assertion, as an IdP where the person is signed in would.
+		assertion := h.assertion("sso.user@partner.example", userCode, newSSONonce())
+		h.ent.SetSSOInitiateURL(b.baseURL + "/openapi/v1/oauth/device/sso-complete?sso_assertion=" + url.QueryEscape(assertion))
+		calls := h.ent.RequestCount()
+		b.run("open a link to sso-initiate someone sent",
+			chromedp.Navigate(b.baseURL+"/openapi/v1/oauth/device/sso-initiate?user_code="+userCode), visible("view-code-entry"))
+		if got := b.eval(`location.pathname + location.search`); got != "/device" {
+			t.Errorf("the link landed on %q, want the code confirmation at /device", got)
+		}
+		if got := b.eval(`document.getElementById("user-code").value`); got != userCode {
+			t.Errorf("the link prefilled %q, want %q", got, userCode)
+		}
+		if n := h.ent.RequestCount(); n != calls {
+			t.Fatalf("opening the link started SSO (%d enterprise calls)", n-calls)
+		}
+		b.run("confirm the code", chromedp.Click(chromedp.CSS("#continue")), visible("view-chooser"))
+		if got := b.text("#chooser-client-id") + " / " + b.text("#chooser-device-label"); got != "difyctl / laptop" {
+			t.Errorf("chooser shows %q", got)
+		}
+		b.run("continue with SSO", chromedp.Click(chromedp.CSS("#choose-sso")), visible("view-authorize-sso"))
+		if n := h.ent.RequestCount(); n != calls+1 {
+			t.Fatalf("enterprise calls = %d, want 1", n-calls)
+		}
+		for sel, want := range map[string]string{"#sso-email": "sso.user@partner.example", "#sso-client-id": "difyctl",
+			"#sso-device-label": "laptop", "#sso-ip": "192.0.2.10", "#view-authorize-sso .js-user-code": userCode} {
+			if got := b.text(sel); got != want {
+				t.Errorf("%s shows %q, want %q", sel, got, want)
+			}
+		}
+		if got := b.text("#sso-started"); !strings.Contains(got, "just now") && !strings.Contains(got, "minute") {
+			t.Errorf("start time shown: %q", got)
+		}
+		b.screenshot("/tmp/authgate-device-authorize-sso.png")
+		b.run("approve as the external subject", chromedp.Click(chromedp.CSS("#sso-approve")), visible("view-success"))
+		code, body := h.poll(deviceCode)
+		if tok, _ := body["access_token"].(string); code != 200 || !strings.HasPrefix(tok, "dfoe_") {
+			t.Fatalf("poll after SSO approval in the browser: %d %v", code, body)
+		}
+	})
+
 	b.signIn(webAccount.ID)
 
 	t.Run("verification_uri_complete prefills, is scrubbed, and approval yields a token", func(t *testing.T) {
@@ -278,6 +321,9 @@ func TestDevicePageInChromium(t *testing.T) {
 		}
 		if got := b.text("#view-authorize-sso .js-user-code"); got != userCode {
 			t.Errorf("code shown: %q", got)
+		}
+		if got := b.text("#sso-client-id") + " / " + b.text("#sso-device-label") + " / " + b.text("#sso-ip"); got != "difyctl / laptop / 192.0.2.10" {
+			t.Errorf("device context shown: %q", got)
 		}
 		b.run("approve as the external subject", chromedp.Click(chromedp.CSS("#sso-approve")), visible("view-success"))
 		code, body := h.poll(deviceCode)

@@ -27,6 +27,7 @@ type deviceDetails struct {
 // it spends the same per-IP budgets as lookup: requests, and unknown codes.
 func (s *Server) handleDeviceDetails(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
+	noStore(w)
 	if _, apiErr := s.consoleUserID(r); apiErr != nil {
 		return apiErr
 	}
@@ -50,7 +51,6 @@ func (s *Server) handleDeviceDetails(w http.ResponseWriter, r *http.Request) err
 	case err != nil:
 		return err
 	}
-	noStore(w)
 	writeJSON(w, http.StatusOK, deviceDetails{
 		UserCode:           a.UserCode,
 		ClientID:           a.ClientID,

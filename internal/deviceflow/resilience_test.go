@@ -421,6 +421,7 @@ func (e *faultEnv) everyEndpoint(dc, uc, token, tokenID string) []endpointCall {
 		"exp": now.Add(90 * time.Second).Unix(), "email": "ext@partner.example", "issuer": "https://idp.partner.example",
 		"user_code": uc, "nonce": newSSONonce()})
 	bearer := withBearer(token)
+	page := e.openPage() // rendering the page needs neither Redis nor Postgres
 	return []endpointCall{
 		{"device code", func() flowResp { return e.postJSON("/oauth/device/code", map[string]string{"client_id": "difyctl"}) }},
 		{"token poll", func() flowResp { return e.pollJSON(dc) }},
@@ -432,7 +433,7 @@ func (e *faultEnv) everyEndpoint(dc, uc, token, tokenID string) []endpointCall {
 		{"device details", func() flowResp {
 			return e.do(http.MethodGet, "/device/details?user_code="+uc, "", nil, withCookies(c.cookies...))
 		}},
-		{"sso-initiate", func() flowResp { return e.get("/oauth/device/sso-initiate?user_code=" + uc) }},
+		{"sso-initiate", func() flowResp { return e.ssoInitiate(uc, page) }},
 		{"sso-complete", func() flowResp {
 			return e.get("/oauth/device/sso-complete?sso_assertion=" + url.QueryEscape(assertion))
 		}},

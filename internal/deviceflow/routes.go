@@ -8,7 +8,8 @@ import (
 // apiPrefix is where Dify serves the OpenAPI; Envoy routes these paths to deviceflow.
 const apiPrefix = "/openapi/v1"
 
-// routes registers every route of SPEC §4. The SSO branch and the /device page are served by sso*.go and page*.go.
+// routes registers every route of the device-flow service (docs/architecture.md). The SSO branch and the /device page are
+// served by sso*.go and page*.go.
 func (s *Server) routes() *http.ServeMux {
 	mux := http.NewServeMux()
 	api := func(pattern string, h handlerFunc) {
@@ -23,9 +24,10 @@ func (s *Server) routes() *http.ServeMux {
 	api("POST /oauth/device/deny", s.handleDeny)
 
 	// The SSO branch, served only when ENTERPRISE_ENABLED (404 on CE).
-	api("GET /oauth/device/sso-initiate", s.enterpriseOnly(s.handleSSOInitiate))
+	api("GET /oauth/device/sso-initiate", s.enterpriseOnly(s.handleSSOInitiateLink))
+	api("POST /oauth/device/sso-initiate", s.enterpriseOnly(s.handleSSOInitiate))
 	api("GET /oauth/device/sso-complete", s.enterpriseOnly(s.handleSSOComplete))
-	api("GET /device/sso-complete", s.enterpriseOnly(s.handleSSOComplete)) // SPEC §4's second mount, also under the prefix
+	api("GET /device/sso-complete", s.enterpriseOnly(s.handleSSOComplete)) // the IdP callback's second mount, also under the prefix
 	api("GET /oauth/device/approval-context", s.enterpriseOnly(s.handleApprovalContext))
 	api("POST /oauth/device/approve-external", s.enterpriseOnly(s.handleApproveExternal))
 	api("POST /oauth/device/deny-external", s.enterpriseOnly(s.handleDenyExternal))

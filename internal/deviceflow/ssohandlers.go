@@ -27,6 +27,7 @@ const (
 
 const (
 	approvalGrantCookieName = "device_approval_grant"
+	ssoStartStateCookieName = "device_sso_state"
 	approvalGrantCookiePath = apiPrefix + "/oauth/device"
 	ssoCompletePath         = apiPrefix + "/oauth/device/sso-complete"
 	devicePagePath          = "/device"
@@ -49,18 +50,54 @@ func (s *Server) envelopes() envelopeKeys { return newEnvelopeKeys(s.cfg.SecretK
 
 func (s *Server) nonces() nonceLedger { return nonceLedger{rdb: s.deps.Redis, now: s.now} }
 
-// handleSSOInitiate: GET /oauth/device/sso-initiate?user_code= → 302 to the IdP the enterprise service names.
+// handleSSOInitiateLink: GET /oauth/device/sso-initiate?user_code=. A link must not start SSO: a person already signed in
+// at the IdP would come back to "Authorize this device?" one click after opening a link someone sent. The link leads to the
+// /device page instead, where the code is confirmed and SSO is started from the page (handleSSOInitiate). Nothing is looked
+// up, so nothing is charged.
+func (s *Server) handleSSOInitiateLink(w http.ResponseWriter, r *http.Request) error {
+	target := s.cfg.ConsoleWebURL + devicePagePath
+	if code, ok := normalizeUserCode(r.URL.Query().Get("user_code")); ok {
+		target = s.pageURL("user_code", code)
+	}
+	noStore(w)
+	http.Redirect(w, r, target, http.StatusSeeOther)
+	return nil
+}
+
+// handleSSOInitiate: POST /oauth/device/sso-initiate with user_code and state → {"url": the IdP URL the enterprise service
+// names}; the page navigates there. The state must be the nonce of the device_sso_state cookie the /device page set
+// (double submit of a signed, short-lived cookie, SameSite=Lax): another site cannot read it, and its form posts do not carry
+// the cookie. The answer is JSON rather than a redirect because the page's CSP (form-action 'self') rightly forbids a form
+// from being redirected to another origin.
 func (s *Server) handleSSOInitiate(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
+	p, apiErr := decodeBody(w, r)
+	if apiErr != nil {
+		return apiErr
+	}
+	raw, apiErr := p.str("user_code")
+	if apiErr != nil {
+		return apiErr
+	}
+	state, apiErr := p.str("state")
+	if apiErr != nil {
+		return apiErr
+	}
+	if apiErr := s.checkStartState(r, state); apiErr != nil {
+		return apiErr
+	}
 	if err := s.allow(ctx, w, limitSSOInitiate, s.clientBucket(r)); err != nil {
 		return err
 	}
-	userCode, ok := normalizeUserCode(r.URL.Query().Get("user_code"))
-	if !ok {
-		return errorf(http.StatusBadRequest, codeInvalidUserCode, "user_code is missing or malformed")
-	}
 	if err := s.checkGuesses(ctx, w, r); err != nil {
 		return err
+	}
+	userCode, ok := normalizeUserCode(raw)
+	if !ok {
+		if err := s.chargeGuess(ctx, r); err != nil {
+			return err
+		}
+		return errorf(http.StatusBadRequest, codeInvalidUserCode, "user_code is missing or malformed")
 	}
 	if _, err := s.state.LookupPending(ctx, userCode, s.now()); err != nil {
 		if errors.Is(err, ErrUnknownCode) {
@@ -68,14 +105,14 @@ func (s *Server) handleSSOInitiate(w http.ResponseWriter, r *http.Request) error
 		}
 		return pendingCodeError(err)
 	}
-	state, err := s.envelopes().signState(userCode, newSSONonce(), s.cfg.ConsoleAPIURL+ssoCompletePath)
+	signed, err := s.envelopes().signState(userCode, newSSONonce(), s.cfg.ConsoleAPIURL+ssoCompletePath)
 	if err != nil {
 		return err
 	}
 	// The enterprise service is not bound by the Redis/Postgres budget; it has a timeout of its own.
 	callCtx, cancel := context.WithTimeout(outerContext(ctx), ssoInitiateTimeout)
 	defer cancel()
-	target, err := s.deps.Enterprise.SSOInitiate(callCtx, state)
+	target, err := s.deps.Enterprise.SSOInitiate(callCtx, signed)
 	if err == nil {
 		err = s.checkIdPURL(target)
 	}
@@ -85,8 +122,44 @@ func (s *Server) handleSSOInitiate(w http.ResponseWriter, r *http.Request) error
 	}
 	noStore(w)
 	// A grant left over from another tab must not approve this code.
-	http.SetCookie(w, s.grantCookie("", -1))
-	http.Redirect(w, r, target, http.StatusFound)
+	http.SetCookie(w, s.deviceCookie(approvalGrantCookieName, "", -1))
+	writeJSON(w, http.StatusOK, struct {
+		URL string `json:"url"`
+	}{target})
+	return nil
+}
+
+// startStateFor returns the nonce the /device page puts in its SSO form, and sets the device_sso_state cookie that carries it
+// signed. A valid cookie keeps its nonce (another open tab of the page stays usable) and gets a fresh expiry.
+func (s *Server) startStateFor(w http.ResponseWriter, r *http.Request) (string, error) {
+	nonce := ""
+	if c, err := r.Cookie(ssoStartStateCookieName); err == nil {
+		if st, err := s.envelopes().verifyStartState(c.Value); err == nil {
+			nonce = st.Nonce
+		}
+	}
+	if nonce == "" {
+		nonce = newSSONonce()
+	}
+	signed, err := s.envelopes().signStartState(nonce)
+	if err != nil {
+		return "", err
+	}
+	http.SetCookie(w, s.deviceCookie(ssoStartStateCookieName, signed, int(ssoStartStateTTL/time.Second)))
+	return nonce, nil
+}
+
+// checkStartState requires the state field to be the nonce of a valid device_sso_state cookie.
+func (s *Server) checkStartState(r *http.Request, field string) *apiError {
+	invalid := errorf(http.StatusForbidden, codeCSRFInvalid, "start SSO from the device page; reload it and try again")
+	c, err := r.Cookie(ssoStartStateCookieName)
+	if err != nil || c.Value == "" || field == "" {
+		return invalid
+	}
+	st, err := s.envelopes().verifyStartState(c.Value)
+	if err != nil || subtle.ConstantTimeCompare([]byte(st.Nonce), []byte(field)) != 1 {
+		return invalid
+	}
 	return nil
 }
 
@@ -149,7 +222,7 @@ func (s *Server) handleSSOComplete(w http.ResponseWriter, r *http.Request) error
 		return err
 	}
 	noStore(w)
-	http.SetCookie(w, s.grantCookie(value, int(approvalGrantTTL/time.Second)))
+	http.SetCookie(w, s.deviceCookie(approvalGrantCookieName, value, int(approvalGrantTTL/time.Second)))
 	http.Redirect(w, r, s.pageURL("sso_verified", "1"), http.StatusFound)
 	return nil
 }
@@ -159,10 +232,11 @@ func (s *Server) pageURL(name, value string) string {
 	return s.cfg.ConsoleWebURL + devicePagePath + "?" + url.Values{name: {value}}.Encode()
 }
 
-// grantCookie builds the approval-grant cookie; maxAge < 0 deletes it.
-func (s *Server) grantCookie(value string, maxAge int) *http.Cookie {
+// deviceCookie builds the SSO branch's cookies (the approval grant, the start state): sent only to the device-flow API,
+// never readable by script, not sent by other sites' form posts; maxAge < 0 deletes it.
+func (s *Server) deviceCookie(name, value string, maxAge int) *http.Cookie {
 	return &http.Cookie{
-		Name:     approvalGrantCookieName,
+		Name:     name,
 		Value:    value,
 		Path:     approvalGrantCookiePath,
 		MaxAge:   maxAge,
@@ -186,20 +260,37 @@ func (s *Server) grantFromCookie(r *http.Request) (approvalGrant, error) {
 	return g, nil
 }
 
-// handleApprovalContext: GET /oauth/device/approval-context. Reading the context does not use up the grant.
+// approvalContext is what the SSO approval screen shows: the verified subject, and the same device context as the account
+// branch's /device/details (RFC 8628 §5.4), so a person can tell a request someone else started.
+type approvalContext struct {
+	SubjectEmail  string `json:"subject_email"`
+	SubjectIssuer string `json:"subject_issuer"`
+	UserCode      string `json:"user_code"`
+	CSRFToken     string `json:"csrf_token"`
+	ExpiresAt     string `json:"expires_at"`
+	ClientID      string `json:"client_id"`
+	DeviceLabel   string `json:"device_label"`
+	CreatedAt     string `json:"created_at"`
+	CreatorIP     string `json:"creator_ip"`
+}
+
+// handleApprovalContext: GET /oauth/device/approval-context. Reading the context does not use up the grant. The code comes
+// from the signed grant, not from the caller, so an unknown one is not a guess to charge.
 func (s *Server) handleApprovalContext(w http.ResponseWriter, r *http.Request) error {
+	noStore(w)
 	g, err := s.grantFromCookie(r)
 	if err != nil {
 		return err
 	}
-	noStore(w)
-	writeJSON(w, http.StatusOK, struct {
-		SubjectEmail  string `json:"subject_email"`
-		SubjectIssuer string `json:"subject_issuer"`
-		UserCode      string `json:"user_code"`
-		CSRFToken     string `json:"csrf_token"`
-		ExpiresAt     string `json:"expires_at"`
-	}{g.SubjectEmail, g.SubjectIssuer, g.UserCode, g.CSRFToken, g.expiry().UTC().Format(time.RFC3339)})
+	a, err := s.state.LookupPending(r.Context(), g.UserCode, s.now())
+	if err != nil {
+		return notPendingError(err)
+	}
+	writeJSON(w, http.StatusOK, approvalContext{
+		SubjectEmail: g.SubjectEmail, SubjectIssuer: g.SubjectIssuer, UserCode: g.UserCode, CSRFToken: g.CSRFToken,
+		ExpiresAt: g.expiry().UTC().Format(time.RFC3339),
+		ClientID:  a.ClientID, DeviceLabel: a.DeviceLabel, CreatedAt: a.CreatedAt.UTC().Format(time.RFC3339), CreatorIP: a.CreatorIP,
+	})
 	return nil
 }
 
@@ -273,7 +364,7 @@ func (s *Server) resolveExternal(w http.ResponseWriter, r *http.Request, to Stat
 			"client_id", resolved.ClientID, "device_label", resolved.DeviceLabel, "ip", s.clientIP(r).String())
 	}
 	noStore(w)
-	http.SetCookie(w, s.grantCookie("", -1))
+	http.SetCookie(w, s.deviceCookie(approvalGrantCookieName, "", -1))
 	writeJSON(w, http.StatusOK, struct {
 		Status Status `json:"status"`
 	}{to})

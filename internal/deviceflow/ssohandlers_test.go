@@ -21,10 +21,11 @@ func TestSSOBranchEndToEndMintsExternalToken(t *testing.T) {
 	h.ent.SetSSOInitiateURL("https://idp.partner.example/authorize?x=1")
 	deviceCode, userCode := h.issue()
 
-	// sso-initiate hands the enterprise service a state envelope for this code and sends the browser to the IdP.
-	rec := h.do("GET", "/openapi/v1/oauth/device/sso-initiate?user_code="+strings.ToLower(userCode), nil, nil)
-	if rec.Code != http.StatusFound || rec.Header().Get("Location") != "https://idp.partner.example/authorize?x=1" {
-		t.Fatalf("sso-initiate: %d %q %s", rec.Code, rec.Header().Get("Location"), rec.Body)
+	// sso-initiate, pressed on the page, hands the enterprise service a state envelope for this code and tells the page
+	// where the IdP is.
+	rec := h.ssoInitiate(strings.ToLower(userCode), h.openPage())
+	if rec.Code != http.StatusOK || strings.TrimSpace(rec.Body.String()) != `{"url":"https://idp.partner.example/authorize?x=1"}` {
+		t.Fatalf("sso-initiate: %d %s", rec.Code, rec.Body)
 	}
 	if c := cookieNamed(rec, approvalGrantCookieName); c == nil || c.MaxAge >= 0 {
 		t.Errorf("sso-initiate did not clear a stale grant: %v", c)
@@ -296,25 +297,24 @@ func TestSSOInitiateFailures(t *testing.T) {
 		h := newWebHarness(t, true, nil)
 		_, userCode := h.issue()
 		h.ent.FailWith(http.StatusServiceUnavailable)
-		wantError(t, h.do("GET", "/openapi/v1/oauth/device/sso-initiate?user_code="+userCode, nil, nil),
-			http.StatusBadGateway, codeSSOInitiateFailed)
+		wantError(t, h.ssoInitiate(userCode, h.openPage()), http.StatusBadGateway, codeSSOInitiateFailed)
 	})
 	t.Run("plain http IdP behind an https API", func(t *testing.T) {
 		h := newWebHarness(t, true, func(c *Config) { c.ConsoleAPIURL = "https://api.example" })
 		_, userCode := h.issue()
 		h.ent.SetSSOInitiateURL("http://idp.partner.example/authorize")
-		wantError(t, h.do("GET", "/openapi/v1/oauth/device/sso-initiate?user_code="+userCode, nil, nil),
-			http.StatusBadGateway, codeSSOInitiateFailed)
+		wantError(t, h.ssoInitiate(userCode, h.openPage()), http.StatusBadGateway, codeSSOInitiateFailed)
 	})
 	t.Run("unknown, malformed and resolved codes", func(t *testing.T) {
 		h := newWebHarness(t, true, nil)
-		wantError(t, h.do("GET", "/openapi/v1/oauth/device/sso-initiate?user_code=BBBB-BBBB", nil, nil), http.StatusNotFound, codeExpiredOrUnknown)
-		wantError(t, h.do("GET", "/openapi/v1/oauth/device/sso-initiate?user_code=AEIO", nil, nil), http.StatusBadRequest, codeInvalidUserCode)
+		st := h.openPage()
+		wantError(t, h.ssoInitiate("BBBB-BBBB", st), http.StatusNotFound, codeExpiredOrUnknown)
+		wantError(t, h.ssoInitiate("AEIO", st), http.StatusBadRequest, codeInvalidUserCode)
 		_, userCode := h.issue()
 		if _, err := h.srv.State().Deny(context.Background(), userCode, tokens.ExternalSubject("x@y.example", "idp"), time.Now()); err != nil {
 			t.Fatal(err)
 		}
-		wantError(t, h.do("GET", "/openapi/v1/oauth/device/sso-initiate?user_code="+userCode, nil, nil), http.StatusConflict, codeUserCodeNotPending)
+		wantError(t, h.ssoInitiate(userCode, st), http.StatusConflict, codeUserCodeNotPending)
 		if n := h.ent.RequestCount(); n != 0 {
 			t.Errorf("the enterprise service was called %d times for codes that cannot start SSO", n)
 		}
@@ -322,13 +322,14 @@ func TestSSOInitiateFailures(t *testing.T) {
 	t.Run("rate limit per IP", func(t *testing.T) {
 		h := newWebHarness(t, true, nil)
 		_, userCode := h.issue()
+		st := h.openPage()
 		start := time.Now()
 		for i := range 60 {
-			if rec := h.do("GET", "/openapi/v1/oauth/device/sso-initiate?user_code="+userCode, nil, nil); rec.Code != http.StatusFound {
+			if rec := h.ssoInitiate(userCode, st); rec.Code != http.StatusOK {
 				t.Fatalf("request %d: %d", i+1, rec.Code)
 			}
 		}
-		rec := h.do("GET", "/openapi/v1/oauth/device/sso-initiate?user_code="+userCode, nil, nil)
+		rec := h.ssoInitiate(userCode, st)
 		wantError(t, rec, http.StatusTooManyRequests, codeRateLimited)
 		wantRetryAfter(t, rec.Header(), time.Hour, start)
 	})
@@ -340,6 +341,7 @@ func TestSSORoutesAnswer404OnCE(t *testing.T) {
 	grant := &http.Cookie{Name: approvalGrantCookieName, Value: "x"}
 	for _, route := range []struct{ method, path string }{
 		{"GET", "/openapi/v1/oauth/device/sso-initiate?user_code=" + userCode},
+		{"POST", "/openapi/v1/oauth/device/sso-initiate"},
 		{"GET", "/openapi/v1/oauth/device/sso-complete?sso_assertion=" + url.QueryEscape(h.assertion("e@x.example", userCode, "n"))},
 		{"GET", "/openapi/v1/device/sso-complete?sso_assertion=x"},
 		{"GET", "/openapi/v1/oauth/device/approval-context"},
@@ -362,7 +364,8 @@ func TestSSORoutesAnswer404OnCE(t *testing.T) {
 // grant or 401 invalid_session, never anything else.
 func FuzzGrantCookie(f *testing.F) {
 	h := newWebHarness(f, true, nil)
-	genuine, _, err := h.srv.envelopes().signGrant(h.cfg.ConsoleAPIURL, "ext@partner.example", "idp", "BCDF-GHJK")
+	_, userCode := h.issue() // pending while the seeds run; approval-context shows a grant only for a pending code
+	genuine, _, err := h.srv.envelopes().signGrant(h.cfg.ConsoleAPIURL, "ext@partner.example", "idp", userCode)
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -4,10 +4,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"regexp"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/authgate/authgate/internal/tokens"
 )
 
 // The SSO branch exchanges three compact JWS (HS256, key SECRET_KEY) with Dify's enterprise service and the browser. Their
@@ -19,10 +20,13 @@ const (
 	audStateEnvelope            = "api.sso.state_envelope"
 	audExternalSubjectAssertion = "api.device_flow.external_subject_assertion"
 	audApprovalGrant            = "api.device_flow.approval_grant"
+	// audSSOStartState is authgate's own: the /device page's cookie that lets it, and only it, start SSO.
+	audSSOStartState = "api.device_flow.sso_start_state"
 
 	stateEnvelopeTTL     = 900 * time.Second
 	approvalGrantTTL     = 300 * time.Second
 	maxAssertionLifetime = 120 * time.Second
+	ssoStartStateTTL     = 30 * time.Minute
 	// iatSkew tolerates the enterprise service's clock running slightly ahead of ours.
 	iatSkew = 5 * time.Second
 	// maxEnvelopeLen bounds what we hand to the JWS parser; real envelopes are well under 2 KiB.
@@ -110,8 +114,12 @@ type approvalGrant struct {
 	CSRFToken     string `json:"csrf_token"`
 }
 
-// Claim shapes as Dify validates them (controllers/openapi/_models.py).
-var emailShape = regexp.MustCompile(`^[^@\s]+@[^@\s]+$`)
+// ssoStartState is the device_sso_state cookie the /device page sets: its nonce is also in the page, and sso-initiate
+// requires both, so only a page the person has open (not a link, nor a form on another site) can start SSO.
+type ssoStartState struct {
+	envelopeTimes
+	Nonce string `json:"nonce"`
+}
 
 func checkLen(name, v string, lo, hi int) error {
 	if len(v) < lo || len(v) > hi {
@@ -120,12 +128,15 @@ func checkLen(name, v string, lo, hi int) error {
 	return nil
 }
 
+// checkEmail holds an external subject's email to Dify's own email validator (tokens.ValidEmail), not to the looser shape
+// Dify's claim models check (^[^@\s]+@[^@\s]+$, which in Go's RE2, whose \s is ASCII-only, would let NUL, VT, U+0085 and
+// U+2028 through): the email is stored and sent upstream in a header.
 func checkEmail(name, v string) error {
-	if err := checkLen(name, v, 3, 320); err != nil {
+	if err := checkLen(name, v, 3, tokens.MaxEmailLen); err != nil {
 		return err
 	}
-	if !emailShape.MatchString(v) {
-		return fmt.Errorf("claim %s: not an email", name)
+	if !tokens.ValidEmail(v) {
+		return fmt.Errorf("claim %s: not an email Dify accepts", name)
 	}
 	return nil
 }
@@ -219,6 +230,23 @@ func (k envelopeKeys) signGrant(issuer, email, subjectIssuer, userCode string) (
 	g.Issuer = issuer
 	v, err := k.sign(g)
 	return v, g, err
+}
+
+func (k envelopeKeys) signStartState(nonce string) (string, error) {
+	st := ssoStartState{Nonce: nonce}
+	st.stamp(audSSOStartState, k.now(), ssoStartStateTTL)
+	return k.sign(st)
+}
+
+func (k envelopeKeys) verifyStartState(token string) (ssoStartState, error) {
+	var st ssoStartState
+	if err := k.verify(token, audSSOStartState, &st); err != nil {
+		return ssoStartState{}, err
+	}
+	if err := checkLen("nonce", st.Nonce, 16, 128); err != nil {
+		return ssoStartState{}, fmt.Errorf("%w: %w", errInvalidEnvelope, err)
+	}
+	return st, nil
 }
 
 func (k envelopeKeys) verifyGrant(token string) (approvalGrant, error) {

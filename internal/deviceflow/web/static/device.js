@@ -14,6 +14,7 @@
     signinURL: root.dataset.signinUrl,
     csrfCookie: root.dataset.csrfCookie,
     ssoVerified: root.dataset.ssoVerified === "true",
+    ssoState: root.dataset.ssoState || "",
     ssoError: root.dataset.ssoError === "true"
   };
   var userCode = "";
@@ -112,6 +113,8 @@
       userCode = code;
       showCode(code);
       if (cfg.signedIn) return authorizeAccount(res.body);
+      setText("chooser-client-id", res.body.client_id || "");
+      setText("chooser-device-label", res.body.device_label || "");
       show("chooser");
     });
   }
@@ -152,8 +155,27 @@
     });
   }
 
+  // startSSO is reached only from the chooser, after the person confirmed the code: the server starts SSO for a POST that
+  // carries the page's state, never for a link, and answers with the identity provider's URL to go to.
+  function startSSO() {
+    busy(["choose-sso"], true);
+    call("POST", API + "/sso-initiate", { user_code: userCode, state: cfg.ssoState }).then(function (res) {
+      busy(["choose-sso"], false);
+      if (res.status === 200 && /^https?:\/\//.test(res.body.url || "")) return window.location.assign(res.body.url);
+      if (res.status === 429) return show("rate-limited");
+      if (res.body.error === "expired_or_unknown") return show("expired");
+      if (res.body.error === "user_code_not_pending") {
+        return flash("This code was already approved or denied. Start the sign-in again on your device.");
+      }
+      if (res.body.error === "csrf_invalid") return flash("This page has expired. Reload it and enter the code again.");
+      if (res.body.error === "sso_initiate_failed") return flash("The SSO provider could not be reached. Try again later.");
+      show("lookup-failed");
+    });
+  }
+
   function authorizeSSO() {
     call("GET", API + "/approval-context").then(function (res) {
+      if (res.status === 409) return show("expired");
       if (res.status !== 200) {
         setText("sso-error-message", "Your SSO session has expired. Start again from the code on your device.");
         return show("sso-error");
@@ -163,6 +185,10 @@
       showCode(userCode);
       setText("sso-email", res.body.subject_email);
       setText("sso-issuer", res.body.subject_issuer);
+      setText("sso-client-id", res.body.client_id || "");
+      setText("sso-device-label", res.body.device_label || "");
+      setText("sso-started", formatStarted(res.body.created_at));
+      setText("sso-ip", res.body.creator_ip || "unknown");
       show("authorize-sso");
     });
   }
@@ -197,11 +223,7 @@
       show(res.status === 429 ? "rate-limited" : "expired");
     });
   });
-  if ($("choose-sso")) {
-    $("choose-sso").addEventListener("click", function () {
-      window.location.assign(API + "/sso-initiate?user_code=" + encodeURIComponent(userCode));
-    });
-  }
+  if ($("choose-sso")) $("choose-sso").addEventListener("click", startSSO);
   $("account-approve").addEventListener("click", function () { resolveAccount("approve"); });
   $("account-deny").addEventListener("click", function () { resolveAccount("deny"); });
   $("sso-approve").addEventListener("click", function () { resolveSSO("approve"); });
