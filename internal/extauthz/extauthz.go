@@ -11,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/authgate/authgate/internal/assertion"
 	"github.com/authgate/authgate/internal/clientip"
 	"github.com/authgate/authgate/internal/lastused"
 	"github.com/authgate/authgate/internal/pipeline"
@@ -29,6 +30,8 @@ type Server struct {
 	tracer      trace.Tracer
 	// lastUsed notes the token of each allowed Check for last_used_at; nil records nothing.
 	lastUsed *lastused.Recorder
+	// assertion signs each allow's identity for the upstream (IDENTITY_ASSERTION); nil adds none.
+	assertion *assertion.Signer
 }
 
 // NewServer returns the gRPC service over checker. trustedHops (TRUSTED_PROXY_HOPS) is how many X-Forwarded-For entries,
@@ -51,6 +54,9 @@ func (s *Server) check(ctx context.Context, in checkRequest) (resp *checkRespons
 	ctx, span := s.startCheckSpan(ctx, req)
 	defer span.End()
 	d := s.checker.Check(ctx, req)
+	if d.Allow && s.assertion != nil {
+		d = s.addAssertion(d)
+	}
 	endCheckSpan(span, d)
 	if d.Allow && s.lastUsed != nil {
 		s.recordUse(d.SetHeaders)

@@ -125,6 +125,9 @@ func Start(ctx context.Context, cfg config.Extauthz, deps Deps, grpcLn, adminLn 
 	s.grpc = NewGRPCServer(serverOptions(cfg, keepaliveEnforcement)...)
 	checks := NewServer(pl, tel.Logger, cfg.TrustedProxyHops)
 	checks.tracer = tel.Tracer
+	if checks.assertion, err = newAssertionSigner(cfg.IdentityAssertion); err != nil {
+		return nil, err
+	}
 	if s.lastUsed, err = lastused.New(deps.Tokens, lastused.Options{Interval: cfg.TokenLastUsedInterval, Logger: tel.Logger,
 		Meter: tel.Meter, MetricPrefix: "authgate_extauthz"}); err != nil {
 		return nil, err
@@ -138,7 +141,7 @@ func Start(ctx context.Context, cfg config.Extauthz, deps Deps, grpcLn, adminLn 
 	s.health.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 
 	s.admin = &http.Server{
-		Handler:           telemetry.AdminHandler(s.ready.Load, tel.MetricsHandler()),
+		Handler:           withJWKS(telemetry.AdminHandler(s.ready.Load, tel.MetricsHandler()), checks.assertion),
 		ReadHeaderTimeout: 5 * time.Second,
 	}
 
