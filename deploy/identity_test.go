@@ -12,6 +12,10 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
+
+	"github.com/authgate/authgate/internal/assertion"
+	"github.com/authgate/authgate/internal/config"
+	"github.com/authgate/authgate/internal/pipeline"
 )
 
 // difyAPI is what deploy/k8s/dify-api locks down: Dify's api pods (labels of Dify's community Helm chart) in Dify's namespace.
@@ -289,6 +293,101 @@ func TestDifyAPIIstioAdmitsOnlyTheGatewayToOpenAPI(t *testing.T) {
 	} {
 		if got := istioAllows(t, m, c.src, c.path); got != c.allow {
 			t.Errorf("%+v %s: allowed = %v, want %v", c.src, c.path, got, c.allow)
+		}
+	}
+}
+
+// TestDifyAPIRequiresAValidAssertion: with dify-api/istio-assertion, the api's sidecar verifies x-authgate-assertion against
+// extauthz's JWKS (the issuer, path and audience extauthz signs with) and refuses /openapi/v1 without a valid one, except the
+// routes extauthz allows without a bearer, which carry no identity.
+func TestDifyAPIRequiresAValidAssertion(t *testing.T) {
+	m := renderDifyAPI(t, "istio-assertion")
+	if len(m.requestAuthns) != 1 {
+		t.Fatalf("want one RequestAuthentication, got %d", len(m.requestAuthns))
+	}
+	for name, ra := range m.requestAuthns {
+		if got := labels.Set(ra.GetSelector().GetMatchLabels()); !labels.Equals(got, difyAPIPod) {
+			t.Errorf("%s selects %v, want Dify's api %v", name, got, difyAPIPod)
+		}
+		rules := ra.GetJwtRules()
+		if len(rules) != 1 {
+			t.Fatalf("%s: want one jwtRule, got %d", name, len(rules))
+		}
+		r := rules[0]
+		if r.GetIssuer() != assertion.Issuer || !slices.Equal(r.GetAudiences(), []string{config.DefaultIdentityAssertionAudience}) {
+			t.Errorf("%s: issuer %q audiences %v, want %q and [%s]", name, r.GetIssuer(), r.GetAudiences(), assertion.Issuer,
+				config.DefaultIdentityAssertionAudience)
+		}
+		if len(r.GetFromHeaders()) != 1 || r.GetFromHeaders()[0].GetName() != assertion.Header || r.GetFromHeaders()[0].GetPrefix() != "" {
+			t.Errorf("%s: fromHeaders %v, want the bare %s", name, r.GetFromHeaders(), assertion.Header)
+		}
+		// The JWKS is the extauthz Service's admin port, in authgate's namespace, as the istio overlay renders it.
+		svc := render(t, "overlays/istio").services["extauthz"]
+		var adminPort int32
+		for _, p := range svc.Spec.Ports {
+			if p.Name == "admin" {
+				adminPort = p.Port
+			}
+		}
+		want := fmt.Sprintf("http://%s.%s.svc.cluster.local:%d%s", svc.Name, svc.Namespace, adminPort, assertion.JWKSPath)
+		if r.GetJwksUri() != want || r.GetJwks() != "" {
+			t.Errorf("%s: jwksUri %q, want %q", name, r.GetJwksUri(), want)
+		}
+		// istiod fetches the keys: it must be admitted to that port.
+		m := render(t, "overlays/istio")
+		if !allowsIngress(t, m, m.deployments["extauthz"], adminPort, "istio-system", labels.Set{"app": "istiod"}) {
+			t.Errorf("overlays/istio: istiod cannot fetch the JWKS from extauthz:%d", adminPort)
+		}
+	}
+
+	gateway := istioSource{principal: gatewayPrincipal, namespace: "istio-system"}
+	asserted := gateway
+	asserted.requestPrincipal = assertion.Issuer + "/aaaaaaaa-0000-4000-8000-000000000001"
+	otherIssuer := gateway
+	otherIssuer.requestPrincipal = "https://accounts.example.com/aaaaaaaa-0000-4000-8000-000000000001"
+	difyWeb := istioSource{principal: "cluster.local/ns/dify/sa/dify-web", namespace: difyNamespace}
+	for _, c := range []struct {
+		src   istioSource
+		path  string
+		allow bool
+	}{
+		{asserted, "/openapi/v1/apps", true},
+		{gateway, "/openapi/v1/apps", false},     // through the gateway but without a (valid) assertion
+		{otherIssuer, "/openapi/v1/apps", false}, // a JWT from another issuer
+		{gateway, "/openapi/v1", false},
+		{gateway, "/console/api/apps", true},
+		{difyWeb, "/console/api/apps", true},
+	} {
+		if got := istioAllows(t, m, c.src, c.path); got != c.allow {
+			t.Errorf("%+v %s: allowed = %v, want %v", c.src, c.path, got, c.allow)
+		}
+	}
+
+	// What may pass without an assertion is exactly a route extauthz allows without a bearer.
+	policy, err := pipeline.LoadPolicy("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	authNone := map[string]bool{}
+	for _, r := range policy.Routes {
+		if r.AuthNone {
+			authNone[policy.Prefix+r.Pattern] = true
+		}
+	}
+	p := m.authzPolicies["dify-api-require-assertion"]
+	if p == nil || p.GetAction() != securityv1.AuthorizationPolicy_DENY {
+		t.Fatalf("no DENY policy dify-api-require-assertion")
+	}
+	for _, r := range p.GetRules() {
+		for _, to := range r.GetTo() {
+			for _, np := range to.GetOperation().GetNotPaths() {
+				if !authNone[np] {
+					t.Errorf("%s passes without an assertion but is not an auth: none route", np)
+				}
+				if !istioAllows(t, m, gateway, np) {
+					t.Errorf("%s (auth: none) is refused without an assertion", np)
+				}
+			}
 		}
 	}
 }
