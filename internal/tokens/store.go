@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 )
 
@@ -19,14 +18,18 @@ var (
 	// ErrNotFound, so a caller that only needs "no live token" treats both alike, while a revocation endpoint can answer a
 	// retried revocation as the first one was answered.
 	ErrAlreadyRevoked = fmt.Errorf("tokens: already revoked: %w", ErrNotFound)
+	// ErrDeviceTaken: the device's slot (stored email, issuer, client, device label: the per-device unique index) holds
+	// another subject's live token. Emails are stored lower-cased, so two Dify accounts whose emails differ only in letter
+	// case share slots; the mint changes nothing, and the other account keeps its token. Not retryable.
+	ErrDeviceTaken = errors.New("tokens: this device label already has a live token of another subject with the same email")
 )
 
 // Subject identifies who owns tokens. An account owns the rows with its AccountID; an external subject owns the rows with its
-// (lower-cased Email, Issuer) and no account id.
+// (NormalizeEmail'd Email, Issuer) and no account id.
 type Subject struct {
 	Type      SubjectType
 	AccountID string // accounts only
-	Email     string // stored lower-cased
+	Email     string // stored as NormalizeEmail returns it
 	Issuer    string // "dify:account" for accounts; the IdP issuer for external subjects
 }
 
@@ -42,9 +45,6 @@ func AccountSubject(accountID, email string) Subject {
 func ExternalSubject(email, issuer string) Subject {
 	return Subject{Type: SubjectExternalSSO, Email: NormalizeEmail(email), Issuer: issuer}
 }
-
-// NormalizeEmail is how emails are stored and compared.
-func NormalizeEmail(email string) string { return strings.ToLower(strings.TrimSpace(email)) }
 
 // Token is one row of oauth_access_tokens. Times are instants; compare them with Equal, not ==.
 type Token struct {
@@ -127,8 +127,10 @@ type Page struct {
 
 // Store persists tokens. Every method honours ctx. Implementations must pass storetest's conformance suite.
 type Store interface {
-	// Mint creates the live token of (email, issuer, client, device label), or rotates the existing live row in place (new hash,
-	// new created/expiry, same id) in one atomic step, so there are never two live tokens for one device.
+	// Mint creates the live token of a subject's (client, device label), or rotates the subject's existing live row for it in
+	// place (new hash, new created/expiry, same id) in one atomic step, so there are never two live tokens for one device. The
+	// existing row is the subject's own: an account's by account id (its stored email follows the account's), an external
+	// subject's by email and issuer. A slot held by another subject (ErrDeviceTaken) is left alone.
 	Mint(ctx context.Context, req MintRequest) (Minted, error)
 	// LookupByHash returns the live (not revoked) row with this hash, expired or not; ErrNotFound otherwise.
 	LookupByHash(ctx context.Context, hash string) (Token, error)

@@ -39,8 +39,8 @@ func New() *Store {
 	return &Store{byID: map[string]*tokens.Token{}, byHash: map[string]*tokens.Token{}, revoked: map[string]tokens.RevokedHash{}}
 }
 
-// Mint implements tokens.Store: the device's live row is rotated in place under the lock, which is what the partial unique
-// index and the single statement give Postgres.
+// Mint implements tokens.Store: the subject's live row for the device is rotated in place under the lock, which is what the
+// single statement gives Postgres, and a slot that the partial unique index would refuse is ErrDeviceTaken.
 func (s *Store) Mint(ctx context.Context, req tokens.MintRequest) (tokens.Minted, error) {
 	row, err := rules.Mint(req)
 	if err != nil {
@@ -54,11 +54,15 @@ func (s *Store) Mint(ctx context.Context, req tokens.MintRequest) (tokens.Minted
 	if _, taken := s.byHash[row.TokenHash]; taken {
 		return tokens.Minted{}, fmt.Errorf("memory: mint: token hash already in use: %w", tokens.ErrConflict)
 	}
-	if t := s.liveForDevice(row); t != nil {
+	own := s.ownLiveForDevice(row)
+	if other := s.slotHolder(row); other != nil && other != own {
+		return tokens.Minted{}, fmt.Errorf("memory: mint: %w", tokens.ErrDeviceTaken)
+	}
+	if t := own; t != nil {
 		replaced := t.TokenHash
 		delete(s.byHash, replaced)
 		s.record(replaced, t.ID, row.CreatedAt, tokens.ReasonRotated)
-		t.TokenHash, t.Prefix, t.AccountID = row.TokenHash, row.Prefix, row.AccountID
+		t.SubjectEmail, t.TokenHash, t.Prefix = row.Email, row.TokenHash, row.Prefix
 		t.CreatedAt, t.ExpiresAt, t.LastUsedAt = row.CreatedAt, row.ExpiresAt, nil
 		s.byHash[t.TokenHash] = t
 		return tokens.Minted{Token: *t, RotatedHash: replaced}, nil
@@ -73,8 +77,23 @@ func (s *Store) Mint(ctx context.Context, req tokens.MintRequest) (tokens.Minted
 	return tokens.Minted{Token: *t}, nil
 }
 
-// liveForDevice is the row uq_oauth_active_per_device would collide with.
-func (s *Store) liveForDevice(row rules.MintRow) *tokens.Token {
+// ownLiveForDevice is the subject's own live row for the device: an account's by account id, an external subject's by
+// email and issuer (on rows without an account).
+func (s *Store) ownLiveForDevice(row rules.MintRow) *tokens.Token {
+	for _, t := range s.byID {
+		if t.RevokedAt != nil || t.ClientID != row.ClientID || t.DeviceLabel != row.DeviceLabel || t.SubjectIssuer != row.Issuer {
+			continue
+		}
+		if row.AccountID != "" && t.AccountID == row.AccountID ||
+			row.AccountID == "" && t.AccountID == "" && t.SubjectEmail == row.Email {
+			return t
+		}
+	}
+	return nil
+}
+
+// slotHolder is the live row uq_oauth_active_per_device would collide with: same stored email, issuer, client and label.
+func (s *Store) slotHolder(row rules.MintRow) *tokens.Token {
 	for _, t := range s.byID {
 		if t.RevokedAt == nil && t.SubjectEmail == row.Email && t.SubjectIssuer == row.Issuer &&
 			t.ClientID == row.ClientID && t.DeviceLabel == row.DeviceLabel {

@@ -32,30 +32,39 @@ const mintAttempts = 5
 const tokenColumns = `id::text, subject_email, subject_issuer, account_id::text, client_id, device_label, prefix, token_hash,
 	created_at, last_used_at, expires_at, revoked_at`
 
-// mintSQL rotates the device's live row in place or inserts the first one, in one statement. FOR UPDATE makes concurrent
-// rotations of one row queue up, and returns the row as the previous rotation left it, so every replaced hash is reported to
-// exactly one caller.
+// mintSQL rotates the subject's live row for the device in place or inserts the first one, in one statement; ownsSlot (%s)
+// is the subject's condition (accountSlot or externalSlot). FOR UPDATE makes concurrent rotations of one row queue up, and
+// returns the row as the previous rotation left it, so every replaced hash is reported to exactly one caller. An account's
+// row is found by its id, not its email: two accounts whose emails differ only in case must not rotate each other's
+// tokens, and an account whose email changed keeps its row (the stored email follows). ORDER BY ... LIMIT 1 picks the
+// newest should an account hold two live rows for one device, as rows minted under an earlier email can.
 const mintSQL = `
 WITH old AS (
 	SELECT id, token_hash FROM oauth_access_tokens
-	WHERE subject_email = $1 AND subject_issuer = $2 AND client_id = $3 AND device_label = $4 AND revoked_at IS NULL
+	WHERE %s AND subject_issuer = $2 AND client_id = $3 AND device_label = $4 AND revoked_at IS NULL
+	ORDER BY created_at DESC, id LIMIT 1
 	FOR UPDATE
 ), rotated AS (
 	UPDATE oauth_access_tokens t
-	SET token_hash = $7, prefix = $6, account_id = $5, created_at = $8, expires_at = $9, last_used_at = NULL
+	SET subject_email = $1, token_hash = $7, prefix = $6, created_at = $8, expires_at = $9, last_used_at = NULL
 	FROM old WHERE t.id = old.id
 	RETURNING ` + `t.id::text, t.subject_email, t.subject_issuer, t.account_id::text, t.client_id, t.device_label, t.prefix,
 		t.token_hash, t.created_at, t.last_used_at, t.expires_at, t.revoked_at, old.token_hash AS replaced
 ), inserted AS (
 	INSERT INTO oauth_access_tokens (id, subject_email, subject_issuer, account_id, client_id, device_label, prefix,
 		token_hash, created_at, expires_at)
-	SELECT gen_random_uuid(), $1, $2, $5, $3, $4, $6, $7, $8, $9
+	SELECT gen_random_uuid(), $1, $2, $5::uuid, $3, $4, $6, $7, $8, $9
 	WHERE NOT EXISTS (SELECT 1 FROM old)
 	RETURNING ` + tokenColumns + `, NULL::varchar AS replaced
 ), recorded AS (
 	` + recordRevoked + ` SELECT replaced, id::uuid, $8, 'rotated' FROM rotated WHERE replaced IS NOT NULL ` + onRecorded + `
 )
 SELECT * FROM rotated UNION ALL SELECT * FROM inserted`
+
+var (
+	accountMintSQL  = fmt.Sprintf(mintSQL, "account_id = $5::uuid")
+	externalMintSQL = fmt.Sprintf(mintSQL, "account_id IS NULL AND subject_email = $1")
+)
 
 // recordRevoked and onRecorded frame the INSERT, run as a CTE of the statement that takes a hash out of service, that keeps
 // the dead hash in authgate_revoked_tokens: one statement, so the record commits if and only if the change does. A hash is
@@ -72,13 +81,14 @@ func (s *TokenStore) Mint(ctx context.Context, req tokens.MintRequest) (tokens.M
 		return tokens.Minted{}, err
 	}
 	var accountID *string
+	query := externalMintSQL
 	if row.AccountID != "" {
-		accountID = &row.AccountID
+		accountID, query = &row.AccountID, accountMintSQL
 	}
 	for range mintAttempts {
 		var m tokens.Minted
 		var replaced *string
-		err := scanToken(s.pool.QueryRow(ctx, mintSQL, row.Email, row.Issuer, row.ClientID, row.DeviceLabel, accountID,
+		err := scanToken(s.pool.QueryRow(ctx, query, row.Email, row.Issuer, row.ClientID, row.DeviceLabel, accountID,
 			row.Prefix, row.TokenHash, row.CreatedAt, row.ExpiresAt), &m.Token, &replaced)
 		var pgErr *pgconn.PgError
 		switch {
@@ -88,7 +98,11 @@ func (s *TokenStore) Mint(ctx context.Context, req tokens.MintRequest) (tokens.M
 			}
 			return m, nil
 		case errors.As(err, &pgErr) && pgErr.Code == uniqueViolation && pgErr.ConstraintName == perDeviceIndex:
-			continue // lost the insert/insert race; the winner's row is there now
+			// Either this subject lost the insert/insert race (the winner's row is there now: rotate it) or another
+			// subject holds the slot.
+			if err := s.checkSlot(ctx, row); err != nil {
+				return tokens.Minted{}, err
+			}
 		case errors.As(err, &pgErr) && pgErr.Code == uniqueViolation:
 			return tokens.Minted{}, fmt.Errorf("postgres: mint: token hash already in use: %w", tokens.ErrConflict)
 		default:
@@ -96,6 +110,24 @@ func (s *TokenStore) Mint(ctx context.Context, req tokens.MintRequest) (tokens.M
 		}
 	}
 	return tokens.Minted{}, fmt.Errorf("postgres: mint: %d attempts lost to concurrent mints: %w", mintAttempts, tokens.ErrConflict)
+}
+
+// checkSlot tells, after a mint hit the per-device unique index, whether the live row in the slot is another subject's
+// (ErrDeviceTaken) or this subject's own, or gone (nil: try again).
+func (s *TokenStore) checkSlot(ctx context.Context, row rules.MintRow) error {
+	var holder *string
+	err := s.pool.QueryRow(ctx, `SELECT account_id::text FROM oauth_access_tokens
+		WHERE subject_email = $1 AND subject_issuer = $2 AND client_id = $3 AND device_label = $4 AND revoked_at IS NULL`,
+		row.Email, row.Issuer, row.ClientID, row.DeviceLabel).Scan(&holder)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return nil
+	case err != nil:
+		return fmt.Errorf("postgres: mint: %w", err)
+	case holder == nil && row.AccountID == "", holder != nil && *holder == row.AccountID:
+		return nil
+	}
+	return fmt.Errorf("postgres: mint: %w", tokens.ErrDeviceTaken)
 }
 
 const (
@@ -266,13 +298,17 @@ func scanRevoked(row pgx.CollectableRow) (tokens.RevokedHash, error) {
 	return r, err
 }
 
+// foldedEmail is tokens.NormalizeEmail's case folding in SQL: ASCII letters only. lower() would fold like Unicode (U+212A to
+// "k" in a UTF-8 database), merging owners that NormalizeEmail keeps apart. It tolerates rows a Dify writer stored in mixed case.
+const foldedEmail = `translate(subject_email, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz')`
+
 // ownerCondition is rules.Owner.Owns in SQL, with its parameters numbered from first. Two shapes rather than one CASE, so
 // the planner can use the account_id index for accounts.
 func ownerCondition(o rules.Owner, first int) (string, []any) {
 	if o.AccountID != "" {
 		return fmt.Sprintf("account_id = $%d", first), []any{o.AccountID}
 	}
-	return fmt.Sprintf("account_id IS NULL AND lower(subject_email) = $%d AND subject_issuer = $%d", first, first+1),
+	return fmt.Sprintf("account_id IS NULL AND %s = $%d AND subject_issuer = $%d", foldedEmail, first, first+1),
 		[]any{o.Email, o.Issuer}
 }
 

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/authgate/authgate/internal/ids"
 	"github.com/authgate/authgate/internal/tokens"
@@ -49,6 +51,10 @@ func Mint(req tokens.MintRequest) (MintRow, error) {
 		return MintRow{}, fmt.Errorf("%w: token hash is not 64 lower-case hex characters", ErrInvalidMint)
 	case !row.ExpiresAt.After(row.CreatedAt):
 		return MintRow{}, fmt.Errorf("%w: expiry is not after creation", ErrInvalidMint)
+	case !headerSafe(row.Email) || utf8.RuneCountInString(row.Email) > tokens.MaxEmailLen:
+		// The stored email goes to the upstream in x-authgate-subject-email.
+		return MintRow{}, fmt.Errorf("%w: subject email is not valid UTF-8, holds a control or separator character, or is "+
+			"longer than %d characters", ErrInvalidMint, tokens.MaxEmailLen)
 	}
 	if s.Type == tokens.SubjectAccount {
 		id, ok := ids.Canonical(s.AccountID)
@@ -56,10 +62,32 @@ func Mint(req tokens.MintRequest) (MintRow, error) {
 			return MintRow{}, fmt.Errorf("%w: account subject without a UUID account id", ErrInvalidMint)
 		}
 		row.AccountID = id
-	} else if s.AccountID != "" {
-		return MintRow{}, fmt.Errorf("%w: external subject with an account id", ErrInvalidMint)
+	} else {
+		switch {
+		case s.AccountID != "":
+			return MintRow{}, fmt.Errorf("%w: external subject with an account id", ErrInvalidMint)
+		case row.Issuer == tokens.AccountIssuer:
+			// It would share the slots (the per-device unique index) of the account with this email.
+			return MintRow{}, fmt.Errorf("%w: external subject with the account issuer %q", ErrInvalidMint, tokens.AccountIssuer)
+		case !tokens.ValidEmail(row.Email):
+			return MintRow{}, fmt.Errorf("%w: external subject email is not an email Dify would accept", ErrInvalidMint)
+		}
 	}
 	return row, nil
+}
+
+// headerSafe: valid UTF-8 without control, format or line/paragraph separator characters. An account's email comes from
+// Dify's directory and is not held to Dify's validator here (older accounts may predate it), only to what a header can carry.
+func headerSafe(s string) bool {
+	if !utf8.ValidString(s) {
+		return false
+	}
+	for _, r := range s {
+		if unicode.IsControl(r) || unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp) {
+			return false
+		}
+	}
+	return true
 }
 
 func isTokenHash(h string) bool {
@@ -74,8 +102,8 @@ func isTokenHash(h string) bool {
 	return true
 }
 
-// Owner is the ownership test of a subject: an account by its id; an external subject by its lower-cased email and
-// issuer, on rows without an account. ok is false for a subject that can own nothing (so every lookup is "not found").
+// Owner is the ownership test of a subject: an account by its id; an external subject by its email (NormalizeEmail: ASCII
+// letters folded, nothing else) and issuer, on rows without an account. ok is false for a subject that can own nothing (so every lookup is "not found").
 type Owner struct {
 	AccountID     string // set for accounts
 	Email, Issuer string // set for external subjects
