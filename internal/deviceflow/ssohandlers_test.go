@@ -361,7 +361,7 @@ func TestSSORoutesAnswer404OnCE(t *testing.T) {
 }
 
 // FuzzGrantCookie: whatever Cookie header a browser (or anyone) sends, approval-context answers the claims of a genuine
-// grant or 401 invalid_session, never anything else.
+// grant (409 once its code is gone) or 401 invalid_session, never anything else.
 func FuzzGrantCookie(f *testing.F) {
 	h := newWebHarness(f, true, nil)
 	_, userCode := h.issue() // pending while the seeds run; approval-context shows a grant only for a pending code
@@ -380,13 +380,16 @@ func FuzzGrantCookie(f *testing.F) {
 		req.Header.Set("Cookie", cookie)
 		rec := httptest.NewRecorder()
 		h.handler.ServeHTTP(rec, req)
-		if rec.Code == http.StatusOK {
+		switch rec.Code {
+		case http.StatusOK:
 			var out map[string]string
 			if json.Unmarshal(rec.Body.Bytes(), &out) != nil || out["subject_email"] != "ext@partner.example" {
 				t.Fatalf("200 with %s", rec.Body)
 			}
-			return
+		case http.StatusConflict: // the genuine grant, once its code expired (a fuzzing run longer than 15 min)
+			wantError(t, rec, http.StatusConflict, codeUserCodeNotPending)
+		default:
+			wantError(t, rec, http.StatusUnauthorized, codeInvalidSession)
 		}
-		wantError(t, rec, http.StatusUnauthorized, codeInvalidSession)
 	})
 }
