@@ -48,7 +48,7 @@ func TestPolicyAndPipelineCE(t *testing.T) {
 
 	// §3.1: auth: none rows are allowed without a bearer, and any client-sent identity header is stripped.
 	for _, mp := range []string{"GET /_health", "GET /_version", "POST /oauth/device/code", "POST /oauth/device/token",
-		"GET /oauth/device/lookup", "POST /oauth/device/approve", "POST /oauth/device/deny", "GET /oauth/device/sso-initiate",
+		"GET /oauth/device/lookup", "POST /oauth/device/approve", "POST /oauth/device/deny", "GET /oauth/device/sso-initiate", "POST /oauth/device/sso-initiate",
 		"GET /oauth/device/sso-complete", "GET /device/sso-complete", "GET /oauth/device/approval-context",
 		"POST /oauth/device/approve-external", "POST /oauth/device/deny-external", "POST /oauth/revoke",
 		"GET /.well-known/oauth-authorization-server"} {

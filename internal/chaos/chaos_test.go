@@ -60,6 +60,7 @@ func TestChaos(t *testing.T) {
 
 	extAddr, extAdmin := testenv.FreeAddr(t), testenv.FreeAddr(t)
 	ext := startProcess(t, bins+"/extauthz", nil, with(common, "EXTAUTHZ_GRPC_ADDR", extAddr, "ADMIN_ADDR", extAdmin,
+		"SHUTDOWN_DRAIN_DELAY", "0",
 		"OPENAPI_RATE_LIMIT_PER_TOKEN", "100000", "CHECK_TIMEOUT", "150ms"), extAdmin)
 	dfAddr, dfAdmin := testenv.FreeAddr(t), testenv.FreeAddr(t)
 	df := startProcess(t, bins+"/deviceflow", nil, with(common, "DEVICEFLOW_ADDR", dfAddr, "ADMIN_ADDR", dfAdmin,

@@ -30,7 +30,7 @@ func TestDefaultPolicyRows(t *testing.T) {
 	p := mustDefault(t)
 	const app = "/apps/0b0b0b0b-0000-4000-8000-000000000001"
 	none := []string{"GET /_health", "GET /_version", "POST /oauth/device/code", "POST /oauth/device/token",
-		"GET /oauth/device/lookup", "POST /oauth/device/approve", "POST /oauth/device/deny", "GET /oauth/device/sso-initiate",
+		"GET /oauth/device/lookup", "POST /oauth/device/approve", "POST /oauth/device/deny", "GET /oauth/device/sso-initiate", "POST /oauth/device/sso-initiate",
 		"GET /oauth/device/sso-complete", "GET /device/sso-complete", "GET /oauth/device/approval-context",
 		"POST /oauth/device/approve-external", "POST /oauth/device/deny-external", "POST /oauth/revoke",
 		"GET /.well-known/oauth-authorization-server"}
