@@ -22,9 +22,6 @@ const (
 	keyPrefix = "auth:token:"
 	// tombstone is Dify's negative value.
 	tombstone = "invalid"
-	// unknownTTL is how long a hash Postgres does not know (or knows as dead) is refused without asking it again.
-	unknownTTL = 10 * time.Second
-
 	defaultTTL             = 60 * time.Second
 	defaultLocalMaxEntries = 100_000
 )
@@ -191,15 +188,6 @@ func (c *Cache) Fill(ctx context.Context, hash string, e Entry) error {
 		c.local.put(hash, e, seen, time.Now(), time.Time{})
 	}
 	return nil
-}
-
-// MarkUnknown caches Dify's negative value for 10 s for a hash that Postgres does not know or knows as dead. It replaces a
-// positive entry but never shortens a tombstone.
-func (c *Cache) MarkUnknown(ctx context.Context, hash string) error {
-	if c.local != nil {
-		c.local.evict(hash)
-	}
-	return markUnknown.Run(ctx, c.rdb, []string{redisKey(hash)}, tombstone, int(unknownTTL/time.Second)).Err()
 }
 
 // RecordVerdict merges a membership verdict for tenantID into the entry for hash. In Redis only an existing, live entry is

@@ -170,36 +170,6 @@ func TestRevokeOverwritesAPositiveEntry(t *testing.T) {
 	}
 }
 
-func TestMarkUnknown(t *testing.T) {
-	ctx := context.Background()
-	rdb := testenv.Redis(t)
-	c := New(rdb, Options{})
-	h := newHash()
-	if err := c.MarkUnknown(ctx, h); err != nil {
-		t.Fatal(err)
-	}
-	if v := rdb.Get(ctx, "auth:token:"+h).Val(); v != "invalid" {
-		t.Fatalf("value %q, want invalid", v)
-	}
-	if ttl := rdb.TTL(ctx, "auth:token:"+h).Val(); ttl <= 5*time.Second || ttl > 10*time.Second {
-		t.Fatalf("TTL %v, want 10s", ttl)
-	}
-	if _, st, _ := c.Get(ctx, h); st != Invalid {
-		t.Fatalf("status %v, want invalid", st)
-	}
-	// It never shortens a revocation tombstone.
-	h2 := newHash()
-	if err := NewRevoker(rdb, time.Minute).Revoke(ctx, h2); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.MarkUnknown(ctx, h2); err != nil {
-		t.Fatal(err)
-	}
-	if ttl := rdb.TTL(ctx, "auth:token:"+h2).Val(); ttl < 65*time.Second {
-		t.Fatalf("tombstone TTL shortened to %v", ttl)
-	}
-}
-
 func TestRecordVerdict(t *testing.T) {
 	ctx := context.Background()
 	rdb := testenv.Redis(t)

@@ -2,14 +2,6 @@ package tokencache
 
 import "github.com/redis/go-redis/v9"
 
-// markUnknown writes the negative value unless a tombstone (which may live longer) is already there.
-// KEYS[1] entry; ARGV[1] the tombstone value; ARGV[2] TTL in seconds. Returns 1 if written.
-var markUnknown = redis.NewScript(`
-if redis.call('GET', KEYS[1]) == ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-return 1
-`)
-
 // mergeVerdict sets verified_tenants[tenant] in an existing live entry, keeping its TTL. A missing key, a tombstone, or a
 // value that is not a JSON object is left alone.
 // KEYS[1] entry; ARGV[1] the tombstone value; ARGV[2] tenant id; ARGV[3] "1" member, "0" not. Returns 1 if merged.
