@@ -21,7 +21,7 @@ import (
 const (
 	keyPrefix = "auth:token:"
 	// tombstone is Dify's negative value.
-	tombstone = "invalid"
+	tombstone              = "invalid"
 	defaultTTL             = 60 * time.Second
 	defaultLocalMaxEntries = 100_000
 )
