@@ -39,7 +39,19 @@ type localBudget struct {
 
 	mu      sync.Mutex
 	windows *expirable.LRU[string, budgetWindow]
+
+	// vouched are hashes Postgres found valid lately. Their lookups are never held to their address's budget or the suspect
+	// lane: a user whose token is valid must not be refused because others behind the same address send invalid bearers,
+	// and the local cache layer, which would normally spare these lookups, stops serving while Redis is unreachable. It only
+	// exempts from the budget: the token is still looked up.
+	vouched *expirable.LRU[string, struct{}]
 }
+
+// vouchedFor is how long a hash found valid stays exempt from the invalid-bearer budget, and vouchedEntries bounds them.
+const (
+	vouchedFor     = 15 * time.Minute
+	vouchedEntries = 200_000
+)
 
 type budgetWindow struct {
 	start time.Time
@@ -54,7 +66,8 @@ type budgetHold struct {
 
 func newLocalBudget(limit int, window time.Duration, now func() time.Time) *localBudget {
 	return &localBudget{limit: limit, window: window, now: now,
-		windows: expirable.NewLRU[string, budgetWindow](budgetAddresses, nil, window)}
+		windows: expirable.NewLRU[string, budgetWindow](budgetAddresses, nil, window),
+		vouched: expirable.NewLRU[string, struct{}](vouchedEntries, nil, vouchedFor)}
 }
 
 // current is key's window as of now; the caller holds mu.
@@ -230,3 +243,10 @@ func (p *Pipeline) lookupAccount(ctx context.Context, id string) (directory.Acco
 		return p.deps.Directory.Account(ctx, id)
 	})
 }
+
+// vouch records that Postgres found hash valid; unvouch forgets it once it is found dead.
+func (b *localBudget) vouch(hash string)   { b.vouched.Add(hash, struct{}{}) }
+func (b *localBudget) unvouch(hash string) { b.vouched.Remove(hash) }
+
+// isVouched reports whether hash was found valid lately.
+func (b *localBudget) isVouched(hash string) bool { _, ok := b.vouched.Peek(hash); return ok }

@@ -3,10 +3,10 @@ package pipeline
 import (
 	"context"
 	"errors"
-	"github.com/authgate/authgate/internal/audit"
 	"log/slog"
 	"time"
 
+	"github.com/authgate/authgate/internal/audit"
 	"github.com/authgate/authgate/internal/directory"
 	"github.com/authgate/authgate/internal/tokens"
 )
@@ -117,6 +117,7 @@ func (p *Pipeline) lookupToken(ctx context.Context, req *Request, c *caller, now
 		}
 	}
 	p.budget.release(a.hold) // a valid token costs its address nothing
+	p.budget.vouch(c.hash)
 	// SET NX: a tombstone written by a concurrent revocation wins over this fill.
 	if !c.redisDown {
 		rctx, cancel := p.redisCtx(ctx)
@@ -188,7 +189,7 @@ func (p *Pipeline) admitShared(ctx context.Context, req *Request, c *caller) (ad
 // beyond it through the suspect lane, and only when that is empty is the answer 429 (retry in a second).
 func (p *Pipeline) admitLookup(ctx context.Context, req *Request, c *caller) (admission, Decision, bool) {
 	a := admission{key: p.ipBudgetKey(req)}
-	if p.opts.InvalidBearerPerIPPerMin <= 0 {
+	if p.opts.InvalidBearerPerIPPerMin <= 0 || p.budget.isVouched(c.hash) {
 		return a, Decision{}, true
 	}
 	hold, ok := p.budget.reserve(a.key)
@@ -230,6 +231,7 @@ func (p *Pipeline) admitLookup(ctx context.Context, req *Request, c *caller) (ad
 // outcome cost a Postgres lookup (a shared lookup was charged to the Check it rode on).
 func (p *Pipeline) refuseLookedUp(ctx context.Context, c *caller, a admission) Decision {
 	p.negative.Add(c.hash, struct{}{})
+	p.budget.unvouch(c.hash)
 	if p.opts.InvalidBearerPerIPPerMin > 0 && !a.shared {
 		if a.suspect { // a slot held is already the local charge; a lookup through the lane held none
 			p.budget.add(a.key)
