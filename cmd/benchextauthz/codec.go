@@ -19,7 +19,8 @@ func (rawCodec) Marshal(v any) (mem.BufferSlice, error) {
 	if !ok {
 		return nil, fmt.Errorf("rawCodec: cannot marshal %T", v)
 	}
-	// SliceBuffer's Free is a no-op, so the one encoding is shared by every send of this request.
+	// SliceBuffer's Free is a no-op, so the one encoding is shared by every send of this request. A request with a random
+	// bearer is a worker's own copy, changed only after the previous send was answered.
 	return mem.BufferSlice{mem.SliceBuffer(r.raw)}, nil
 }
 
@@ -41,7 +42,9 @@ func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
 // Unmarshal) only for denies, to print them, or when keepRaw asks for every response, in the verification pass.
 type checkResult struct {
 	keepRaw bool
+	expect  expectation // a deny it accepts is not copied
 	allowed bool
+	code    int64 // the rpc status code
 	raw     []byte
 }
 
@@ -83,8 +86,8 @@ func (r *checkResult) scan(b []byte) error {
 		}
 		rest = rest[m:]
 	}
-	r.allowed = ok && code == 0
-	if !r.allowed || r.keepRaw {
+	r.allowed, r.code = ok && code == 0, code
+	if r.keepRaw || (!r.allowed && !r.expect.accepts(code)) {
 		r.raw = append([]byte(nil), b...)
 	}
 	return nil

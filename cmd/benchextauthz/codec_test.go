@@ -1,6 +1,8 @@
 package main
 
 import (
+	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 
@@ -12,6 +14,8 @@ import (
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/authgate/authgate/internal/tokens"
 )
 
 // The sanity check rests on the scan telling allows from denies exactly as a full decode would.
@@ -86,18 +90,31 @@ func TestDescribeDenyShowsStatusAndBody(t *testing.T) {
 }
 
 func TestRequestsRoundTripThroughTheCodec(t *testing.T) {
-	w := newWorld(4)
-	w.accounts = []accountToken{{plain: "dfoa_" + strings.Repeat("a", 43), tenantID: w.fixture.Tenants[0].ID,
-		appIDs: appIDsOf(w.fixture, w.fixture.Tenants[0].ID)}}
-	w.external = []string{"dfoe_" + strings.Repeat("b", 43)}
-	reqs, err := buildRequests(w)
+	f := newFixture(4)
+	var apps []string
+	for _, a := range f.Apps {
+		if a.TenantID == f.Tenants[0].ID {
+			apps = append(apps, a.ID)
+		}
+	}
+	set := tokenSet{accounts: []accountToken{{plain: "dfoa_" + strings.Repeat("a", 43), tenantID: f.Tenants[0].ID, appIDs: apps}},
+		external: []string{"dfoe_" + strings.Repeat("b", 43)}}
+	mix, err := mixRequests(set, expectAllow)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := 10 + 2; len(reqs) != want {
-		t.Fatalf("%d requests, want %d (the account mix plus the external mix)", len(reqs), want)
+	if want := 10 + 2; len(mix) != want {
+		t.Fatalf("%d requests, want %d (the account mix plus the external mix)", len(mix), want)
 	}
-	for _, r := range reqs {
+	each, err := oneEachRequests(set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	random, err := randomBearerRequests(4, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range slices.Concat(mix, each, random) {
 		out, err := (rawCodec{}).Marshal(&r)
 		if err != nil {
 			t.Fatal(err)
@@ -111,6 +128,32 @@ func TestRequestsRoundTripThroughTheCodec(t *testing.T) {
 			!strings.HasPrefix(h.GetHeaders()["authorization"], "Bearer dfo") || h.GetHeaders()[":method"] != h.GetMethod() {
 			t.Fatalf("%s: not Envoy-shaped: %v", r.route, h)
 		}
+	}
+}
+
+// A random bearer is rewritten in place on every send and stays a well-formed token.
+func TestRandomBearersAreWellFormedAndFresh(t *testing.T) {
+	reqs, err := randomBearerRequests(2, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	seen := map[string]bool{}
+	for range 100 {
+		raw := append([]byte(nil), reqs[0].raw...)
+		randomSecret(rng, raw[reqs[0].secretAt:reqs[0].secretAt+43])
+		var in authv3.CheckRequest
+		if err := proto.Unmarshal(raw, &in); err != nil {
+			t.Fatal(err)
+		}
+		bearer := strings.TrimPrefix(in.GetAttributes().GetRequest().GetHttp().GetHeaders()["authorization"], "Bearer ")
+		if _, err := tokens.Parse(bearer); err != nil {
+			t.Fatalf("%q: %v", bearer, err)
+		}
+		if seen[bearer] {
+			t.Fatalf("%q sent twice", bearer)
+		}
+		seen[bearer] = true
 	}
 }
 

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/url"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -75,9 +74,14 @@ func redactURL(raw string) string {
 }
 
 // world is what the load generator needs to know about the fixture: every minted token with the directory rows its
-// requests may name.
+// requests may name, in one set per use.
 type world struct {
-	fixture  directory.Fixture
+	fixture directory.Fixture
+	// mix: today's mix (o.tokens of each kind); w1: the many-token workload; cold: tokens no cache has seen (W4).
+	mix, w1, cold tokenSet
+}
+
+type tokenSet struct {
 	accounts []accountToken
 	external []string // dfoe_ plaintexts
 }
@@ -88,8 +92,14 @@ type accountToken struct {
 	appIDs   []string // apps of that tenant
 }
 
-// prepareWorld migrates the database, creates and seeds the directory fixture, and mints n tokens of each kind.
-func prepareWorld(ctx context.Context, db *database, n int) (*world, error) {
+// Sizes of the other token sets.
+const (
+	w1Tokens   = 20_000 // W1: 20,000 tokens (half dfoa_, half dfoe_)
+	coldTokens = 12_000 // W4: one fresh dfoa_ token per Check at 1,000/s over two rounds of warm-up and measurement
+)
+
+// prepareWorld migrates the database, creates and seeds the directory fixture, and mints the token sets.
+func prepareWorld(ctx context.Context, db *database, n int, coldCount int) (*world, error) {
 	pool, err := pgxpool.New(ctx, db.url)
 	if err != nil {
 		return nil, err
@@ -101,11 +111,21 @@ func prepareWorld(ctx context.Context, db *database, n int) (*world, error) {
 	if _, err := pool.Exec(ctx, migrations.DifyDirectoryFixture); err != nil {
 		return nil, fmt.Errorf("directory fixture schema: %w", err)
 	}
-	w := newWorld(n)
+	w := &world{fixture: newFixture(n)}
 	if err := postgres.SeedDirectory(ctx, pool, w.fixture); err != nil {
 		return nil, err
 	}
-	if err := w.mint(ctx, postgres.NewTokenStore(pool), n); err != nil {
+	m := &minter{pool: pool, f: w.fixture, appsOf: map[string][]string{}}
+	for _, a := range w.fixture.Apps {
+		m.appsOf[a.TenantID] = append(m.appsOf[a.TenantID], a.ID)
+	}
+	if w.mix, err = m.mint(ctx, n, n); err != nil {
+		return nil, err
+	}
+	if w.w1, err = m.mint(ctx, w1Tokens/2, w1Tokens/2); err != nil {
+		return nil, err
+	}
+	if w.cold, err = m.mint(ctx, coldCount, 0); err != nil {
 		return nil, err
 	}
 	return w, nil
@@ -113,19 +133,16 @@ func prepareWorld(ctx context.Context, db *database, n int) (*world, error) {
 
 func fixtureID(kind, i int) string { return fmt.Sprintf("%08x-0000-4000-8000-%012x", kind, i) }
 
-// newWorld lays out tenants with apps, and accounts that are members of one tenant each (owners of some, normal members of
+// newFixture lays out tenants with apps, and accounts that are members of one tenant each (owners of some, normal members of
 // others), so membership verdicts differ per token and tenant.
-func newWorld(n int) *world {
+func newFixture(n int) directory.Fixture {
 	var f directory.Fixture
-	appsOf := make([][]string, tenantCount)
 	for t := range tenantCount {
 		id := fixtureID(0x7e, t)
 		f.Tenants = append(f.Tenants, directory.Tenant{ID: id, Name: fmt.Sprintf("workspace %d", t), Status: directory.TenantStatusNormal})
 		for a := range appsPerTenant {
-			appID := fixtureID(0xa0+t, a)
-			appsOf[t] = append(appsOf[t], appID)
-			f.Apps = append(f.Apps, directory.App{ID: appID, TenantID: id, Name: fmt.Sprintf("app %d.%d", t, a), Mode: "chat",
-				Status: directory.AppStatusNormal, EnableAPI: true})
+			f.Apps = append(f.Apps, directory.App{ID: fixtureID(0xa0+t, a), TenantID: id, Name: fmt.Sprintf("app %d.%d", t, a),
+				Mode: "chat", Status: directory.AppStatusNormal, EnableAPI: true})
 		}
 	}
 	accounts := (n + tokensPerAcct - 1) / tokensPerAcct
@@ -139,67 +156,58 @@ func newWorld(n int) *world {
 		}
 		f.Joins = append(f.Joins, directory.Join{TenantID: f.Tenants[a%tenantCount].ID, AccountID: id, Role: role, Current: true})
 	}
-	return &world{fixture: f, accounts: make([]accountToken, 0, n), external: make([]string, 0, n)}
+	return f
 }
 
-// mint creates n dfoa_ tokens (tokensPerAcct per account) and n dfoe_ tokens (one per external subject), concurrently.
-func (w *world) mint(ctx context.Context, store *postgres.TokenStore, n int) error {
-	type job struct {
-		kind    tokens.Kind
-		subject tokens.Subject
-		device  string
-		account int // index into fixture.Accounts, -1 for external subjects
-	}
-	jobs := make([]job, 0, 2*n)
-	for i := range n {
-		a := i / tokensPerAcct
-		acct := w.fixture.Accounts[a]
-		jobs = append(jobs, job{kind: tokens.Account, subject: tokens.AccountSubject(acct.ID, acct.Email),
-			device: fmt.Sprintf("device-%d", i%tokensPerAcct), account: a})
-		jobs = append(jobs, job{kind: tokens.ExternalSSO, account: -1, device: "device-0",
-			subject: tokens.ExternalSubject(fmt.Sprintf("guest%d@partner.example", i), externalIssuer)})
-	}
-	plains := make([]string, len(jobs))
-	errs := make([]error, len(jobs))
+// minter writes token rows straight into oauth_access_tokens, many per statement: tens of thousands of tokens in a second or
+// two, where one Mint per token would take a minute. The rows are what Mint writes for a fresh device.
+type minter struct {
+	pool     *pgxpool.Pool
+	f        directory.Fixture
+	appsOf   map[string][]string
+	devices  int // device labels used so far, so every (subject, client, device) is new
+	external int // external subjects used so far
+}
+
+func (m *minter) mint(ctx context.Context, accounts, external int) (tokenSet, error) {
+	var set tokenSet
+	var emails, issuers, devices, prefixes, hashes []string
+	var accountIDs []*string
 	now := time.Now()
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 8) // a few connections' worth: minting is a single statement each
-	for i, j := range jobs {
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			plain, err := tokens.Generate(j.kind)
-			if err == nil {
-				_, err = store.Mint(ctx, tokens.MintRequest{Subject: j.subject, ClientID: "difyctl", DeviceLabel: j.device,
-					Prefix: j.kind.Prefix, TokenHash: tokens.Hash(plain), Now: now, ExpiresAt: now.Add(24 * time.Hour)})
-			}
-			plains[i], errs[i] = plain, err
-		})
-	}
-	wg.Wait()
-	for _, err := range errs {
+	for i := range accounts {
+		plain, err := tokens.Generate(tokens.Account)
 		if err != nil {
-			return fmt.Errorf("mint: %w", err) // the first is enough: the others are usually the same failure
+			return set, err
 		}
+		acct := m.f.Accounts[i%len(m.f.Accounts)]
+		id := acct.ID
+		emails, issuers, accountIDs = append(emails, acct.Email), append(issuers, tokens.AccountIssuer), append(accountIDs, &id)
+		devices = append(devices, fmt.Sprintf("device-%d", m.devices+i))
+		prefixes, hashes = append(prefixes, tokens.Account.Prefix), append(hashes, tokens.Hash(plain))
+		tenant := m.f.Joins[i%len(m.f.Accounts)].TenantID
+		set.accounts = append(set.accounts, accountToken{plain: plain, tenantID: tenant, appIDs: m.appsOf[tenant]})
 	}
-	for i, j := range jobs {
-		if j.account < 0 {
-			w.external = append(w.external, plains[i])
-			continue
+	m.devices += accounts
+	for i := range external {
+		plain, err := tokens.Generate(tokens.ExternalSSO)
+		if err != nil {
+			return set, err
 		}
-		t := j.account % tenantCount
-		w.accounts = append(w.accounts, accountToken{plain: plains[i], tenantID: w.fixture.Tenants[t].ID,
-			appIDs: appIDsOf(w.fixture, w.fixture.Tenants[t].ID)})
+		emails = append(emails, fmt.Sprintf("guest%d@partner.example", m.external+i))
+		issuers, accountIDs = append(issuers, externalIssuer), append(accountIDs, nil)
+		devices = append(devices, "device-0")
+		prefixes, hashes = append(prefixes, tokens.ExternalSSO.Prefix), append(hashes, tokens.Hash(plain))
+		set.external = append(set.external, plain)
 	}
-	return nil
-}
-
-func appIDsOf(f directory.Fixture, tenantID string) []string {
-	var ids []string
-	for _, a := range f.Apps {
-		if a.TenantID == tenantID {
-			ids = append(ids, a.ID)
-		}
+	m.external += external
+	_, err := m.pool.Exec(ctx, `
+		INSERT INTO oauth_access_tokens (id, subject_email, subject_issuer, account_id, client_id, device_label, prefix,
+			token_hash, created_at, expires_at)
+		SELECT gen_random_uuid(), e, i, a::uuid, 'difyctl', d, p, h, $7, $8
+		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS t(e, i, a, d, p, h)`,
+		emails, issuers, accountIDs, devices, prefixes, hashes, now, now.Add(24*time.Hour))
+	if err != nil {
+		return set, fmt.Errorf("mint: %w", err)
 	}
-	return ids
+	return set, nil
 }

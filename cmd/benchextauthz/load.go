@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"sync"
 	"syscall"
@@ -14,14 +15,10 @@ import (
 
 const checkMethod = "/envoy.service.auth.v3.Authorization/Check"
 
-// bench drives the two servers with the same requests.
+// bench drives the servers with the same requests.
 type bench struct {
 	opts     options
-	reqs     []request
-	servers  *servers
-	redisURL string
-
-	nullConns, extConns []*grpc.ClientConn
+	redisURL string // for the Redis CPU probe (the server, whichever database)
 }
 
 // target is one server as the load generator sees it.
@@ -29,11 +26,7 @@ type target struct {
 	name  string
 	proc  *process
 	conns []*grpc.ClientConn
-}
-
-func (b *bench) targets() (null, ext target) {
-	return target{name: "null", proc: b.servers.null, conns: b.nullConns},
-		target{name: "extauthz", proc: b.servers.ext, conns: b.extConns}
+	null  bool // allows everything: every allow is its correct answer
 }
 
 func dial(addr string, n int) ([]*grpc.ClientConn, error) {
@@ -50,8 +43,8 @@ func dial(addr string, n int) ([]*grpc.ClientConn, error) {
 	return conns, nil
 }
 
-func (b *bench) close() {
-	for _, c := range slices.Concat(b.nullConns, b.extConns) {
+func closeConns(conns []*grpc.ClientConn) {
+	for _, c := range conns {
 		c.Close()
 	}
 }
@@ -61,7 +54,9 @@ type roundResult struct {
 	server    string
 	elapsed   time.Duration
 	latencies []int64 // nanoseconds, sorted
-	denies    map[string]int
+	allows    int
+	expected  map[int64]int  // expected denies by rpc code
+	denies    map[string]int // denies that are not a correct answer, described
 	errors    map[string]int
 	// CPU used during the measured window by the server process, the load generator, and the whole Redis server.
 	serverCPU, clientCPU, redisCPU time.Duration
@@ -73,13 +68,15 @@ func (r *roundResult) rps() float64   { return float64(r.completed()) / r.elapse
 // worker state for one round.
 type worker struct {
 	latencies []int64
+	allows    int
+	expected  map[int64]int
 	denies    map[string]int
 	errors    map[string]int
 }
 
 // round runs o.warmup of unmeasured load, then measures o.duration: only Checks that start (or are due) and end inside the
-// window count. Without -rate the loop is closed: each worker sends its next Check as soon as the last is answered.
-func (b *bench) round(ctx context.Context, t target) (*roundResult, error) {
+// window count. With rate 0 the loop is closed: each worker sends its next Check as soon as the last is answered.
+func (b *bench) round(ctx context.Context, t target, reqs []request, rate float64) (*roundResult, error) {
 	o := b.opts
 	start := time.Now()
 	from, to := start.Add(o.warmup), start.Add(o.warmup+o.duration)
@@ -87,31 +84,38 @@ func (b *bench) round(ctx context.Context, t target) (*roundResult, error) {
 	rctx, cancel := context.WithDeadline(ctx, to.Add(10*time.Second))
 	defer cancel()
 
-	var interval time.Duration // between one worker's sends, with -rate
-	if o.rate > 0 {
-		interval = time.Duration(float64(o.concurrency) / o.rate * float64(time.Second))
+	var interval time.Duration // between one worker's sends, when paced
+	if rate > 0 {
+		interval = time.Duration(float64(o.concurrency) / rate * float64(time.Second))
 	}
 	workers := make([]*worker, o.concurrency)
 	expected := int(o.duration.Seconds()*60_000)/o.concurrency + 1024
 	var wg sync.WaitGroup
 	for i := range workers {
-		w := &worker{latencies: make([]int64, 0, expected), denies: map[string]int{}, errors: map[string]int{}}
+		w := &worker{latencies: make([]int64, 0, expected), expected: map[int64]int{}, denies: map[string]int{},
+			errors: map[string]int{}}
 		workers[i] = w
 		conn := t.conns[i%len(t.conns)]
-		next := i * len(b.reqs) / o.concurrency // workers walk the mix from spread-out offsets
-		// With -rate, each worker sends on its own schedule, staggered from the others', and a Check's latency runs from when
-		// it was due, so a server that falls behind is charged for the wait (no coordinated omission).
+		next := i * len(reqs) / o.concurrency // workers walk the requests from spread-out offsets
+		// When paced, each worker sends on its own schedule, staggered from the others', and a Check's latency runs from
+		// when it was due, so a server that falls behind is charged for the wait (no coordinated omission).
 		due := start.Add(time.Duration(i) * interval / time.Duration(o.concurrency))
+		rng := rand.New(rand.NewPCG(uint64(i), uint64(start.UnixNano())))
+		own := &request{} // a copy of a request whose bearer changes on every send
 		wg.Go(func() {
 			var res checkResult
 			for {
-				req := &b.reqs[next]
+				req := &reqs[next]
 				next++
-				if next == len(b.reqs) {
+				if next == len(reqs) {
 					next = 0
 				}
+				send := req
+				if req.secretAt > 0 {
+					send = own.randomized(req, rng)
+				}
 				t0 := time.Now()
-				if o.rate > 0 {
+				if rate > 0 {
 					if wait := due.Sub(t0); wait > 0 {
 						time.Sleep(wait)
 					}
@@ -120,8 +124,8 @@ func (b *bench) round(ctx context.Context, t target) (*roundResult, error) {
 				if !t0.Before(to) {
 					return
 				}
-				res.raw = nil
-				err := conn.Invoke(rctx, checkMethod, req, &res)
+				res.raw, res.expect = nil, req.expect
+				err := conn.Invoke(rctx, checkMethod, send, &res)
 				t1 := time.Now()
 				if rctx.Err() != nil {
 					return // interrupted, or a server hung past the grace period: the round is void either way
@@ -132,7 +136,15 @@ func (b *bench) round(ctx context.Context, t target) (*roundResult, error) {
 				switch {
 				case err != nil:
 					w.errors[err.Error()]++
-				case !res.allowed:
+				case res.allowed && t.null:
+					w.allows++
+				case res.allowed && req.expect == expectRefused:
+					w.denies[req.route+" -> a random bearer allowed"]++
+				case res.allowed:
+					w.allows++
+				case req.expect.accepts(res.code):
+					w.expected[res.code]++
+				default:
 					w.denies[req.route+" -> "+describeDeny(res.raw)]++
 				}
 				w.latencies = append(w.latencies, int64(t1.Sub(t0)))
@@ -157,9 +169,14 @@ func (b *bench) round(ctx context.Context, t target) (*roundResult, error) {
 		return nil, &insaneError{fmt.Sprintf("%s: Checks still unanswered 10 s after the round ended", t.name)}
 	}
 
-	r := &roundResult{server: t.name, elapsed: o.duration, denies: map[string]int{}, errors: map[string]int{}}
+	r := &roundResult{server: t.name, elapsed: o.duration, expected: map[int64]int{}, denies: map[string]int{},
+		errors: map[string]int{}}
 	for _, w := range workers {
 		r.latencies = append(r.latencies, w.latencies...)
+		r.allows += w.allows
+		for k, v := range w.expected {
+			r.expected[k] += v
+		}
 		for k, v := range w.denies {
 			r.denies[k] += v
 		}
@@ -170,6 +187,27 @@ func (b *bench) round(ctx context.Context, t target) (*roundResult, error) {
 	slices.Sort(r.latencies)
 	r.serverCPU, r.clientCPU, r.redisCPU = after.server-before.server, after.client-before.client, after.redis-before.redis
 	return r, nil
+}
+
+// randomized makes r a copy of req with a fresh random bearer secret and returns it.
+func (r *request) randomized(req *request, rng *rand.Rand) *request {
+	r.raw = append(r.raw[:0], req.raw...)
+	randomSecret(rng, r.raw[req.secretAt:req.secretAt+43])
+	return r
+}
+
+const secretAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+// randomSecret fills b with random base64url characters, six bits of one random word each.
+func randomSecret(rng *rand.Rand, b []byte) {
+	var v uint64
+	for i := range b {
+		if i%10 == 0 {
+			v = rng.Uint64()
+		}
+		b[i] = secretAlphabet[v&63]
+		v >>= 6
+	}
 }
 
 func sleepUntil(ctx context.Context, t time.Time) {
@@ -188,19 +226,19 @@ func processCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// measure alternates the servers, null first, so slow drifts in the machine's load hit both alike.
-func (b *bench) measure(ctx context.Context) (*results, error) {
-	null, ext := b.targets()
-	res := &results{}
+// measure alternates the targets round by round, null first, so slow drifts in the machine's load hit all alike.
+func (b *bench) measure(ctx context.Context, label string, targets []target, reqs []request, rate float64) (*results, error) {
+	res := &results{warmup: b.opts.warmup}
 	for i := range b.opts.rounds {
-		for _, t := range []target{null, ext} {
-			r, err := b.round(ctx, t)
+		for _, t := range targets {
+			r, err := b.round(ctx, t, reqs, rate)
 			if err != nil {
 				return nil, err
 			}
-			fmt.Printf("round %d %-8s %8.0f req/s  p50 %7s  p99 %7s  server CPU %5.1f µs/req  denies %d  errors %d  load %s\n",
-				i+1, t.name, r.rps(), fmtDur(percentile(r.latencies, 0.50)), fmtDur(percentile(r.latencies, 0.99)),
-				perRequest(r.serverCPU, r.completed()), sum(r.denies), sum(r.errors), loadAverage())
+			fmt.Printf("%s round %d %-17s %8.0f req/s  p50 %7s  p99 %7s  server CPU %5.1f µs/req  expected denies %d  "+
+				"wrong %d  errors %d  load %s\n", label, i+1, t.name, r.rps(), fmtDur(percentile(r.latencies, 0.50)),
+				fmtDur(percentile(r.latencies, 0.99)), perRequest(r.serverCPU, r.completed()), sumCodes(r.expected),
+				sum(r.denies), sum(r.errors), loadAverage())
 			res.add(r)
 		}
 	}

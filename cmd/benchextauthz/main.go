@@ -1,11 +1,14 @@
-// Command benchextauthz measures extauthz against a null ext_authz server that allows everything (issue 3, "Benchmark").
+// Command benchextauthz measures extauthz against a null ext_authz server that allows everything, workload by workload,
+// in both limiter modes (docs/benchmarks.md).
 //
-// It prepares a fresh Postgres database and a leased, flushed Redis database, mints many tokens, starts the real extauthz
-// binary and a null server (this binary's "null" subcommand) as subprocesses, and drives both with the same pre-encoded,
-// Envoy-shaped CheckRequests over a few gRPC connections, alternating the two round by round. Every extauthz response must
-// be an allow: a deny means the setup is wrong, and the run fails rather than report figures measured on error paths.
+// It prepares a fresh Postgres database and leased, flushed Redis databases (one per mode), mints the tokens, starts a null
+// server (this binary's "null" subcommand) and, for each workload, one extauthz per limiter mode, all as subprocesses, and
+// drives them with the same pre-encoded, Envoy-shaped CheckRequests over a few gRPC connections, alternating the servers
+// round by round. Every answer must be the correct one for its request (an allow, or the deny the workload expects): any
+// other means the setup is wrong, and the run fails rather than report figures measured on error paths.
 //
-// Usage (from the module root): go run ./cmd/benchextauthz [-duration 8s] [-rounds 3] [-concurrency 32] [-conns 4]
+// Usage (from the module root): go run ./cmd/benchextauthz [-workloads mix,w1,w2,w3,w4] [-modes exact,batched]
+// [-duration 4s] [-rounds 2] [-concurrency 32] [-conns 4] [-profile dir]
 package main
 
 import (
@@ -15,6 +18,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -25,13 +29,17 @@ type options struct {
 	warmup      time.Duration
 	rounds      int
 	concurrency int
-	rate        float64 // total Checks/s offered; 0 = closed loop
+	rate        float64 // total Checks/s offered to every closed-loop workload; 0 = closed loop
 	conns       int
 	tokens      int
+	workloads   []string
+	modes       []string
 	databaseURL string
 	redisURL    string
 	// checkTimeout overrides extauthz's CHECK_TIMEOUT when set; empty keeps the product default.
 	checkTimeout string
+	// profile is a directory for CPU profiles of extauthz, one per workload and mode ("" = none).
+	profile string
 }
 
 func main() {
@@ -43,23 +51,30 @@ func main() {
 		return
 	}
 	var o options
-	flag.DurationVar(&o.duration, "duration", 8*time.Second, "measured time of each round")
-	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "unmeasured load before each round")
-	flag.IntVar(&o.rounds, "rounds", 3, "rounds per server; the servers alternate null, extauthz, null, ...")
+	var workloads, modes string
+	flag.DurationVar(&o.duration, "duration", 4*time.Second, "measured time of each round")
+	flag.DurationVar(&o.warmup, "warmup", time.Second, "unmeasured load before each round")
+	flag.IntVar(&o.rounds, "rounds", 2, "rounds per server; the servers alternate null, exact, batched, null, ...")
 	flag.IntVar(&o.concurrency, "concurrency", 32, "concurrent workers, each with one Check in flight")
 	flag.Float64Var(&o.rate, "rate", 0,
-		"offer this many Checks/s in total, paced, to compare latencies at equal load (0: closed loop, as fast as each server goes)")
+		"offer this many Checks/s in total, paced, in the closed-loop workloads (0: closed loop, as fast as each server goes)")
 	flag.IntVar(&o.conns, "conns", 4, "gRPC connections per server, shared round-robin by the workers")
-	flag.IntVar(&o.tokens, "tokens", 1000, "tokens minted of each kind (dfoa_ and dfoe_)")
+	flag.IntVar(&o.tokens, "tokens", 1000, "tokens of each kind (dfoa_ and dfoe_) in today's mix")
+	flag.StringVar(&workloads, "workloads", strings.Join(workloadNames, ","), "workloads to run, in order: "+
+		strings.Join(workloadNames, ", "))
+	flag.StringVar(&modes, "modes", "exact,batched", "limiter modes (RATE_LIMIT_MODE) to measure, one extauthz each")
 	flag.StringVar(&o.databaseURL, "database-url", envOr("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"),
 		"Postgres server on which a fresh database is created and dropped")
 	flag.StringVar(&o.redisURL, "redis-url", envOr("TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
-		"Redis server whose database 0 holds the test leases; a free database 1..15 is leased and flushed")
+		"Redis server whose database 0 holds the test leases; a free database 1..15 is leased and flushed per mode")
 	flag.StringVar(&o.checkTimeout, "check-timeout", "",
 		"extauthz CHECK_TIMEOUT (default: extauthz's own, 150ms); Checks past it are 503 denies, which invalidate the run")
+	flag.StringVar(&o.profile, "profile", "",
+		"write a CPU profile of each extauthz's first measured round here (<workload>-<mode>.pprof; builds with -tags benchpprof)")
 	flag.Parse()
-	if o.rounds < 1 || o.concurrency < 1 || o.conns < 1 || o.tokens < 1 || o.duration <= 0 || o.rate < 0 {
-		fmt.Fprintln(os.Stderr, "benchextauthz: -rounds, -concurrency, -conns, -tokens and -duration must be positive, -rate not negative")
+	o.workloads, o.modes = splitList(workloads), splitList(modes)
+	if err := o.validate(); err != nil {
+		fmt.Fprintln(os.Stderr, "benchextauthz:", err)
 		os.Exit(2)
 	}
 
@@ -77,6 +92,36 @@ func main() {
 	}
 }
 
+func (o options) validate() error {
+	if o.rounds < 1 || o.concurrency < 1 || o.conns < 1 || o.tokens < 1 || o.duration <= 0 || o.rate < 0 {
+		return errors.New("-rounds, -concurrency, -conns, -tokens and -duration must be positive, -rate not negative")
+	}
+	for _, w := range o.workloads {
+		if !slices.Contains(workloadNames, w) {
+			return fmt.Errorf("-workloads: unknown %q (want some of %s)", w, strings.Join(workloadNames, ", "))
+		}
+	}
+	for _, m := range o.modes {
+		if m != "exact" && m != "batched" {
+			return fmt.Errorf("-modes: unknown %q (want exact, batched)", m)
+		}
+	}
+	if len(o.workloads) == 0 || len(o.modes) == 0 {
+		return errors.New("-workloads and -modes must name at least one")
+	}
+	return nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for item := range strings.SplitSeq(s, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
+}
+
 func envOr(name, fallback string) string {
 	if v := os.Getenv(name); v != "" {
 		return v
@@ -84,7 +129,8 @@ func envOr(name, fallback string) string {
 	return fallback
 }
 
-// run prepares the world, starts both servers, measures, reports, and tears everything down whatever happened.
+// run prepares the world, starts the null server, runs each workload against it and one extauthz per mode, reports, and
+// tears everything down whatever happened.
 func run(ctx context.Context, o options) (err error) {
 	fmt.Printf("machine: %d CPUs, load average before: %s\n", numCPU(), loadAverage())
 	started := time.Now()
@@ -94,61 +140,62 @@ func run(ctx context.Context, o options) (err error) {
 		return err
 	}
 	defer func() { err = errors.Join(err, db.drop()) }()
-	redisURL, release, err := leaseRedis(ctx, o.redisURL)
-	if err != nil {
-		return err
+	redisURLs := map[string]string{}
+	for _, m := range o.modes {
+		u, release, err := leaseRedis(ctx, o.redisURL)
+		if err != nil {
+			return err
+		}
+		defer release()
+		redisURLs[m] = u
 	}
-	defer release()
 
-	w, err := prepareWorld(ctx, db, o.tokens)
+	cold := 0
+	if slices.Contains(o.workloads, "w4") {
+		cold = coldTokens
+	}
+	w, err := prepareWorld(ctx, db, o.tokens, cold)
 	if err != nil {
 		return err
 	}
-	fmt.Printf("fixture: %d tenants, %d accounts, %d apps, %d dfoa_ + %d dfoe_ tokens (%s)\n",
-		len(w.fixture.Tenants), len(w.fixture.Accounts), len(w.fixture.Apps), o.tokens, o.tokens, time.Since(started).Round(time.Millisecond))
+	fmt.Printf("fixture: %d tenants, %d accounts, %d apps; tokens: mix %d+%d, w1 %d+%d, cold %d (%s)\n",
+		len(w.fixture.Tenants), len(w.fixture.Accounts), len(w.fixture.Apps), len(w.mix.accounts), len(w.mix.external),
+		len(w.w1.accounts), len(w.w1.external), len(w.cold.accounts), time.Since(started).Round(time.Millisecond))
 
 	dir, err := os.MkdirTemp("", "benchextauthz-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	servers, err := startServers(ctx, dir, db.url, redisURL, o.checkTimeout)
-	if err != nil {
-		return err
-	}
-	defer servers.stop()
-	defer func() {
-		var insane *insaneError
-		if errors.As(err, &insane) {
-			if lines := servers.ext.errorLines(10); len(lines) > 0 {
-				fmt.Printf("extauthz's last error log lines:\n%s\n", strings.Join(lines, "\n"))
-			}
+	if o.profile != "" {
+		if err := os.MkdirAll(o.profile, 0o755); err != nil {
+			return err
 		}
-	}()
+	}
+	bin, err := buildExtauthz(ctx, dir, o.profile != "")
+	if err != nil {
+		return err
+	}
+	null, err := startNull(ctx, dir)
+	if err != nil {
+		return err
+	}
+	defer null.stop()
+	nullConns, err := dial(null.addr, o.conns)
+	if err != nil {
+		return err
+	}
+	defer closeConns(nullConns)
 
-	reqs, err := buildRequests(w)
-	if err != nil {
-		return err
+	r := &runner{opts: o, world: w, bin: bin, dir: dir, dbURL: db.url, redisURLs: redisURLs,
+		null: target{name: "null", proc: null, conns: nullConns, null: true}, bench: &bench{opts: o, redisURL: o.redisURL}}
+	for _, name := range o.workloads {
+		if err := r.runWorkload(ctx, workloadByName(name)); err != nil {
+			return err
+		}
 	}
-	b := &bench{opts: o, reqs: reqs, servers: servers, redisURL: redisURL}
-	defer b.close()
-	if err := b.prepare(ctx); err != nil {
-		return err
-	}
-	cacheBefore, err := cacheCounts(ctx, servers.ext.adminAddr)
-	if err != nil {
-		return fmt.Errorf("extauthz /metrics: %w", err)
-	}
-	res, err := b.measure(ctx)
-	if err != nil {
-		return err
-	}
-	cacheAfter, err := cacheCounts(ctx, servers.ext.adminAddr)
-	if err != nil {
-		return fmt.Errorf("extauthz /metrics: %w", err)
-	}
-	res.cache = cacheDelta(cacheBefore, cacheAfter)
-	res.print(os.Stdout, o, len(reqs))
+	printAims(os.Stdout, r.rows)
 	fmt.Printf("load average after: %s; whole run %s\n", loadAverage(), time.Since(started).Round(time.Second))
-	return res.sanity()
+	fmt.Println("sanity: every measured Check got a correct answer; no gRPC errors")
+	return nil
 }

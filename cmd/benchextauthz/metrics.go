@@ -10,9 +10,9 @@ import (
 	"time"
 )
 
-// cacheCounts reads extauthz's own count of token cache reads by result (hit, miss, invalid, error) from /metrics, so the
-// report can show that the measured Checks were cache hits rather than assume it.
-func cacheCounts(ctx context.Context, adminAddr string) (map[string]float64, error) {
+// scrape reads extauthz's /metrics: every sample, keyed by its series (name and labels), so the report can show what
+// extauthz itself counted (limiter decisions by source, token cache reads by result) rather than assume it.
+func scrape(ctx context.Context, adminAddr string) (map[string]float64, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+adminAddr+"/metrics", nil)
@@ -27,37 +27,32 @@ func cacheCounts(ctx context.Context, adminAddr string) (map[string]float64, err
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("GET /metrics: %s", resp.Status)
 	}
-	const series = "authgate_extauthz_token_cache_total{"
-	counts := map[string]float64{}
+	out := map[string]float64{}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 0, 64*1024), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
-		if !strings.HasPrefix(line, series) {
+		if strings.HasPrefix(line, "#") {
 			continue
 		}
-		labels, value, ok := strings.Cut(line[len(series):], "} ")
-		if !ok {
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
 			continue
 		}
-		_, after, ok := strings.Cut(labels, `result="`)
-		if !ok {
-			continue
-		}
-		result, _, _ := strings.Cut(after, `"`)
-		v, err := strconv.ParseFloat(strings.TrimSpace(value), 64)
-		if err == nil {
-			counts[result] += v
+		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+			out[line[:i]] = v
 		}
 	}
-	return counts, sc.Err()
+	return out, sc.Err()
 }
 
-// cacheDelta is after minus before, for each result seen.
-func cacheDelta(before, after map[string]float64) map[string]float64 {
-	d := map[string]float64{}
-	for k, v := range after {
-		d[k] = v - before[k]
+// sumSeries adds the samples of one metric whose labels contain label (`result="miss"`).
+func sumSeries(m map[string]float64, name, label string) float64 {
+	var total float64
+	for series, v := range m {
+		if strings.HasPrefix(series, name+"{") && strings.Contains(series, label) {
+			total += v
+		}
 	}
-	return d
+	return total
 }

@@ -9,12 +9,6 @@ import (
 	"time"
 )
 
-// The aims: extauthz keeps at least this share of the null server's throughput, with a p99 at most this multiple.
-const (
-	aimThroughputRatio = 0.6
-	aimP99Ratio        = 1.5
-)
-
 // insaneError means the figures were measured on something other than the allow path and must not be used.
 type insaneError struct{ msg string }
 
@@ -22,8 +16,7 @@ func (e *insaneError) Error() string { return e.msg }
 
 type results struct {
 	rounds []*roundResult
-	// cache is extauthz's token cache reads by result over all rounds, warm-ups included (from its /metrics).
-	cache map[string]float64
+	warmup time.Duration
 }
 
 func (r *results) add(rr *roundResult) { r.rounds = append(r.rounds, rr) }
@@ -34,11 +27,13 @@ type serverTotals struct {
 	elapsed                        time.Duration
 	latencies                      []int64
 	serverCPU, clientCPU, redisCPU time.Duration
+	allows                         int
+	expected                       map[int64]int
 	denies, errors                 map[string]int
 }
 
 func (r *results) totals(server string) serverTotals {
-	t := serverTotals{denies: map[string]int{}, errors: map[string]int{}}
+	t := serverTotals{expected: map[int64]int{}, denies: map[string]int{}, errors: map[string]int{}}
 	for _, rr := range r.rounds {
 		if rr.server != server {
 			continue
@@ -49,6 +44,10 @@ func (r *results) totals(server string) serverTotals {
 		t.serverCPU += rr.serverCPU
 		t.clientCPU += rr.clientCPU
 		t.redisCPU += rr.redisCPU
+		t.allows += rr.allows
+		for k, v := range rr.expected {
+			t.expected[k] += v
+		}
 		for k, v := range rr.denies {
 			t.denies[k] += v
 		}
@@ -62,60 +61,113 @@ func (r *results) totals(server string) serverTotals {
 
 func (t serverTotals) rps() float64 { return float64(t.requests) / t.elapsed.Seconds() }
 
-func (r *results) print(w io.Writer, o options, distinct int) {
-	null, ext := r.totals("null"), r.totals("extauthz")
-	load := "closed loop"
-	if o.rate > 0 {
-		load = fmt.Sprintf("paced at %.0f Checks/s offered (throughput shows only whether a server kept up)", o.rate)
-	}
-	fmt.Fprintf(w, "\n%d rounds of %s per server (after %s warm-up each), %d workers over %d connections, %d distinct requests, %s\n",
-		o.rounds, o.duration, o.warmup, o.concurrency, o.conns, distinct, load)
-	// Redis is shared with whatever else runs on the machine, so its CPU is shown as a share of one core: the null rows show
-	// the background, the extauthz rows the background plus the limiter's and cache's work.
-	fmt.Fprintf(w, "%-9s %10s %9s %9s %9s %14s %15s %10s\n", "server", "req/s", "p50", "p90", "p99", "server µs/req",
-		"loadgen µs/req", "redis CPU")
-	for _, x := range []struct {
-		name string
-		t    serverTotals
-	}{{"null", null}, {"extauthz", ext}} {
-		fmt.Fprintf(w, "%-9s %10.0f %9s %9s %9s %14.1f %15.1f %9.0f%%\n", x.name, x.t.rps(),
-			fmtDur(percentile(x.t.latencies, 0.50)), fmtDur(percentile(x.t.latencies, 0.90)), fmtDur(percentile(x.t.latencies, 0.99)),
-			perRequest(x.t.serverCPU, x.t.requests), perRequest(x.t.clientCPU, x.t.requests),
-			100*x.t.redisCPU.Seconds()/x.t.elapsed.Seconds())
-	}
-	if null.requests == 0 || ext.requests == 0 {
-		return
-	}
-	tr := ext.rps() / null.rps()
-	pr := float64(percentile(ext.latencies, 0.99)) / float64(percentile(null.latencies, 0.99))
-	fmt.Fprintf(w, "extauthz / null: throughput %.2f (aim >= %.1f: %s), p99 %.2fx (aim <= %.1fx: %s)\n",
-		tr, aimThroughputRatio, verdict(tr >= aimThroughputRatio), pr, aimP99Ratio, verdict(pr <= aimP99Ratio))
-	var pairs []string
-	for i := 0; i+1 < len(r.rounds); i += 2 {
-		n, e := r.rounds[i], r.rounds[i+1]
-		pairs = append(pairs, fmt.Sprintf("%.2f", e.rps()/n.rps()))
-	}
-	fmt.Fprintf(w, "throughput ratio per round pair: %s\n", strings.Join(pairs, " "))
-	var cache []string
-	for _, k := range slices.Sorted(maps.Keys(r.cache)) {
-		cache = append(cache, fmt.Sprintf("%s %.0f", k, r.cache[k]))
-	}
-	fmt.Fprintf(w, "extauthz token cache reads during the rounds (its /metrics): %s\n", strings.Join(cache, ", "))
+// row is one server's line of a workload's table, kept for the summary of aims.
+type row struct {
+	workload, server string
+	rate             float64 // offered when paced; 0 closed loop
+	rps, ratio       float64
+	p50, p99         time.Duration
+	p99Ratio         float64
+	redisPerCheck    float64 // µs of Redis CPU per Check, the null server's background subtracted
 }
 
-// sanity fails the run if any measured Check was not an allow or failed at the transport: such figures are not the allow path.
-func (r *results) sanity() error {
+// print writes one workload's table and returns its rows.
+func (r *results) print(w io.Writer, label, load string, servers []string, extra map[string]string) []row {
+	fmt.Fprintf(w, "\n%s, %s: %d rounds of %s per server (after %s warm-up each)\n", label, load, r.roundsOf(servers[0]),
+		r.roundOf(servers[0]), r.warmup)
+	fmt.Fprintf(w, "%-17s %9s %8s %8s %8s %10s %10s %11s %7s %7s  %s\n", "server", "req/s", "p50", "p90", "p99",
+		"server µs", "loadgen µs", "redis µs/Ck", "ratio", "p99 ×", "outcomes")
+	null := r.totals(servers[0])
+	nullRedis := perRequest(null.redisCPU, null.requests)
+	var rows []row
+	for _, name := range servers {
+		t := r.totals(name)
+		if t.requests == 0 {
+			continue
+		}
+		x := row{workload: label, server: name, rps: t.rps(), p50: percentile(t.latencies, 0.50),
+			p99: percentile(t.latencies, 0.99)}
+		x.ratio = t.rps() / null.rps()
+		x.p99Ratio = float64(x.p99) / float64(percentile(null.latencies, 0.99))
+		// Redis is shared with whatever else runs on the machine: what it spent during the null rounds is the background.
+		redis := perRequest(t.redisCPU, t.requests)
+		if name != servers[0] {
+			redis = max(perRequest(t.redisCPU, t.requests)-nullRedis*null.rps()/t.rps(), 0)
+		}
+		x.redisPerCheck = redis
+		outcomes := fmt.Sprintf("allow %d", t.allows)
+		for _, code := range slices.Sorted(maps.Keys(t.expected)) {
+			outcomes += fmt.Sprintf(", %s %d", codeName(code), t.expected[code])
+		}
+		if e := extra[name]; e != "" {
+			outcomes += "; " + e
+		}
+		fmt.Fprintf(w, "%-17s %9.0f %8s %8s %8s %10.1f %10.1f %11.1f %7.2f %7.2f  %s\n", name, t.rps(), fmtDur(x.p50),
+			fmtDur(percentile(t.latencies, 0.90)), fmtDur(x.p99), perRequest(t.serverCPU, t.requests),
+			perRequest(t.clientCPU, t.requests), redis, x.ratio, x.p99Ratio, outcomes)
+		rows = append(rows, x)
+	}
+	for _, name := range servers[1:] {
+		var pairs []string
+		var nullRound *roundResult
+		for _, rr := range r.rounds {
+			switch rr.server {
+			case servers[0]:
+				nullRound = rr
+			case name:
+				if nullRound != nil {
+					pairs = append(pairs, fmt.Sprintf("%.2f", rr.rps()/nullRound.rps()))
+				}
+			}
+		}
+		fmt.Fprintf(w, "  %s / null per round: %s\n", name, strings.Join(pairs, " "))
+	}
+	return rows
+}
+
+func (r *results) roundsOf(server string) int {
+	n := 0
+	for _, rr := range r.rounds {
+		if rr.server == server {
+			n++
+		}
+	}
+	return n
+}
+
+func (r *results) roundOf(server string) time.Duration {
+	for _, rr := range r.rounds {
+		if rr.server == server {
+			return rr.elapsed
+		}
+	}
+	return 0
+}
+
+func codeName(code int64) string {
+	switch code {
+	case codeResourceExhausted:
+		return "429"
+	case codeUnauthenticated:
+		return "401"
+	}
+	return fmt.Sprintf("rpc %d", code)
+}
+
+// sanity fails the run if any measured Check got a wrong answer or failed at the transport: such figures are not the path
+// being measured.
+func (r *results) sanity(label string, servers []string) error {
 	var problems []string
-	for _, server := range []string{"null", "extauthz"} {
+	for _, server := range servers {
 		t := r.totals(server)
 		for _, m := range []struct {
 			what  string
 			byMsg map[string]int
-		}{{"denies", t.denies}, {"gRPC errors", t.errors}} {
+		}{{"wrong answers", t.denies}, {"gRPC errors", t.errors}} {
 			if len(m.byMsg) == 0 {
 				continue
 			}
-			problems = append(problems, fmt.Sprintf("%s: %d %s during measured rounds:", server, sum(m.byMsg), m.what))
+			problems = append(problems, fmt.Sprintf("%s %s: %d %s during measured rounds:", label, server, sum(m.byMsg), m.what))
 			for _, k := range slices.Sorted(maps.Keys(m.byMsg)) {
 				problems = append(problems, fmt.Sprintf("  %6d x %s", m.byMsg[k], k))
 			}
@@ -124,8 +176,43 @@ func (r *results) sanity() error {
 	if len(problems) > 0 {
 		return &insaneError{"figures above are not valid:\n" + strings.Join(problems, "\n")}
 	}
-	fmt.Println("sanity: every measured Check was an allow; no gRPC errors")
 	return nil
+}
+
+// aim is one of the targets for one workload and server.
+type aim struct {
+	workload, server, what string
+	met                    func(row) bool
+	measured               func(row) string
+}
+
+var aims = []aim{
+	{"mix", "extauthz batched", "throughput >= 0.75 of null", func(x row) bool { return x.ratio >= 0.75 }, ratioOf},
+	{"mix", "extauthz exact", "throughput >= 0.60 of null", func(x row) bool { return x.ratio >= 0.60 }, ratioOf},
+	{"mix-half", "extauthz exact", "p99 <= 1.5x null's at half of null's maximum", func(x row) bool { return x.p99Ratio <= 1.5 }, p99Of},
+	{"mix-half", "extauthz batched", "p99 <= 1.5x null's at half of null's maximum", func(x row) bool { return x.p99Ratio <= 1.5 }, p99Of},
+	{"w1", "extauthz batched", "throughput >= 0.75 of null", func(x row) bool { return x.ratio >= 0.75 }, ratioOf},
+	{"w1", "extauthz exact", "throughput >= 0.60 of null", func(x row) bool { return x.ratio >= 0.60 }, ratioOf},
+	{"w2", "extauthz exact", "throughput >= 0.85 of null", func(x row) bool { return x.ratio >= 0.85 }, ratioOf},
+	{"w3", "extauthz exact", "throughput >= 0.60 of null", func(x row) bool { return x.ratio >= 0.60 }, ratioOf},
+	{"w4", "extauthz exact", "p99 < 5 ms at 1,000/s", func(x row) bool { return x.p99 < 5*time.Millisecond }, p99Abs},
+	{"w4", "extauthz batched", "p99 < 5 ms at 1,000/s", func(x row) bool { return x.p99 < 5*time.Millisecond }, p99Abs},
+}
+
+func ratioOf(x row) string { return fmt.Sprintf("%.2f", x.ratio) }
+func p99Of(x row) string   { return fmt.Sprintf("%.2fx (%s)", x.p99Ratio, fmtDur(x.p99)) }
+func p99Abs(x row) string  { return fmtDur(x.p99) }
+
+// printAims lists each target whose workload and server were measured in this run.
+func printAims(w io.Writer, rows []row) {
+	fmt.Fprintf(w, "\nthe issue's targets (this run, this machine):\n")
+	for _, a := range aims {
+		for _, x := range rows {
+			if x.workload == a.workload && x.server == a.server {
+				fmt.Fprintf(w, "  %-8s %-17s %-46s %-16s %s\n", a.workload, a.server, a.what, a.measured(x), verdict(a.met(x)))
+			}
+		}
+	}
 }
 
 func verdict(met bool) string {
@@ -153,6 +240,14 @@ func perRequest(cpu time.Duration, n int) float64 {
 		return 0
 	}
 	return float64(cpu) / float64(time.Microsecond) / float64(n)
+}
+
+func sumCodes(m map[int64]int) int {
+	n := 0
+	for _, v := range m {
+		n += v
+	}
+	return n
 }
 
 func sum(m map[string]int) int {

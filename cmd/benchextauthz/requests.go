@@ -1,15 +1,19 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"strings"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/authgate/authgate/internal/tokens"
 )
 
 const apiPrefix = "/openapi/v1"
@@ -21,6 +25,36 @@ type request struct {
 	raw   []byte
 	// What a correct allow carries for it: the identity of a verified tenant and of a resolved app.
 	wantTenant, wantApp bool
+	expect              expectation
+	// secretAt > 0 is the offset of the 43 characters after the bearer's prefix: they are replaced with random ones on
+	// every send, so no cache or negative entry ever knows the bearer (W3).
+	secretAt int
+}
+
+// expectation is what a correct answer to a request is.
+type expectation uint8
+
+const (
+	expectAllow      expectation = iota
+	expectAllowOr429             // a token far over its limit (W2): mostly 429 rate_limited
+	expectRefused                // a random bearer (W3): 401 invalid_bearer, or 429 when its address's lookups are spent
+)
+
+// rpc codes of the denies a workload expects: 429 is RESOURCE_EXHAUSTED, 401 UNAUTHENTICATED.
+const (
+	codeResourceExhausted = 8
+	codeUnauthenticated   = 16
+)
+
+// accepts reports whether a deny with this rpc code is a correct answer.
+func (e expectation) accepts(code int64) bool {
+	switch e {
+	case expectAllowOr429:
+		return code == codeResourceExhausted
+	case expectRefused:
+		return code == codeResourceExhausted || code == codeUnauthenticated
+	}
+	return false
 }
 
 // routeUse is one entry of the route mix, with its weight (requests per token in the mix).
@@ -55,39 +89,103 @@ var externalMix = []routeUse{
 	{method: "GET", pattern: "/account", weight: 1},
 }
 
-// buildRequests builds the whole mix for every token, shuffled with a fixed seed so runs are comparable.
-func buildRequests(w *world) ([]request, error) {
+// mixRequests builds today's mix for every token of set, shuffled with a fixed seed so runs are comparable.
+func mixRequests(set tokenSet, expect expectation) ([]request, error) {
 	rng := rand.New(rand.NewPCG(3, 7))
 	var out []request
-	add := func(tok, method, pattern, path string, client netip.Addr, wantTenant, wantApp bool) error {
-		raw, err := proto.Marshal(checkRequest(rng, method, apiPrefix+path, tok, client))
-		if err != nil {
-			return err
-		}
-		out = append(out, request{route: method + " " + pattern, raw: raw, wantTenant: wantTenant, wantApp: wantApp})
-		return nil
-	}
-	for i, t := range w.accounts {
-		client := clientAddr(i)
+	for i, t := range set.accounts {
 		for _, r := range accountMix {
 			for range r.weight {
-				app := t.appIDs[rng.IntN(len(t.appIDs))]
-				if err := add(t.plain, r.method, r.pattern, r.path(t, app), client, r.wantTenant, r.wantApp); err != nil {
+				req, err := accountRequest(rng, t, r, clientAddr(i))
+				if err != nil {
 					return nil, err
 				}
+				req.expect = expect
+				out = append(out, req)
 			}
 		}
 	}
-	for i, tok := range w.external {
-		client := clientAddr(len(w.accounts) + i)
+	for i, tok := range set.external {
 		for _, r := range externalMix {
-			if err := add(tok, r.method, r.pattern, r.pattern, client, false, false); err != nil {
+			req, err := newRequest(rng, tok, r.method, r.pattern, r.pattern, clientAddr(len(set.accounts)+i), false, false)
+			if err != nil {
 				return nil, err
 			}
+			req.expect = expect
+			out = append(out, req)
 		}
 	}
 	rng.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
 	return out, nil
+}
+
+// oneEachRequests sends each token of set once per pass, on a route of the mix chosen by its weights (W1, W4).
+func oneEachRequests(set tokenSet) ([]request, error) {
+	rng := rand.New(rand.NewPCG(5, 11))
+	var weighted []routeUse
+	for _, r := range accountMix {
+		for range r.weight {
+			weighted = append(weighted, r)
+		}
+	}
+	var out []request
+	for i, t := range set.accounts {
+		req, err := accountRequest(rng, t, weighted[i%len(weighted)], clientAddr(i))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, req)
+	}
+	for i, tok := range set.external {
+		r := externalMix[i%len(externalMix)]
+		req, err := newRequest(rng, tok, r.method, r.pattern, r.pattern, clientAddr(len(set.accounts)+i), false, false)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, req)
+	}
+	rng.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
+	return out, nil
+}
+
+// randomBearerRequests are n requests with well-formed bearers no one minted, from addresses many addresses (W3). The
+// secret is replaced on every send.
+func randomBearerRequests(n, addresses int) ([]request, error) {
+	rng := rand.New(rand.NewPCG(13, 17))
+	placeholder := tokens.Account.Prefix + strings.Repeat("A", 43)
+	var out []request
+	for i := range n {
+		addr := netip.AddrFrom4([4]byte{198, 18, byte(i % addresses / 256), byte(i % addresses % 256)})
+		r := accountMix[i%2*5] // POST /apps/{id}/run or GET /me
+		path := "/me"
+		if r.wantApp {
+			path = "/apps/" + fixtureID(0xa0, 0) + "/run"
+		}
+		req, err := newRequest(rng, placeholder, r.method, r.pattern, path, addr, false, false)
+		if err != nil {
+			return nil, err
+		}
+		at := bytes.Index(req.raw, []byte(placeholder))
+		if at < 0 || bytes.Count(req.raw, []byte(placeholder)) != 1 {
+			return nil, fmt.Errorf("random bearer: placeholder not found once in the encoded request")
+		}
+		req.secretAt, req.expect = at+len(tokens.Account.Prefix), expectRefused
+		out = append(out, req)
+	}
+	return out, nil
+}
+
+func accountRequest(rng *rand.Rand, t accountToken, r routeUse, client netip.Addr) (request, error) {
+	app := t.appIDs[rng.IntN(len(t.appIDs))]
+	return newRequest(rng, t.plain, r.method, r.pattern, r.path(t, app), client, r.wantTenant, r.wantApp)
+}
+
+func newRequest(rng *rand.Rand, tok, method, pattern, path string, client netip.Addr, wantTenant, wantApp bool) (request, error) {
+	raw, err := proto.Marshal(checkRequest(rng, method, apiPrefix+path, tok, client))
+	if err != nil {
+		return request{}, err
+	}
+	return request{route: method + " " + pattern, raw: raw, wantTenant: wantTenant, wantApp: wantApp}, nil
 }
 
 func clientAddr(i int) netip.Addr {

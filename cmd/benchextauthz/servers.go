@@ -22,78 +22,113 @@ import (
 const (
 	// Counting on every request but never tripping: at 30k Checks/s over 1000 tokens a token sees ~2k requests a minute.
 	benchRateLimit = "1000000"
-	// Long enough that no entry expires during a run, so every measured Check is a cache hit (the issue measures hits).
+	// Long enough that no entry expires during a run, so every measured Check of a warm workload is a cache hit.
 	benchTokenCacheTTL = "10m"
 )
 
-// process is one server under test, run as a subprocess so that both servers are measured the same way.
+// process is one server under test, run as a subprocess so that every server is measured the same way.
 type process struct {
 	name      string
 	addr      string // gRPC
 	adminAddr string // extauthz only
+	pprofAddr string // extauthz built with -profile only
 	cmd       *exec.Cmd
 	logPath   string
 	exited    chan struct{}
 	waitErr   error
 }
 
-type servers struct {
-	null, ext *process
-}
-
-// startServers builds cmd/extauthz, starts it and the null server, and waits until both report SERVING.
-func startServers(ctx context.Context, dir, databaseURL, redisURL, checkTimeout string) (*servers, error) {
+// buildExtauthz builds cmd/extauthz into dir; with profiling, with the benchpprof tag (net/http/pprof on
+// EXTAUTHZ_PPROF_ADDR).
+func buildExtauthz(ctx context.Context, dir string, profiling bool) (string, error) {
 	bin := filepath.Join(dir, "extauthz")
-	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/authgate/authgate/cmd/extauthz")
+	args := []string{"build", "-o", bin}
+	if profiling {
+		args = append(args, "-tags", "benchpprof")
+	}
+	build := exec.CommandContext(ctx, "go", append(args, "github.com/authgate/authgate/cmd/extauthz")...)
 	build.Stdout, build.Stderr = os.Stdout, os.Stderr
 	t := time.Now()
 	if err := build.Run(); err != nil {
-		return nil, fmt.Errorf("building cmd/extauthz (run from the module root): %w", err)
+		return "", fmt.Errorf("building cmd/extauthz (run from the module root): %w", err)
 	}
 	fmt.Printf("built cmd/extauthz in %s\n", time.Since(t).Round(time.Millisecond))
+	return bin, nil
+}
+
+// startNull starts the null server (this binary's "null" subcommand) and waits until it serves.
+func startNull(ctx context.Context, dir string) (*process, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
+	addrs, err := freeAddrs(1)
+	if err != nil {
+		return nil, err
+	}
+	p, err := startProcess(dir, "null", self, []string{nullCommand, "-addr", addrs[0]}, nil)
+	if err != nil {
+		return nil, err
+	}
+	p.addr = addrs[0]
+	if err := p.waitServing(ctx, 30*time.Second); err != nil {
+		p.stop()
+		return nil, err
+	}
+	return p, nil
+}
+
+// extauthzSettings are one extauthz process's: where it runs and what differs from the product's defaults.
+type extauthzSettings struct {
+	name, bin, dir        string
+	databaseURL, redisURL string
+	checkTimeout          string
+	profiling             bool
+	env                   map[string]string // workload and mode settings
+}
+
+// startExtauthz starts one extauthz and waits until it serves.
+func startExtauthz(ctx context.Context, s extauthzSettings) (*process, error) {
 	addrs, err := freeAddrs(3)
 	if err != nil {
 		return nil, err
 	}
-	s := &servers{}
-	s.null, err = startProcess(dir, "null", self, []string{nullCommand, "-addr", addrs[0]}, nil)
-	if err != nil {
-		return nil, err
-	}
-	s.null.addr = addrs[0]
 	env := []string{
-		"DATABASE_URL=" + databaseURL,
-		"REDIS_URL=" + redisURL,
-		"EXTAUTHZ_GRPC_ADDR=" + addrs[1],
-		"ADMIN_ADDR=" + addrs[2],
-		"OPENAPI_RATE_LIMIT_PER_TOKEN=" + benchRateLimit,
+		"DATABASE_URL=" + s.databaseURL,
+		"REDIS_URL=" + s.redisURL,
+		"EXTAUTHZ_GRPC_ADDR=" + addrs[0],
+		"ADMIN_ADDR=" + addrs[1],
 		// A limiter that cannot count turns into a 503 deny, which the sanity check catches, instead of a silent skip.
 		"RATE_LIMIT_FAIL_OPEN=false",
 		"TOKEN_CACHE_TTL=" + benchTokenCacheTTL,
+		// Stopped between workloads: no proxy needs a drain.
+		"SHUTDOWN_DRAIN_DELAY=0",
 	}
-	if checkTimeout != "" {
-		env = append(env, "CHECK_TIMEOUT="+checkTimeout)
+	for k, v := range s.env {
+		env = append(env, k+"="+v)
 	}
-	s.ext, err = startProcess(dir, "extauthz", bin, nil, env)
-	if err != nil {
-		s.stop()
-		return nil, err
+	if s.checkTimeout != "" {
+		env = append(env, "CHECK_TIMEOUT="+s.checkTimeout)
 	}
-	s.ext.addr, s.ext.adminAddr = addrs[1], addrs[2]
-	for _, p := range []*process{s.null, s.ext} {
-		if err := p.waitServing(ctx, 30*time.Second); err != nil {
-			s.stop()
+	var pprofAddr string
+	if s.profiling {
+		more, err := freeAddrs(1)
+		if err != nil {
 			return nil, err
 		}
+		pprofAddr = more[0]
+		env = append(env, "EXTAUTHZ_PPROF_ADDR="+pprofAddr)
 	}
-	// The pids are for profiling a run from outside (perf record -p).
-	fmt.Printf("serving: null pid %d on %s; extauthz pid %d on %s (admin %s)\n", s.null.cmd.Process.Pid, s.null.addr,
-		s.ext.cmd.Process.Pid, s.ext.addr, s.ext.adminAddr)
-	return s, nil
+	p, err := startProcess(s.dir, s.name, s.bin, nil, env)
+	if err != nil {
+		return nil, err
+	}
+	p.addr, p.adminAddr, p.pprofAddr = addrs[0], addrs[1], pprofAddr
+	if err := p.waitServing(ctx, 30*time.Second); err != nil {
+		p.stop()
+		return nil, err
+	}
+	return p, nil
 }
 
 // freeAddrs picks loopback ports the kernel considers free; the servers bind them a moment later.
@@ -184,12 +219,12 @@ func (p *process) logTail() string {
 	return string(b)
 }
 
-// errorLines returns the last n lines of the process's log at level ERROR: why extauthz denied with 503, when it did.
+// errorLines returns the last n lines of the process's log at level WARN or ERROR: why extauthz denied with 503, when it did.
 func (p *process) errorLines(n int) []string {
 	b, _ := os.ReadFile(p.logPath)
 	var lines []string
 	for line := range strings.SplitSeq(string(b), "\n") {
-		if strings.Contains(line, `"level":"ERROR"`) {
+		if strings.Contains(line, `"level":"ERROR"`) || strings.Contains(line, `"level":"WARN"`) {
 			lines = append(lines, line)
 		}
 	}
@@ -231,23 +266,16 @@ func (p *process) cpuTime() (time.Duration, error) {
 	return time.Duration(utime+stime) * tick, nil
 }
 
-// stop sends SIGTERM (extauthz drains and exits), then kills whatever is still running after a grace period.
-func (s *servers) stop() {
-	for _, p := range []*process{s.null, s.ext} {
-		if p == nil {
-			continue
-		}
-		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+// stop sends SIGTERM (extauthz drains and exits), then kills the process if it is still running after a grace period.
+func (p *process) stop() {
+	if p == nil {
+		return
 	}
-	for _, p := range []*process{s.null, s.ext} {
-		if p == nil {
-			continue
-		}
-		select {
-		case <-p.exited:
-		case <-time.After(10 * time.Second):
-			_ = p.cmd.Process.Kill()
-			<-p.exited
-		}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.exited:
+	case <-time.After(10 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.exited
 	}
 }

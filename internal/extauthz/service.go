@@ -89,8 +89,9 @@ func Start(ctx context.Context, cfg config.Extauthz, deps Deps, grpcLn, adminLn 
 	}
 	tel := deps.Telemetry
 	cache := tokencache.New(deps.Redis, tokencache.Options{TTL: cfg.TokenCacheTTL, Local: true, LocalMaxEntries: localCacheEntries})
+	// Each limiter call is bounded like the pipeline's other Redis calls (half the Check deadline), by the limiter itself.
 	limiter, err := ratelimit.New(deps.Redis, ratelimit.Options{Mode: ratelimit.Mode(cfg.RateLimitMode),
-		BatchInterval: cfg.RateLimitBatchInterval, Allowance: cfg.RateLimitBatchAllowance})
+		BatchInterval: cfg.RateLimitBatchInterval, Allowance: cfg.RateLimitBatchAllowance, CallTimeout: cfg.CheckTimeout / 2})
 	if err != nil {
 		return nil, &config.Error{Var: "RATE_LIMIT_MODE", Reason: err.Error()}
 	}

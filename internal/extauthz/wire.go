@@ -23,6 +23,8 @@ func (l limiterAdapter) AllowLocal(key string, limit int, window time.Duration) 
 	return pipeline.RateDecision(d), ok
 }
 
+func (l limiterAdapter) BoundsCalls() bool { return l.w.BoundsCalls() }
+
 func (l limiterAdapter) Exceeded(ctx context.Context, key string, limit int, window time.Duration) (pipeline.RateDecision, error) {
 	d, err := l.w.Exceeded(ctx, key, limit, window)
 	return pipeline.RateDecision(d), err

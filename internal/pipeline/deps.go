@@ -27,6 +27,12 @@ type LocalRateLimiter interface {
 	AllowLocal(key string, limit int, window time.Duration) (d RateDecision, ok bool)
 }
 
+// CallBoundedRateLimiter is a RateLimiter that bounds each of its Redis calls itself (to RedisCallTimeout, or less), so a
+// Check hands Allow its own context and builds no deadline for the call.
+type CallBoundedRateLimiter interface {
+	BoundsCalls() bool
+}
+
 // RateDecision is a limiter's verdict.
 type RateDecision struct {
 	Allowed          bool

@@ -72,6 +72,7 @@ type Pipeline struct {
 	flights    flights
 
 	localLimiter   LocalRateLimiter // deps.Limiter, when it can decide from memory
+	limiterBounded bool             // deps.Limiter bounds its own Redis calls
 	rateLimitValue string           // the RateLimit-Limit header
 }
 
@@ -103,8 +104,10 @@ func New(policy *Policy, opts Options, deps Deps) (*Pipeline, error) {
 		opts.SuspectLookupsPerSecond = defaultSuspectLookupsPerSecond
 	}
 	local, _ := deps.Limiter.(LocalRateLimiter)
+	bounded, _ := deps.Limiter.(CallBoundedRateLimiter)
 	return &Pipeline{
 		localLimiter:   local,
+		limiterBounded: bounded != nil && bounded.BoundsCalls(),
 		rateLimitValue: strconv.Itoa(opts.RateLimitPerToken),
 		policy:         policy,
 		opts:           opts,

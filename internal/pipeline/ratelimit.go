@@ -21,25 +21,29 @@ func (p *Pipeline) rateLimit(ctx context.Context, c *caller) ([]Header, Decision
 		return nil, Decision{}, true
 	}
 	key := tokenBucketKey(c.hash)
-	rd, err, local := RateDecision{}, errRedisDown, false
-	if p.localLimiter != nil && !c.redisDown {
-		rd, local = p.localLimiter.AllowLocal(key, p.opts.RateLimitPerToken, rateWindow)
-	}
-	switch {
-	case local:
-		err = nil
-		p.metrics.rateLimitDecisions.Add(ctx, 1, rateDecidedInMemory)
-	case !c.redisDown:
-		rctx, cancel := p.redisCtx(ctx)
-		rd, err = p.deps.Limiter.Allow(rctx, key, p.opts.RateLimitPerToken, rateWindow)
-		cancel()
-		if err == nil {
-			source := rateDecidedByRedis
-			if rd.Local {
-				source = rateDecidedInMemory
-			}
-			p.metrics.rateLimitDecisions.Add(ctx, 1, source)
+	rd, err := RateDecision{}, errRedisDown
+	if !c.redisDown {
+		local := false
+		if p.localLimiter != nil {
+			rd, local = p.localLimiter.AllowLocal(key, p.opts.RateLimitPerToken, rateWindow)
 		}
+		switch {
+		case local:
+			err = nil
+		case p.limiterBounded: // the limiter bounds its own call: no deadline to build
+			rd, err = p.deps.Limiter.Allow(ctx, key, p.opts.RateLimitPerToken, rateWindow)
+		default:
+			rctx, cancel := p.redisCtx(ctx)
+			rd, err = p.deps.Limiter.Allow(rctx, key, p.opts.RateLimitPerToken, rateWindow)
+			cancel()
+		}
+	}
+	if err == nil {
+		source := rateDecidedByRedis
+		if rd.Local {
+			source = rateDecidedInMemory
+		}
+		p.metrics.rateLimitDecisions.Add(ctx, 1, source)
 	}
 	switch {
 	case err != nil && (ctx.Err() != nil || !p.opts.RateLimitFailOpen):

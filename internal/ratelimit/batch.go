@@ -22,9 +22,12 @@ const (
 // batcher coalesces limiter calls that arrive while a round trip is in flight into one pipeline of EVALSHAs. Callers wait
 // for their own reply or their own ctx, never for each other.
 type batcher struct {
-	rdb      redis.UniversalClient
-	instance string        // random per process (64 bits), so members from different replicas or restarts never collide
-	seq      atomic.Uint64 // per request, so members of one process never collide
+	rdb redis.UniversalClient
+	// callTimeout bounds each call when its context allows longer (0: the context alone), so a caller need not build a
+	// context per call: it waits with a pooled timer.
+	callTimeout time.Duration
+	instance    string        // random per process (64 bits), so members from different replicas or restarts never collide
+	seq         atomic.Uint64 // per request, so members of one process never collide
 
 	mu      sync.Mutex
 	queue   []*call
@@ -32,11 +35,12 @@ type batcher struct {
 }
 
 type call struct {
-	ctx  context.Context
-	key  string
-	args []any
-	r    reply       // limit, window and sentAt, filled in by the caller
-	done chan result // buffered: the sender never blocks on a caller that gave up
+	ctx      context.Context
+	key      string
+	args     []any
+	r        reply       // limit, window and sentAt, filled in by the caller
+	deadline time.Time   // the earlier of ctx's and callTimeout's; zero: none
+	done     chan result // buffered: the sender never blocks on a caller that gave up
 }
 
 type result struct {
@@ -44,10 +48,10 @@ type result struct {
 	err error
 }
 
-func newBatcher(rdb redis.UniversalClient) *batcher {
+func newBatcher(rdb redis.UniversalClient, callTimeout time.Duration) *batcher {
 	var b [8]byte
 	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24+)
-	return &batcher{rdb: rdb, instance: hex.EncodeToString(b[:])}
+	return &batcher{rdb: rdb, callTimeout: callTimeout, instance: hex.EncodeToString(b[:])}
 }
 
 // do runs the script for key; pending > 0 adds that many hits admitted earlier (fresh members) before deciding.
@@ -62,6 +66,27 @@ func (b *batcher) do(ctx context.Context, key string, m mode, limit int, windowS
 	}
 	c := &call{ctx: ctx, key: key, args: args, r: reply{limit: limit, windowSec: windowSec, sentAt: now()},
 		done: make(chan result, 1)}
+	var wait *time.Timer
+	if b.callTimeout > 0 {
+		start := time.Now()
+		c.deadline = start.Add(b.callTimeout)
+		if dl, ok := ctx.Deadline(); !ok || c.deadline.Before(dl) {
+			wait = timers.Get().(*time.Timer)
+			wait.Reset(b.callTimeout)
+			defer func() {
+				wait.Stop()
+				timers.Put(wait)
+			}()
+		} else {
+			c.deadline = dl
+		}
+	} else if dl, ok := ctx.Deadline(); ok {
+		c.deadline = dl
+	}
+	var expired <-chan time.Time
+	if wait != nil {
+		expired = wait.C
+	}
 	b.mu.Lock()
 	b.queue = append(b.queue, c)
 	if b.senders == 0 || (len(b.queue) >= maxBatch && b.senders < maxSenders) {
@@ -74,12 +99,24 @@ func (b *batcher) do(ctx context.Context, key string, m mode, limit int, windowS
 		return r.r, r.err
 	case <-ctx.Done():
 		return reply{}, ctx.Err()
+	case <-expired:
+		return reply{}, context.DeadlineExceeded
 	}
 }
 
+// timers are stopped timers for callers' waits: a context per call (its timer, its registration with the parent, its
+// cancellation) was a measurable share of a Check.
+var timers = sync.Pool{New: func() any {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return t
+}}
+
 // member is a fresh member: unique across replicas, restarts and requests.
 func (b *batcher) member() string {
-	return b.instance + "-" + strconv.FormatUint(b.seq.Add(1), 36)
+	var buf [40]byte
+	m := append(append(buf[:0], b.instance...), '-')
+	return string(strconv.AppendUint(m, b.seq.Add(1), 36))
 }
 
 // send drains the queue one pipeline at a time and exits when it is empty.
@@ -94,7 +131,8 @@ func (b *batcher) send() {
 		n := min(len(b.queue), maxBatch)
 		batch := make([]*call, 0, n)
 		for _, c := range b.queue[:n] {
-			if c.ctx.Err() == nil { // its caller has gone: do not count a request nobody will send
+			// A caller that has gone (cancelled, or past its deadline) is not counted: nobody will send its request.
+			if c.ctx.Err() == nil && (c.deadline.IsZero() || time.Now().Before(c.deadline)) {
 				batch = append(batch, c)
 			}
 		}
@@ -151,12 +189,11 @@ func (b *batcher) roundTrip(batch []*call) {
 func batchContext(batch []*call) (context.Context, context.CancelFunc) {
 	var latest time.Time
 	for _, c := range batch {
-		dl, ok := c.ctx.Deadline()
-		if !ok {
+		if c.deadline.IsZero() {
 			return context.WithCancel(context.Background())
 		}
-		if dl.After(latest) {
-			latest = dl
+		if c.deadline.After(latest) {
+			latest = c.deadline
 		}
 	}
 	return context.WithDeadline(context.Background(), latest)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -50,7 +51,7 @@ type batched struct {
 
 	mu     sync.Mutex
 	dirty  []*bucket // buckets holding pending hits
-	closed bool
+	closed atomic.Bool
 
 	stop    chan struct{}
 	stopped chan struct{}
@@ -70,6 +71,8 @@ type bucket struct {
 	known        bool
 	view         int64
 	resetAt      time.Time // local time the oldest counted entry leaves the window; zero when nothing is counted
+	oldest       int64     // score of the oldest counted entry at the last reply that read it; -1: none counted
+	oldestKnown  bool
 	refreshed    time.Time // sentAt of the reply the view comes from
 	readSec      int64     // Redis second in which the view's count was read
 	pending      int
@@ -98,8 +101,8 @@ func (b *batched) allowanceFor(limit int, window time.Duration) int {
 }
 
 // get returns key's bucket, creating it unless the map is full (nil: go by the exact path).
-func (b *batched) get(key string) *bucket {
-	sh := &b.shards[shardOf(key)]
+func (b *batched) get(key string, shard int) *bucket {
+	sh := &b.shards[shard]
 	sh.mu.RLock()
 	bk := sh.m[key]
 	sh.mu.RUnlock()
@@ -120,19 +123,15 @@ func (b *batched) get(key string) *bucket {
 }
 
 // admit counts the request locally if the view leaves room for it (see above); ok false means the script must decide.
-func (b *batched) admit(key string, limit int, window time.Duration) (Decision, bool) {
-	b.mu.Lock()
-	closed := b.closed
-	b.mu.Unlock()
-	if closed {
+func (b *batched) admit(key string, shard, limit int, window time.Duration, now time.Time) (Decision, bool) {
+	if b.closed.Load() {
 		return Decision{}, false
 	}
-	bk := b.get(key)
+	bk := b.get(key, shard)
 	if bk == nil {
 		return Decision{}, false
 	}
 	a := b.allowanceFor(limit, window)
-	now := b.now()
 	bk.mu.Lock()
 	held := bk.pending + bk.inflight
 	if !bk.known || now.Sub(bk.refreshed) >= window || held >= a || bk.view+int64(held) >= int64(limit-a) {
@@ -162,7 +161,7 @@ func (b *batched) admit(key string, limit int, window time.Duration) (Decision, 
 
 // allowExact decides with the script, writing the hits this replica holds for the bucket first, and refreshes the view.
 func (b *batched) allowExact(ctx context.Context, key string, limit int, window time.Duration) (Decision, error) {
-	bk := b.get(key)
+	bk := b.get(key, shardOf(key))
 	if bk == nil {
 		return b.sw.do(ctx, key, modeAllow, limit, window, 0)
 	}
@@ -226,11 +225,18 @@ func (bk *bucket) apply(readSec int64, exact bool, count, oldest, nowSec, nowUse
 	}
 	bk.known = true
 	bk.refreshed = sentAt
+	if oldest == oldestNotRead {
+		return // a write that left the oldest entry where it was
+	}
+	bk.oldest, bk.oldestKnown = oldest, true
 	bk.resetAt = time.Time{}
 	if oldest >= 0 {
 		bk.resetAt = sentAt.Add(reset(oldest, bk.windowSec, nowSec, nowUsec))
 	}
 }
+
+// oldestNotRead marks a reply that did not read the oldest entry.
+const oldestNotRead = -2
 
 func (b *batched) run() {
 	defer close(b.stopped)
@@ -250,11 +256,7 @@ func (b *batched) run() {
 
 // close stops admitting locally and the ticker, then writes what is held.
 func (b *batched) close(ctx context.Context) error {
-	b.mu.Lock()
-	already := b.closed
-	b.closed = true
-	b.mu.Unlock()
-	if !already {
+	if !b.closed.Swap(true) {
 		close(b.stop)
 	}
 	select {
@@ -270,14 +272,17 @@ type flushing struct {
 	bk      *bucket
 	hits    int
 	ws      int64 // the bucket's window in seconds, read under its lock
+	oldest  int64 // the bucket's oldest entry as last read; oldestNotRead if not known
 	zadd    *redis.IntCmd
 	zcard   *redis.IntCmd
 	zoldest *redis.ZSliceCmd
 }
 
-// flush writes every bucket's pending hits: one TIME, then per bucket ZREMRANGEBYSCORE, ZADD, EXPIRE, ZCARD and the oldest
-// entry, pipelined (plain commands cost Redis a fraction of a script, and a write needs no atomicity: the count read back
-// after the ZADD includes everything written before it, which is what the bound above needs).
+// flush writes every bucket's pending hits: one TIME, then per bucket ZADD, EXPIRE and ZCARD, pipelined (plain commands
+// cost Redis a fraction of a script, and a write needs no atomicity: the count read back after the ZADD includes everything
+// written before it, which is what the bound above needs). Entries out of the window are removed, and the oldest entry
+// read, only when the bucket's oldest entry as last read has left the window or is not known: otherwise the removal would
+// find nothing and the oldest is unchanged.
 func (b *batched) flush(ctx context.Context) error {
 	b.flushMu.Lock()
 	defer b.flushMu.Unlock()
@@ -301,7 +306,11 @@ func (b *batched) flush(ctx context.Context) error {
 		if p > 0 {
 			bk.pending = 0
 			bk.inflight += p
-			work = append(work, flushing{bk: bk, hits: p, ws: bk.windowSec})
+			f := flushing{bk: bk, hits: p, ws: bk.windowSec, oldest: oldestNotRead}
+			if bk.oldestKnown {
+				f.oldest = bk.oldest
+			}
+			work = append(work, f)
 		}
 		bk.mu.Unlock()
 	}
@@ -326,7 +335,10 @@ func (b *batched) write(ctx context.Context, work []flushing) error {
 		for i := range work {
 			f := &work[i]
 			key, ws := f.bk.key, f.ws
-			pipe.ZRemRangeByScore(ctx, key, "-inf", strconv.FormatInt(nowSec-ws, 10))
+			full := f.oldest < 0 || f.oldest <= nowSec-ws
+			if full {
+				pipe.ZRemRangeByScore(ctx, key, "-inf", strconv.FormatInt(nowSec-ws, 10))
+			}
 			members := make([]redis.Z, f.hits)
 			for j := range members {
 				members[j] = redis.Z{Score: float64(nowSec), Member: b.sw.batch.member()}
@@ -334,7 +346,9 @@ func (b *batched) write(ctx context.Context, work []flushing) error {
 			f.zadd = pipe.ZAdd(ctx, key, members...)
 			pipe.Expire(ctx, key, time.Duration(2*ws)*time.Second)
 			f.zcard = pipe.ZCard(ctx, key)
-			f.zoldest = pipe.ZRangeWithScores(ctx, key, 0, 0)
+			if full {
+				f.zoldest = pipe.ZRangeWithScores(ctx, key, 0, 0)
+			}
 		}
 		_, err = pipe.Exec(ctx)
 	}
@@ -357,17 +371,21 @@ func (b *batched) write(ctx context.Context, work []flushing) error {
 			b.giveBack(f.bk, f.hits)
 		} else {
 			b.sw.stats.flushedHits.Add(int64(f.hits))
-			if f.zcard.Err() == nil && f.zoldest.Err() == nil {
-				r = reply{count: f.zcard.Val(), oldest: -1, nowSec: nowSec, nowUsec: nowUsec, sentAt: sentAt,
+			if f.zcard.Err() == nil && (f.zoldest == nil || f.zoldest.Err() == nil) {
+				r = reply{count: f.zcard.Val(), oldest: oldestNotRead, nowSec: nowSec, nowUsec: nowUsec, sentAt: sentAt,
 					limit: f.bk.limit, windowSec: f.bk.windowSec}
-				if z := f.zoldest.Val(); len(z) > 0 {
-					r.oldest = int64(z[0].Score)
+				if f.zoldest != nil {
+					r.oldest = -1
+					if z := f.zoldest.Val(); len(z) > 0 {
+						r.oldest = int64(z[0].Score)
+					}
 				}
 				f.bk.apply(nowSec, sameSecond, r.count, r.oldest, nowSec, nowUsec, sentAt)
 			}
 		}
 		f.bk.mu.Unlock()
-		if r.limit > 0 {
+		// A known denial needs the oldest entry as Redis holds it now.
+		if r.limit > 0 && r.oldest != oldestNotRead {
 			b.sw.remember(f.bk.key, r)
 		}
 	}

@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -237,4 +238,39 @@ func TestBatchedRedisDown(t *testing.T) {
 	testenv.Eventually(t, 10*time.Second, "held hits written after the outage", func() bool {
 		return rdb.ZCard(ctx, "down").Val() == int64(local)
 	})
+}
+
+// A write to a bucket whose oldest entry is known to be inside the window neither removes entries nor reads the oldest:
+// there would be nothing to remove and the oldest is unchanged.
+func TestBatchedWritesOnlyWhatTheViewNeeds(t *testing.T) {
+	ctx := context.Background()
+	srv := testenv.StartRedisServer(t) // private: commandstats counts only this test's commands
+	rdb := srv.Client()
+	rl := newLimiter(t, rdb, Options{Mode: Batched, BatchInterval: 20 * time.Millisecond, Allowance: 100})
+	for range 3 {
+		for range 10 {
+			if d, err := rl.Allow(ctx, "trim", 1000, time.Minute); err != nil || !d.Allowed {
+				t.Fatalf("%+v, %v", d, err)
+			}
+		}
+		want := rl.Stats().LocalAdmissions + 1
+		testenv.Eventually(t, 5*time.Second, "hits written", func() bool { return rdb.ZCard(ctx, "trim").Val() == want })
+	}
+	info := rdb.Info(ctx, "commandstats").Val()
+	calls := func(cmd string) string {
+		for line := range strings.SplitSeq(info, "\n") {
+			if strings.HasPrefix(line, "cmdstat_"+cmd+":") {
+				calls, _, _ := strings.Cut(strings.TrimPrefix(line, "cmdstat_"+cmd+":calls="), ",")
+				return calls
+			}
+		}
+		return "0"
+	}
+	// The script (the first request) read the oldest entry once and found nothing to remove; the writes did neither.
+	if z, r := calls("zrange"), calls("zremrangebyscore"); z != "1" || r != "0" {
+		t.Fatalf("ZRANGE %s, ZREMRANGEBYSCORE %s calls; want 1 and 0", z, r)
+	}
+	if st := rl.Stats(); st.Flushes < 3 || st.LocalAdmissions != 29 {
+		t.Fatalf("stats %+v", st)
+	}
 }

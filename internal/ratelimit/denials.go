@@ -43,8 +43,8 @@ func newDenials() *denials {
 }
 
 // get returns key's denial if it is still in force at now.
-func (d *denials) get(key string, now time.Time) (denial, bool) {
-	sh := &d.shards[shardOf(key)]
+func (d *denials) get(key string, shard int, now time.Time) (denial, bool) {
+	sh := &d.shards[shard]
 	sh.mu.RLock()
 	dn, ok := sh.m[key]
 	sh.mu.RUnlock()
@@ -55,11 +55,11 @@ func (d *denials) get(key string, now time.Time) (denial, bool) {
 }
 
 // put records a denial. Each denial is a fact (the count only falls by age), so of two for one bucket the later end holds.
-func (d *denials) put(key string, dn denial, now time.Time) {
+func (d *denials) put(key string, shard int, dn denial, now time.Time) {
 	if !now.Before(dn.until) {
 		return
 	}
-	sh := &d.shards[shardOf(key)]
+	sh := &d.shards[shard]
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	if len(sh.m) >= maxDenialsPerShard {

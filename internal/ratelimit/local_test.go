@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -319,5 +320,26 @@ func TestDifySeesAuthgatesHitsAndAuthgateSeesDifys(t *testing.T) {
 				t.Fatal("Dify's check does not see the bucket full")
 			}
 		})
+	}
+}
+
+// With CallTimeout a caller may pass a context without a deadline: its call still ends at the timeout, and a caller behind
+// it is not held up.
+func TestCallTimeoutBoundsEachCall(t *testing.T) {
+	srv := testenv.StartRedisServer(t) // private: CLIENT PAUSE stops the whole server
+	rdb := srv.Client()
+	rl := newLimiter(t, rdb, Options{CallTimeout: 100 * time.Millisecond})
+	ctx := context.Background()
+	if _, err := rl.Allow(ctx, "k", 5, time.Minute); err != nil { // script loaded, connection warm
+		t.Fatal(err)
+	}
+	if err := rdb.Do(ctx, "CLIENT", "PAUSE", 2000, "ALL").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rl.Allow(ctx, "k", 5, time.Minute); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("during a 2 s pause: %v, want the call's own deadline (100 ms)", err)
+	}
+	if !rl.BoundsCalls() {
+		t.Fatal("BoundsCalls false with a CallTimeout")
 	}
 }

@@ -82,6 +82,9 @@ type Options struct {
 	// Allowance is, in batched mode, how many hits one replica may admit for one bucket without writing them, and the
 	// headroom below the limit under which it stops admitting locally. 0: DefaultAllowance of each call's limit.
 	Allowance int
+	// CallTimeout bounds each Redis call when the caller's context allows longer (0: the context alone). With it a caller
+	// can pass its whole request's context and build no deadline per call.
+	CallTimeout time.Duration
 	// Now is the local clock (default time.Now); Redis's TIME stays the clock of every count.
 	Now func() time.Time
 }
@@ -92,13 +95,17 @@ type SlidingWindow struct {
 	now     func() time.Time
 	denials *denials // nil: every decision goes to Redis
 	local   *batched // nil unless Mode is Batched
+	bounded bool     // Options.CallTimeout is set
 	stats   counters
 }
+
+// BoundsCalls reports whether the limiter bounds each Redis call itself (Options.CallTimeout).
+func (s *SlidingWindow) BoundsCalls() bool { return s.bounded }
 
 // NewSlidingWindow returns an exact limiter over rdb that asks Redis for every decision. It needs no Close: batches are
 // sent by goroutines that exit when idle.
 func NewSlidingWindow(rdb redis.UniversalClient) *SlidingWindow {
-	return &SlidingWindow{batch: newBatcher(rdb), now: time.Now}
+	return &SlidingWindow{batch: newBatcher(rdb, 0), now: time.Now}
 }
 
 // New returns a limiter over rdb that remembers known denials and, in batched mode, admits locally. Close writes what a
@@ -110,8 +117,8 @@ func New(rdb redis.UniversalClient, o Options) (*SlidingWindow, error) {
 	if _, err := ParseMode(string(o.Mode)); err != nil {
 		return nil, err
 	}
-	if o.BatchInterval < 0 || o.Allowance < 0 || o.Allowance > MaxAllowance {
-		return nil, errors.New("ratelimit: negative batch interval, or allowance outside 0..1000")
+	if o.BatchInterval < 0 || o.CallTimeout < 0 || o.Allowance < 0 || o.Allowance > MaxAllowance {
+		return nil, errors.New("ratelimit: negative batch interval or call timeout, or allowance outside 0..1000")
 	}
 	if o.BatchInterval == 0 {
 		o.BatchInterval = DefaultBatchInterval
@@ -119,7 +126,7 @@ func New(rdb redis.UniversalClient, o Options) (*SlidingWindow, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	s := &SlidingWindow{batch: newBatcher(rdb), now: o.Now, denials: newDenials()}
+	s := &SlidingWindow{batch: newBatcher(rdb, o.CallTimeout), now: o.Now, denials: newDenials(), bounded: o.CallTimeout > 0}
 	if o.Mode == Batched {
 		s.local = newBatched(s, rdb, o)
 	}
@@ -145,11 +152,15 @@ func (s *SlidingWindow) Allow(ctx context.Context, key string, limit int, window
 // AllowLocal is Allow when this process can decide without Redis: a known denial, or (batched mode) a local admission,
 // which counts the request. ok is false when Redis must be asked; then nothing was counted.
 func (s *SlidingWindow) AllowLocal(key string, limit int, window time.Duration) (d Decision, ok bool) {
-	if d, ok := s.knownDenial(key, limit); ok {
+	if s.denials == nil {
+		return Decision{}, false
+	}
+	now, shard := s.now(), shardOf(key)
+	if d, ok := s.knownDenial(key, shard, limit, now); ok {
 		return d, true
 	}
 	if s.local != nil {
-		return s.local.admit(key, limit, window)
+		return s.local.admit(key, shard, limit, window, now)
 	}
 	return Decision{}, false
 }
@@ -157,8 +168,10 @@ func (s *SlidingWindow) AllowLocal(key string, limit int, window time.Duration) 
 // Exceeded reports, without counting anything, whether limit events are already counted in the window (Allowed false).
 // With Add it guards budgets of failures: check before the work, Add only when the work failed.
 func (s *SlidingWindow) Exceeded(ctx context.Context, key string, limit int, window time.Duration) (Decision, error) {
-	if d, ok := s.knownDenial(key, limit); ok {
-		return d, nil
+	if s.denials != nil {
+		if d, ok := s.knownDenial(key, shardOf(key), limit, s.now()); ok {
+			return d, nil
+		}
 	}
 	return s.do(ctx, key, modeCheck, limit, window, 0)
 }
@@ -222,16 +235,15 @@ func (s *SlidingWindow) remember(key string, r reply) {
 		return
 	}
 	until := r.sentAt.Add(reset(r.oldest, r.windowSec, r.nowSec, r.nowUsec))
-	s.denials.put(key, denial{until: until, count: r.count}, s.now())
+	s.denials.put(key, shardOf(key), denial{until: until, count: r.count}, s.now())
 }
 
 // knownDenial answers from memory for a bucket known to be at or over limit until a time still ahead.
-func (s *SlidingWindow) knownDenial(key string, limit int) (Decision, bool) {
-	if s.denials == nil || limit <= 0 {
+func (s *SlidingWindow) knownDenial(key string, shard int, limit int, now time.Time) (Decision, bool) {
+	if limit <= 0 {
 		return Decision{}, false
 	}
-	now := s.now()
-	dn, ok := s.denials.get(key, now)
+	dn, ok := s.denials.get(key, shard, now)
 	if !ok || dn.count < int64(limit) {
 		return Decision{}, false
 	}
