@@ -541,7 +541,7 @@ func (r *run) finalChecks(ctx context.Context) {
 type result struct {
 	logins, approved, delivered, approvalsLost, approvalsLostToRedisKill, doubleDeliveries int
 	checks, checksAllowed, checksDenied, checks503, unexpected, wrongAllows                int
-	revocationsCommitted, revokeRequestsFailed, revokedAllowedLate                         int
+	liveTokens429, revocationsCommitted, revokeRequestsFailed, revokedAllowedLate          int
 	denyCodes, tokenDenyCodes, randomDenyCodes                                             map[int]int
 	lost                                                                                   []string
 }
@@ -626,6 +626,9 @@ func (r *run) evaluate(t *testing.T, pgURL string) result {
 				res.randomDenyCodes[c.status]++
 			} else {
 				res.tokenDenyCodes[c.status]++
+				if at, revoked := revokedAt[c.tokenID]; c.status == 429 && (!revoked || c.at.Before(at)) {
+					res.liveTokens429++
+				}
 			}
 			if c.status == 503 {
 				res.checks503++
@@ -682,6 +685,7 @@ func (r *run) report(res result, before, after map[string]vitals, lines map[stri
 		{"codes that delivered a second token (must be 0)", strconv.Itoa(res.doubleDeliveries)},
 		{"Checks / allowed / denied", fmt.Sprintf("%d / %d / %d", res.checks, res.checksAllowed, res.checksDenied)},
 		{"denials of delivered tokens (401 = revoked)", byStatus(res.tokenDenyCodes)},
+		{"of those 429s, for tokens not yet revoked", strconv.Itoa(res.liveTokens429)},
 		{"denials of random bearers", byStatus(res.randomDenyCodes)},
 		{"revocations committed in Postgres / DELETEs that failed", fmt.Sprintf("%d / %d", res.revocationsCommitted, res.revokeRequestsFailed)},
 		{"revoked tokens allowed > 1 s after Redis was healthy (must be 0)", strconv.Itoa(res.revokedAllowedLate)},
