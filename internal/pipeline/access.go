@@ -12,6 +12,12 @@ import (
 	"github.com/authgate/authgate/internal/tokens"
 )
 
+// aclVerdict is a web-app access answer; a refusal is kept for a shorter time than an allow (until).
+type aclVerdict struct {
+	allowed bool
+	until   time.Time
+}
+
 // appRecord is a directory read kept in memory for AppCacheTTL.
 type appRecord struct {
 	app         directory.App
@@ -31,6 +37,9 @@ const (
 const (
 	aclAllowTTL = 60 * time.Second
 	aclDenyTTL  = 10 * time.Second
+
+	appEntries = 10_000  // apps with their tenants kept in memory
+	aclEntries = 100_000 // web-app access verdicts kept in memory
 )
 
 // checkLicense is step 10: an allow-list, so a status the service invents later is a deny.
@@ -57,7 +66,7 @@ func (p *Pipeline) checkApp(ctx context.Context, c *caller, appID string) (Decis
 		return notFound, false
 	}
 	appID = strings.ToLower(appID)
-	rec, ok := p.apps.get(appID)
+	rec, ok := p.apps.Get(appID)
 	if !ok {
 		app, tenant, tenantFound, err := p.deps.Directory.AppWithTenant(ctx, appID)
 		switch {
@@ -68,7 +77,7 @@ func (p *Pipeline) checkApp(ctx context.Context, c *caller, appID string) (Decis
 			return denyUnavailable(), false
 		}
 		rec = appRecord{app: app, tenant: tenant, tenantFound: tenantFound}
-		p.apps.put(appID, rec, p.opts.AppCacheTTL)
+		p.apps.Add(appID, rec)
 	}
 	switch {
 	case rec.app.Status != directory.AppStatusNormal:
@@ -136,8 +145,9 @@ func (p *Pipeline) checkAppAccess(ctx context.Context, c *caller) (Decision, boo
 		subject = c.entry.SubjectIssuer + "|" + c.entry.SubjectEmail
 	}
 	key := "acl:webapp:" + subject + ":" + c.appID
-	allowed, cached := p.acl.get(key)
-	if !cached {
+	verdict, cached := p.acl.Get(key)
+	allowed := verdict.allowed
+	if !cached || !p.deps.Now().Before(verdict.until) {
 		mode, err := p.deps.Enterprise.WebAppAccessMode(ctx, c.appID)
 		if err != nil {
 			p.dependencyFailed(ctx, "enterprise", "web-app access mode", err)
@@ -161,7 +171,7 @@ func (p *Pipeline) checkAppAccess(ctx context.Context, c *caller) (Decision, boo
 		if allowed {
 			ttl = aclAllowTTL
 		}
-		p.acl.put(key, allowed, ttl)
+		p.acl.Add(key, aclVerdict{allowed: allowed, until: p.deps.Now().Add(ttl)})
 	}
 	if !allowed {
 		return noAccess, false

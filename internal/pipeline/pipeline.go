@@ -62,8 +62,8 @@ type Pipeline struct {
 	opts    Options
 	deps    Deps
 	metrics *metrics
-	apps    *ttlCache[appRecord]
-	acl     *ttlCache[bool]
+	apps    *expirable.LRU[string, appRecord]
+	acl     *expirable.LRU[string, aclVerdict]
 
 	negative   *expirable.LRU[string, struct{}] // hashes refused within negativeTTL
 	budget     *localBudget
@@ -113,8 +113,8 @@ func New(policy *Policy, opts Options, deps Deps) (*Pipeline, error) {
 		opts:           opts,
 		deps:           deps,
 		metrics:        m,
-		apps:           newTTLCache[appRecord](10_000, deps.Now),
-		acl:            newTTLCache[bool](100_000, deps.Now),
+		apps:           expirable.NewLRU[string, appRecord](appEntries, nil, opts.AppCacheTTL),
+		acl:            expirable.NewLRU[string, aclVerdict](aclEntries, nil, aclAllowTTL),
 		negative:       expirable.NewLRU[string, struct{}](negativeEntries, nil, negativeTTL),
 		budget:         newLocalBudget(opts.InvalidBearerPerIPPerMin, invalidBearerWindow, deps.Now),
 		lane:           newSuspectLane(opts.SuspectLookupsPerSecond, deps.Now),
