@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/authgate/authgate/internal/directory"
+	"github.com/authgate/authgate/internal/ratelimit"
 	"github.com/authgate/authgate/internal/tokens"
 )
 
@@ -96,4 +97,27 @@ func (p postgresDirectory) IsActiveMember(ctx context.Context, tenantID, account
 func (p postgresDirectory) Workspaces(ctx context.Context, accountID string) ([]directory.Workspace, error) {
 	ws, err := p.Directory.Workspaces(ctx, accountID)
 	return ws, pgErr("read workspaces", err)
+}
+
+// The services deviceflow consumes besides its stores, as small interfaces (as the pipeline declares its own): the real
+// ones are ratelimit.SlidingWindow, tokencache.Revoker and enterprise.Client.
+
+// Limiter is a sliding-window limiter shared by all replicas.
+type Limiter interface {
+	// Allow checks and counts one request atomically; a denied request is not counted.
+	Allow(ctx context.Context, key string, limit int, window time.Duration) (ratelimit.Decision, error)
+	// Exceeded checks without counting.
+	Exceeded(ctx context.Context, key string, limit int, window time.Duration) (ratelimit.Decision, error)
+	// Add counts one event unconditionally.
+	Add(ctx context.Context, key string, window time.Duration) error
+}
+
+// Revoker tombstones a revoked hash in the caches and publishes it to every replica.
+type Revoker interface {
+	Revoke(ctx context.Context, hash string) error
+}
+
+// Enterprise is Dify's enterprise service, for the SSO branch.
+type Enterprise interface {
+	SSOInitiate(ctx context.Context, signedState string) (string, error)
 }

@@ -14,11 +14,8 @@ import (
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/authgate/authgate/internal/directory"
-	"github.com/authgate/authgate/internal/enterprise"
 	"github.com/authgate/authgate/internal/lastused"
-	"github.com/authgate/authgate/internal/ratelimit"
 	"github.com/authgate/authgate/internal/telemetry"
-	"github.com/authgate/authgate/internal/tokencache"
 	"github.com/authgate/authgate/internal/tokens"
 )
 
@@ -28,10 +25,10 @@ type Deps struct {
 	Directory directory.Directory
 	// Redis must honour context deadlines (redisclient.Open's client does): deviceflow bounds every call with one.
 	Redis   redis.UniversalClient
-	Limiter *ratelimit.SlidingWindow
-	Revoker *tokencache.Revoker
+	Limiter Limiter
+	Revoker Revoker
 	// Enterprise is the EE client; nil on CE (the SSO routes then answer 404).
-	Enterprise *enterprise.Client
+	Enterprise Enterprise
 	// LastUsed notes the token of each request a bearer authenticates, for last_used_at; nil records nothing. Start
 	// builds one from TOKEN_LAST_USED_INTERVAL when it is nil.
 	LastUsed *lastused.Recorder
