@@ -67,7 +67,7 @@ func (p *Pipeline) rateLimit(ctx context.Context, c *caller) ([]Header, Decision
 	}, Decision{}, true
 }
 
-// tokenBucketKey is Dify's per-token rate-limit bucket, so Dify and authgate share one budget.
+// tokenBucketKey is Dify's per-token bucket (the one place it is named), so Dify and authgate share one budget per token.
 func tokenBucketKey(hash string) string { return "rl:token_id:token:" + hash }
 
 func denyRateLimited(rd RateDecision, message string) Decision {

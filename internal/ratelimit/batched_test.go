@@ -17,7 +17,7 @@ func TestBatchedAdmitsLocallyAndWritesEachInterval(t *testing.T) {
 	ctx := context.Background()
 	rdb := testenv.Redis(t)
 	rl := newLimiter(t, rdb, Options{Mode: Batched, BatchInterval: 50 * time.Millisecond, Allowance: 100})
-	key := TokenKey("batched")
+	key := tokenKey("batched")
 	d, err := rl.Allow(ctx, key, 1000, time.Minute)
 	if err != nil || !d.Allowed || d.Local || d.Remaining != 999 {
 		t.Fatalf("first request: %+v, %v; want admitted by Redis (no view yet)", d, err)
@@ -93,7 +93,7 @@ func TestBatchedOverAdmissionIsBounded(t *testing.T) {
 	url := testenv.RedisURL(t)
 	const limit, allowance, replicas = 60, 6, 3
 	for round := range 3 {
-		key := TokenKey("hammer-" + string(rune('a'+round)))
+		key := tokenKey("hammer-" + string(rune('a'+round)))
 		var limiters []*SlidingWindow
 		for range replicas {
 			limiters = append(limiters, newLimiter(t, client(t, url),
@@ -141,7 +141,7 @@ func TestBatchedOverAdmissionReachesItsBound(t *testing.T) {
 	ctx := context.Background()
 	url := testenv.RedisURL(t)
 	dify := client(t, url)
-	key := TokenKey("worst")
+	key := tokenKey("worst")
 	const limit, allowance = 60, 6
 	var limiters []*SlidingWindow
 	for range 3 {

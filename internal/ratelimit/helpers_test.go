@@ -18,3 +18,6 @@ func client(t *testing.T, url string) *redis.Client {
 	t.Cleanup(func() { _ = c.Close() })
 	return c
 }
+
+// tokenKey is the key the pipeline gives a token's bucket (Dify's name), so these tests exercise the real key shape.
+func tokenKey(tokenHash string) string { return "rl:token_id:token:" + tokenHash }

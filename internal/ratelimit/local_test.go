@@ -59,7 +59,7 @@ func TestKnownDenialMakesNoRedisCall(t *testing.T) {
 	rdb := testenv.Redis(t)
 	cmds := counted(t, rdb)
 	rl := newLimiter(t, rdb, Options{})
-	key := TokenKey("over")
+	key := tokenKey("over")
 	for i := range 3 {
 		d, err := rl.Allow(ctx, key, 3, time.Minute)
 		if err != nil || !d.Allowed || d.Local {
@@ -140,7 +140,7 @@ func TestKnownDenialLastsUntilTheOldestEntryAgesOut(t *testing.T) {
 	rdb := testenv.Redis(t)
 	cmds := counted(t, rdb)
 	rl := newLimiter(t, rdb, Options{})
-	key := TokenKey("aging")
+	key := tokenKey("aging")
 	redisNow := rdb.Time(ctx).Val().Unix()
 	// As Dify's RateLimiter writes them (ZADD key {now: now}; EXPIRE key 2*window): two leave within about 2 s.
 	rdb.ZAdd(ctx, key, redis.Z{Score: float64(redisNow - 58), Member: strconv.FormatInt(redisNow-58, 10)},
@@ -271,7 +271,7 @@ func TestDifySeesAuthgatesHitsAndAuthgateSeesDifys(t *testing.T) {
 	rdb := testenv.Redis(t)
 	for _, m := range []Mode{Exact, Batched} {
 		t.Run(string(m), func(t *testing.T) {
-			key := TokenKey("dify-" + string(m))
+			key := tokenKey("dify-" + string(m))
 			rl := newLimiter(t, rdb, Options{Mode: m, BatchInterval: 20 * time.Millisecond, Allowance: 2})
 			for range 7 {
 				if d, err := rl.Allow(ctx, key, 10, time.Minute); err != nil || !d.Allowed {

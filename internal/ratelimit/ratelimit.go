@@ -133,8 +133,6 @@ func New(rdb redis.UniversalClient, o Options) (*SlidingWindow, error) {
 	return s, nil
 }
 
-// TokenKey is Dify's per-token bucket, so Dify and authgate share one budget per token.
-func TokenKey(tokenHash string) string { return "rl:token_id:token:" + tokenHash }
 
 // Allow admits and counts one request if fewer than limit are counted in the window; a denied request is not counted.
 // A Redis failure is returned as an error: the caller decides between failing open and refusing. A limit of 0 or less

@@ -14,7 +14,7 @@ import (
 func TestAllowDeniesTheRequestOverTheLimit(t *testing.T) {
 	ctx := context.Background()
 	rl := NewSlidingWindow(testenv.Redis(t))
-	key := TokenKey("abc")
+	key := tokenKey("abc")
 	for i := range 60 {
 		d, err := rl.Allow(ctx, key, 60, time.Minute)
 		if err != nil {
@@ -68,7 +68,7 @@ func TestBucketIsDifysSortedSet(t *testing.T) {
 	ctx := context.Background()
 	rdb := testenv.Redis(t)
 	rl := NewSlidingWindow(rdb)
-	key := TokenKey("h")
+	key := tokenKey("h")
 	if key != "rl:token_id:token:h" {
 		t.Fatalf("TokenKey = %q", key)
 	}
@@ -257,7 +257,7 @@ func BenchmarkAllowParallel(b *testing.B) {
 	var n atomic.Int64
 	b.SetParallelism(32) // many concurrent Checks per core, as under load
 	b.RunParallel(func(pb *testing.PB) {
-		key := TokenKey(string(rune('a' + n.Add(1)%26)))
+		key := tokenKey(string(rune('a' + n.Add(1)%26)))
 		for pb.Next() {
 			if _, err := rl.Allow(ctx, key, 1<<30, time.Minute); err != nil {
 				b.Error(err)
