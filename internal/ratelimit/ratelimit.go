@@ -133,7 +133,6 @@ func New(rdb redis.UniversalClient, o Options) (*SlidingWindow, error) {
 	return s, nil
 }
 
-
 // Allow admits and counts one request if fewer than limit are counted in the window; a denied request is not counted.
 // A Redis failure is returned as an error: the caller decides between failing open and refusing. A limit of 0 or less
 // denies everything, so a caller whose setting says 0 = disabled must skip the call.
