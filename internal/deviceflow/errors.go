@@ -29,6 +29,16 @@ const (
 	codeNotFound             = "not_found"
 	codeMethodNotAllowed     = "method_not_allowed"
 	codeUnavailable          = "temporarily_unavailable"
+
+	// The SSO branch's.
+	codeInvalidUserCode     = "invalid_user_code"
+	codeSSOInitiateFailed   = "sso_initiate_failed"
+	codeInvalidSSOAssertion = "invalid_sso_assertion"
+	codeUserCodeNotPending  = "user_code_not_pending"
+	codeInvalidSession      = "invalid_session"
+	codeUserCodeMismatch    = "user_code_mismatch"
+	codeEmailIsDifyAccount  = "email_belongs_to_dify_account"
+	codeSessionAlreadyUsed  = "session_already_consumed"
 )
 
 // apiError is an answer for the client; handlers return it and serve writes it in one place.

@@ -15,17 +15,6 @@ import (
 // The SSO branch (EE): the browser goes to the enterprise IdP with a signed state, comes back with a signed assertion of an
 // external subject, trades it for a 5-minute approval-grant cookie, and approves or denies with that cookie and its CSRF token.
 const (
-	codeInvalidUserCode     = "invalid_user_code"
-	codeSSOInitiateFailed   = "sso_initiate_failed"
-	codeInvalidSSOAssertion = "invalid_sso_assertion"
-	codeUserCodeNotPending  = "user_code_not_pending"
-	codeInvalidSession      = "invalid_session"
-	codeUserCodeMismatch    = "user_code_mismatch"
-	codeEmailIsDifyAccount  = "email_belongs_to_dify_account"
-	codeSessionAlreadyUsed  = "session_already_consumed"
-)
-
-const (
 	approvalGrantCookieName = "device_approval_grant"
 	ssoStartStateCookieName = "device_sso_state"
 	approvalGrantCookiePath = apiPrefix + "/oauth/device"
