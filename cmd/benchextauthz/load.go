@@ -227,11 +227,16 @@ func processCPU() time.Duration {
 }
 
 // measure alternates the targets round by round, null first, so slow drifts in the machine's load hit all alike.
-func (b *bench) measure(ctx context.Context, label string, targets []target, reqs []request, rate float64) (*results, error) {
+// With fresh, each round sends its own share of reqs, so no server sees a request twice (a cold workload stays cold).
+func (b *bench) measure(ctx context.Context, label string, targets []target, reqs []request, rate float64, fresh bool) (*results, error) {
 	res := &results{warmup: b.opts.warmup}
 	for i := range b.opts.rounds {
+		part := reqs
+		if fresh {
+			part = reqs[i*len(reqs)/b.opts.rounds : (i+1)*len(reqs)/b.opts.rounds]
+		}
 		for _, t := range targets {
-			r, err := b.round(ctx, t, reqs, rate)
+			r, err := b.round(ctx, t, part, rate)
 			if err != nil {
 				return nil, err
 			}

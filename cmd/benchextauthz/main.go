@@ -40,6 +40,8 @@ type options struct {
 	checkTimeout string
 	// profile is a directory for CPU profiles of extauthz, one per workload and mode ("" = none).
 	profile string
+	// env are extra extauthz settings (NAME=value), for experiments.
+	env map[string]string
 }
 
 func main() {
@@ -51,7 +53,7 @@ func main() {
 		return
 	}
 	var o options
-	var workloads, modes string
+	var workloads, modes, env string
 	flag.DurationVar(&o.duration, "duration", 4*time.Second, "measured time of each round")
 	flag.DurationVar(&o.warmup, "warmup", time.Second, "unmeasured load before each round")
 	flag.IntVar(&o.rounds, "rounds", 2, "rounds per server; the servers alternate null, exact, batched, null, ...")
@@ -71,8 +73,18 @@ func main() {
 		"extauthz CHECK_TIMEOUT (default: extauthz's own, 150ms); Checks past it are 503 denies, which invalidate the run")
 	flag.StringVar(&o.profile, "profile", "",
 		"write a CPU profile of each extauthz's first measured round here (<workload>-<mode>.pprof; builds with -tags benchpprof)")
+	flag.StringVar(&env, "env", "", "extra extauthz settings, NAME=value,... (they win over the workload's)")
 	flag.Parse()
 	o.workloads, o.modes = splitList(workloads), splitList(modes)
+	o.env = map[string]string{}
+	for _, kv := range splitList(env) {
+		name, value, ok := strings.Cut(kv, "=")
+		if !ok {
+			fmt.Fprintf(os.Stderr, "benchextauthz: -env: %q is not NAME=value\n", kv)
+			os.Exit(2)
+		}
+		o.env[name] = value
+	}
 	if err := o.validate(); err != nil {
 		fmt.Fprintln(os.Stderr, "benchextauthz:", err)
 		os.Exit(2)

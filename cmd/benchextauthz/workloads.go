@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -26,6 +27,8 @@ type workload struct {
 	// server's closed-loop throughput, to compare latencies below saturation.
 	pace     float64
 	halfNull bool
+	// cold: no request may reach a server twice (each round gets its own requests, and nothing is warmed).
+	cold bool
 }
 
 var workloadNames = []string{"mix", "w1", "w2", "w3", "w4"}
@@ -81,7 +84,7 @@ func workloadByName(name string) workload {
 			}}
 	case "w4":
 		return workload{name: "w4", title: "W4: cold caches, every token read from Postgres", limit: defaultLimitStr,
-			pace: w4Rate,
+			pace: w4Rate, cold: true,
 			requests: func(w *world) ([]request, []request, error) {
 				reqs, err := oneEachRequests(w.cold)
 				return reqs, nil, err
@@ -112,7 +115,8 @@ func (r *runner) runWorkload(ctx context.Context, wl workload) (err error) {
 		return err
 	}
 	if wl.name == "w4" {
-		need := int(float64(r.opts.rounds)*(r.opts.warmup+r.opts.duration).Seconds()*wl.pace) + 1000
+		// Each round's share must outlast its warm-up and measurement, with room for a worker that runs ahead.
+		need := r.opts.rounds * (int((r.opts.warmup+r.opts.duration).Seconds()*wl.pace) + 500)
 		if len(reqs) < need {
 			return fmt.Errorf("w4: %d cold tokens for %d Checks; lower -rounds or -duration", len(reqs), need)
 		}
@@ -129,9 +133,11 @@ func (r *runner) runWorkload(ctx context.Context, wl workload) (err error) {
 		if err := flushRedis(ctx, r.redisURLs[mode]); err != nil {
 			return err
 		}
+		env := map[string]string{"RATE_LIMIT_MODE": mode, "OPENAPI_RATE_LIMIT_PER_TOKEN": wl.limit}
+		maps.Copy(env, r.opts.env)
 		p, err := startExtauthz(ctx, extauthzSettings{name: "extauthz-" + mode + "-" + wl.name, bin: r.bin, dir: r.dir,
 			databaseURL: r.dbURL, redisURL: r.redisURLs[mode], checkTimeout: r.opts.checkTimeout, profiling: r.opts.profile != "",
-			env: map[string]string{"RATE_LIMIT_MODE": mode, "OPENAPI_RATE_LIMIT_PER_TOKEN": wl.limit}})
+			env: env})
 		if err != nil {
 			return err
 		}
@@ -185,7 +191,7 @@ func (r *runner) runWorkload(ctx context.Context, wl workload) (err error) {
 		ph := phases[i]
 		before := scrapeAll(ctx, exts)
 		stopProfiles := r.profile(ctx, exts, ph.label)
-		res, err := r.bench.measure(ctx, ph.label, targets, reqs, ph.rate)
+		res, err := r.bench.measure(ctx, ph.label, targets, reqs, ph.rate, wl.cold)
 		stopProfiles()
 		if err != nil {
 			return err

@@ -18,8 +18,9 @@ import (
 //
 //	view + held < limit − allowance   and   held < allowance        (held = pending + in flight)
 //
-// and otherwise runs the script (the exact path), writing its held hits in the same script first. Every interval it writes
-// the hits it holds, as one ZADD of fresh members per bucket scored with Redis's TIME, and reads the bucket's count back.
+// (a bucket it has not read yet counts as empty) and otherwise runs the script (the exact path), writing its held hits in
+// the same script first. Every interval it writes the hits it holds, as one ZADD of fresh members per bucket scored with
+// Redis's TIME, and reads the bucket's count back.
 //
 // Worst case, for one bucket in one window, with R replicas in batched mode and allowance A: at most limit + R·A
 // admissions. Why: counts only fall by age, so consider a burst inside one window, and let τ be the first time the bucket
@@ -134,7 +135,13 @@ func (b *batched) admit(key string, shard, limit int, window time.Duration, now 
 	a := b.allowanceFor(limit, window)
 	bk.mu.Lock()
 	held := bk.pending + bk.inflight
-	if !bk.known || now.Sub(bk.refreshed) >= window || held >= a || bk.view+int64(held) >= int64(limit-a) {
+	// A bucket this replica has not read yet, or not for a whole window (whatever it counted then has left), is taken as
+	// empty: the allowance still bounds what it admits before its first write tells it the count.
+	view := bk.view
+	if !bk.known || now.Sub(bk.refreshed) >= window {
+		view = 0
+	}
+	if held >= a || view+int64(held) >= int64(limit-a) {
 		bk.mu.Unlock()
 		return Decision{}, false
 	}
@@ -145,7 +152,7 @@ func (b *batched) admit(key string, shard, limit int, window time.Duration, now 
 	}
 	mark := !bk.dirty
 	bk.dirty = true
-	d := Decision{Allowed: true, Limit: limit, Remaining: max(limit-int(bk.view)-held-1, 0), Local: true, Reset: window}
+	d := Decision{Allowed: true, Limit: limit, Remaining: max(limit-int(view)-held-1, 0), Local: true, Reset: window}
 	if bk.resetAt.After(now) {
 		d.Reset = bk.resetAt.Sub(now)
 	}
