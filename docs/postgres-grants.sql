@@ -28,6 +28,8 @@ GRANT SELECT (id, tenant_id, name, mode, status, enable_api) ON apps TO authgate
 GRANT SELECT (id, name, status) ON tenants TO authgate_runtime;
 GRANT SELECT (id, email, name, status) ON accounts TO authgate_runtime;
 GRANT SELECT (tenant_id, account_id, role, current) ON tenant_account_joins TO authgate_runtime;
+-- deviceflow's GitHub sign-in finds the Dify account linked to a GitHub user; never the stored token (encrypted_token).
+GRANT SELECT (account_id, provider, open_id) ON account_integrates TO authgate_runtime;
 
 -- 4. After `deviceflow migrate` has run, as the owner of oauth_access_tokens (authgate_migrate if it created the table, else
 -- Dify's owner): full DML on the token table. Advisory locks (prune) and gen_random_uuid() need no grant.

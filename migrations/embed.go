@@ -9,8 +9,8 @@ import "embed"
 //go:embed *.sql
 var SQL embed.FS
 
-// DifyDirectoryFixture creates a minimal copy of Dify's apps, tenants, accounts and tenant_account_joins tables. It is not a
-// production migration: in production these tables belong to Dify.
+// DifyDirectoryFixture creates a minimal copy of Dify's apps, tenants, accounts, tenant_account_joins and account_integrates
+// tables. It is not a production migration: in production these tables belong to Dify.
 //
 //go:embed fixtures/dify_directory.sql
 var DifyDirectoryFixture string

@@ -89,6 +89,11 @@ func (p postgresDirectory) AccountByEmail(ctx context.Context, email string) (di
 	return a, pgErr("read account by email", err)
 }
 
+func (p postgresDirectory) AccountByOpenID(ctx context.Context, provider, openID string) (directory.Account, error) {
+	a, err := p.Directory.AccountByOpenID(ctx, provider, openID)
+	return a, pgErr("read account by open id", err)
+}
+
 func (p postgresDirectory) IsActiveMember(ctx context.Context, tenantID, accountID string) (bool, error) {
 	ok, err := p.Directory.IsActiveMember(ctx, tenantID, accountID)
 	return ok, pgErr("read membership", err)

@@ -1,4 +1,5 @@
-// Package directory reads Dify's own tables (apps, tenants, accounts, tenant_account_joins). authgate never writes them.
+// Package directory reads Dify's own tables (apps, tenants, accounts, tenant_account_joins, account_integrates). authgate
+// never writes them.
 package directory
 
 import (
@@ -16,6 +17,9 @@ const (
 	TenantStatusArchive = "archive"
 	AccountStatusActive = "active"
 	AccountStatusBanned = "banned"
+
+	// ProviderGitHub is the provider of Dify's account_integrates rows that link an account to a GitHub user.
+	ProviderGitHub = "github"
 )
 
 type Tenant struct {
@@ -56,6 +60,9 @@ type Directory interface {
 	Account(ctx context.Context, id string) (Account, error)
 	// AccountByEmail matches case-insensitively.
 	AccountByEmail(ctx context.Context, email string) (Account, error)
+	// AccountByOpenID returns the account that Dify's account_integrates links to the identity openID of provider (e.g.
+	// ProviderGitHub and the GitHub user id), matched exactly; a link whose account does not exist is ErrNotFound.
+	AccountByOpenID(ctx context.Context, provider, openID string) (Account, error)
 	// IsActiveMember reports whether the account is active and has a tenant_account_joins row for the tenant.
 	IsActiveMember(ctx context.Context, tenantID, accountID string) (bool, error)
 	// Workspaces lists the account's tenants with their names and the account's roles, in a stable order (name, then id).
@@ -68,6 +75,8 @@ type Fixture struct {
 	Accounts []Account
 	Apps     []App
 	Joins    []Join
+	// Integrates are account_integrates rows: links of accounts to external sign-in identities.
+	Integrates []Integrate
 }
 
 // Join is one tenant_account_joins row.
@@ -76,4 +85,11 @@ type Join struct {
 	AccountID string
 	Role      string
 	Current   bool
+}
+
+// Integrate is one account_integrates row (the columns authgate reads).
+type Integrate struct {
+	AccountID string
+	Provider  string
+	OpenID    string
 }

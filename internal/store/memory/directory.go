@@ -35,6 +35,10 @@ func (s *Store) Seed(f directory.Fixture) {
 		j.TenantID, j.AccountID = canon(j.TenantID), canon(j.AccountID)
 		c.Joins = append(c.Joins, j)
 	}
+	for _, x := range f.Integrates {
+		x.AccountID = canon(x.AccountID)
+		c.Integrates = append(c.Integrates, x)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.dir = c
@@ -141,6 +145,26 @@ func (s *Store) AccountByEmail(ctx context.Context, email string) (directory.Acc
 	return slices.MinFunc(matches, func(a, b directory.Account) int {
 		return cmp.Or(cmp.Compare(exact(a), exact(b)), cmp.Compare(a.ID, b.ID))
 	}), nil
+}
+
+// AccountByOpenID implements directory.Directory: the linked account of (provider, open_id), matched exactly.
+func (s *Store) AccountByOpenID(ctx context.Context, provider, openID string) (directory.Account, error) {
+	if err := ctx.Err(); err != nil {
+		return directory.Account{}, err
+	}
+	if provider == "" || openID == "" {
+		return directory.Account{}, directory.ErrNotFound
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, x := range s.dir.Integrates {
+		if x.Provider == provider && x.OpenID == openID {
+			if a, found := s.account(x.AccountID); found {
+				return a, nil
+			}
+		}
+	}
+	return directory.Account{}, directory.ErrNotFound
 }
 
 // IsActiveMember implements directory.Directory.

@@ -90,6 +90,23 @@ func (d *Directory) AccountByEmail(ctx context.Context, email string) (directory
 	return a, nil
 }
 
+// AccountByOpenID implements directory.Directory: Dify's account_integrates row for (provider, open_id), which Dify keeps
+// unique, joined to its account. Only account_id, provider and open_id are read, never the stored token.
+func (d *Directory) AccountByOpenID(ctx context.Context, provider, openID string) (directory.Account, error) {
+	if provider == "" || openID == "" {
+		return directory.Account{}, directory.ErrNotFound
+	}
+	var a directory.Account
+	err := d.pool.QueryRow(ctx, `SELECT a.id::text, a.email, a.name, a.status
+		FROM account_integrates i JOIN accounts a ON a.id = i.account_id
+		WHERE i.provider = $1 AND i.open_id = $2 ORDER BY a.id LIMIT 1`, provider, openID).
+		Scan(&a.ID, &a.Email, &a.Name, &a.Status)
+	if err != nil {
+		return directory.Account{}, notFound("account by open id", err)
+	}
+	return a, nil
+}
+
 // IsActiveMember implements directory.Directory. Ids that are not UUIDs name no member.
 func (d *Directory) IsActiveMember(ctx context.Context, tenantID, accountID string) (bool, error) {
 	tenantID, tenantOK := ids.Canonical(tenantID)

@@ -34,6 +34,10 @@ func SeedDirectory(ctx context.Context, pool *pgxpool.Pool, f directory.Fixture)
 			ON CONFLICT (tenant_id, account_id) DO UPDATE SET role = EXCLUDED.role, current = EXCLUDED.current`,
 			x.TenantID, x.AccountID, x.Role, x.Current)
 	}
+	for _, x := range f.Integrates {
+		batch.Queue(`INSERT INTO account_integrates (account_id, provider, open_id, encrypted_token) VALUES ($1, $2, $3, '')
+			ON CONFLICT (provider, open_id) DO UPDATE SET account_id = EXCLUDED.account_id`, x.AccountID, x.Provider, x.OpenID)
+	}
 	if err := pool.SendBatch(ctx, batch).Close(); err != nil {
 		return fmt.Errorf("postgres: seed directory: %w", err)
 	}

@@ -150,10 +150,11 @@ func TestGrants(t *testing.T) {
 		appID     = "bbbbbbbb-0000-4000-8000-000000000001"
 	)
 	if err := postgres.SeedDirectory(ctx, admin, directory.Fixture{
-		Tenants:  []directory.Tenant{{ID: tenantID, Name: "main", Status: "normal"}},
-		Accounts: []directory.Account{{ID: accountID, Email: "ann@example.com", Name: "Ann", Status: "active"}},
-		Apps:     []directory.App{{ID: appID, TenantID: tenantID, Name: "app", Mode: "chat", Status: "normal", EnableAPI: true}},
-		Joins:    []directory.Join{{TenantID: tenantID, AccountID: accountID, Role: "owner", Current: true}},
+		Tenants:    []directory.Tenant{{ID: tenantID, Name: "main", Status: "normal"}},
+		Accounts:   []directory.Account{{ID: accountID, Email: "ann@example.com", Name: "Ann", Status: "active"}},
+		Apps:       []directory.App{{ID: appID, TenantID: tenantID, Name: "app", Mode: "chat", Status: "normal", EnableAPI: true}},
+		Joins:      []directory.Join{{TenantID: tenantID, AccountID: accountID, Role: "owner", Current: true}},
+		Integrates: []directory.Integrate{{AccountID: accountID, Provider: directory.ProviderGitHub, OpenID: "583231"}},
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -200,6 +201,11 @@ func TestGrants(t *testing.T) {
 	if _, err := dir.Tenant(ctx, tenantID); err != nil {
 		t.Fatalf("runtime role: tenant: %v", err)
 	}
+	if a, err := dir.AccountByOpenID(ctx, directory.ProviderGitHub, "583231"); err != nil || a.ID != accountID {
+		t.Fatalf("runtime role: account by GitHub id = %+v, %v", a, err)
+	}
+	_, err = runtimePool.Exec(ctx, `SELECT encrypted_token FROM account_integrates`)
+	wantDenied(t, "runtime role reading the OAuth tokens Dify stores", err)
 
 	// The extauthz role: what a Check and its background work run.
 	live, expired := mint("desktop", time.Hour), mint("tablet", -time.Minute)

@@ -21,6 +21,7 @@ const (
 	accountActive = "b0000000-0000-4000-8000-000000000001"
 	accountBanned = "b0000000-0000-4000-8000-000000000002"
 	accountLonely = "b0000000-0000-4000-8000-000000000003"
+	accountGone   = "b0000000-0000-4000-8000-0000000000fe" // linked in account_integrates, but no such account
 
 	appNormal   = "c0000000-0000-4000-8000-000000000001"
 	appOrphan   = "c0000000-0000-4000-8000-000000000002" // its tenant does not exist
@@ -56,6 +57,13 @@ func DirectoryFixture() directory.Fixture {
 			{TenantID: tenantTwinA, AccountID: accountActive, Role: "editor"},
 			{TenantID: tenantTwinB, AccountID: accountActive, Role: "normal"},
 			{TenantID: tenantAlpha, AccountID: accountBanned, Role: "normal", Current: true},
+		},
+		Integrates: []directory.Integrate{
+			{AccountID: accountActive, Provider: directory.ProviderGitHub, OpenID: "1001"},
+			{AccountID: accountBanned, Provider: directory.ProviderGitHub, OpenID: "1002"},
+			{AccountID: accountLonely, Provider: "google", OpenID: "1001"}, // the same id at another provider
+			{AccountID: upperID(accountLonely), Provider: directory.ProviderGitHub, OpenID: "1004"},
+			{AccountID: accountGone, Provider: directory.ProviderGitHub, OpenID: "1003"},
 		},
 	}
 }
@@ -128,6 +136,41 @@ func RunDirectory(t *testing.T, newDirectory func(t *testing.T, f directory.Fixt
 		}
 	})
 
+	t.Run("AccountByOpenID", func(t *testing.T) {
+		cases := []struct {
+			provider, openID, want string // want "" = ErrNotFound
+		}{
+			{directory.ProviderGitHub, "1001", accountActive},
+			{directory.ProviderGitHub, "1002", accountBanned}, // the account whatever its status: the caller decides
+			{"google", "1001", accountLonely},
+			{directory.ProviderGitHub, "1004", accountLonely}, // the link's account id in upper case
+			{directory.ProviderGitHub, "1003", ""},            // a link to an account that does not exist
+			{directory.ProviderGitHub, "9999", ""},
+			{"GitHub", "1001", ""}, // providers match exactly, as Dify stores them
+			{directory.ProviderGitHub, " 1001", ""},
+			{directory.ProviderGitHub, "1001 ", ""},
+			{directory.ProviderGitHub, "", ""},
+			{"", "1001", ""},
+			{directory.ProviderGitHub, "' OR 1=1 --", ""},
+		}
+		for _, c := range cases {
+			got, err := d.AccountByOpenID(ctx, c.provider, c.openID)
+			if c.want == "" {
+				if !errors.Is(err, directory.ErrNotFound) {
+					t.Errorf("AccountByOpenID(%q, %q) = %+v, %v; want ErrNotFound", c.provider, c.openID, got, err)
+				}
+				continue
+			}
+			if err != nil || got.ID != c.want {
+				t.Errorf("AccountByOpenID(%q, %q) = %+v, %v; want account %s", c.provider, c.openID, got, err, c.want)
+			}
+		}
+		want := directory.Account{ID: accountBanned, Email: "eve@example.com", Name: "Eve", Status: directory.AccountStatusBanned}
+		if got, err := d.AccountByOpenID(ctx, directory.ProviderGitHub, "1002"); err != nil || got != want {
+			t.Fatalf("AccountByOpenID = %+v, %v; want the whole row %+v", got, err, want)
+		}
+	})
+
 	t.Run("IsActiveMember", func(t *testing.T) {
 		cases := []struct {
 			name            string
@@ -175,6 +218,7 @@ func RunDirectory(t *testing.T, newDirectory func(t *testing.T, f directory.Fixt
 		_, checks["Tenant"] = d.Tenant(cancelled, tenantAlpha)
 		_, checks["Account"] = d.Account(cancelled, accountActive)
 		_, checks["AccountByEmail"] = d.AccountByEmail(cancelled, "dana@example.com")
+		_, checks["AccountByOpenID"] = d.AccountByOpenID(cancelled, directory.ProviderGitHub, "1001")
 		_, checks["IsActiveMember"] = d.IsActiveMember(cancelled, tenantAlpha, accountActive)
 		_, checks["Workspaces"] = d.Workspaces(cancelled, accountActive)
 		for name, err := range checks {
