@@ -35,6 +35,9 @@ func run() error {
 	for _, w := range warnings {
 		tel.Logger.Warn("configuration clamped", "detail", w)
 	}
+	if percent, limit := tuneGC(os.LookupEnv, os.ReadFile); percent > 0 || limit > 0 {
+		tel.Logger.Info("garbage collector tuned", "gogc", percent, "gomemlimit_bytes", limit)
+	}
 	app, err := Start(ctx, cfg, tel)
 	if err != nil {
 		return err
