@@ -97,16 +97,14 @@ func bearerError(w http.ResponseWriter, err error) error {
 	return err
 }
 
-// hardExpire revokes an expired token once; only the caller whose compare-and-set hit the row emits the audit event.
+// hardExpire takes an expired token out of service (tokens.HardExpire: only the caller whose compare-and-set hit the row
+// writes the audit event), and that caller tells the caches at once.
 func (s *Server) hardExpire(ctx context.Context, t tokens.Token, hash string) error {
-	hit, err := s.deps.Tokens.HardExpire(ctx, t.ID, s.now())
-	if err != nil || !hit {
-		return err
+	hit, err := tokens.HardExpire(ctx, s.deps.Tokens, s.log, t, s.now())
+	if hit {
+		s.publishRevocation(ctx, hash, t.ID)
 	}
-	s.publishRevocation(ctx, hash, t.ID)
-	s.audit(ctx, auditTokenExpired, "token_id", t.ID, "client_id", t.ClientID, "subject_email", t.SubjectEmail,
-		"subject_issuer", t.SubjectIssuer, "account_id", t.AccountID)
-	return nil
+	return err
 }
 
 // publishRevocation tells the caches at once that hash, whose revocation Postgres has committed, is dead. The Revoker gives

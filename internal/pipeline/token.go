@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/authgate/authgate/internal/audit"
 	"github.com/authgate/authgate/internal/directory"
 	"github.com/authgate/authgate/internal/tokens"
 )
@@ -64,7 +63,8 @@ func (p *Pipeline) resolveToken(ctx context.Context, req *Request, c *caller) (D
 			return denyInvalidBearer("the bearer token is not valid"), false
 		}
 		if !now.Before(entry.ExpiresAt) {
-			p.hardExpire(ctx, entry.TokenID, entry.ClientID, now)
+			p.hardExpire(ctx, tokens.Token{ID: entry.TokenID, ClientID: entry.ClientID, SubjectEmail: entry.SubjectEmail,
+				SubjectIssuer: entry.SubjectIssuer, AccountID: entry.AccountID}, now)
 			p.negative.Add(c.hash, struct{}{})
 			return denyInvalidBearer("the bearer token is not valid"), false
 		}
@@ -102,7 +102,7 @@ func (p *Pipeline) lookupToken(ctx context.Context, req *Request, c *caller, now
 		return p.refuseLookedUp(ctx, c, a), false
 	}
 	if tok.Expired(now) {
-		p.hardExpire(ctx, tok.ID, tok.ClientID, now)
+		p.hardExpire(ctx, tok, now)
 		return p.refuseLookedUp(ctx, c, a), false
 	}
 	if c.kind.Subject == tokens.SubjectAccount {
@@ -258,17 +258,16 @@ func entryMatchesKind(e TokenEntry, k tokens.Kind) bool {
 	return e.AccountID == "" && e.SubjectIssuer != ""
 }
 
-// hardExpire revokes an expired token; only the replica whose compare-and-set hit emits the audit event. The token is
-// refused either way, so a failure here is logged, not turned into a 503.
-func (p *Pipeline) hardExpire(ctx context.Context, tokenID, clientID string, now time.Time) {
-	hit, err := p.deps.Tokens.HardExpire(ctx, tokenID, now)
+// hardExpire takes an expired token out of service (tokens.HardExpire: only the replica whose compare-and-set hit writes
+// the audit event, and counts it). The token is refused either way, so a failure here is logged, not turned into a 503.
+func (p *Pipeline) hardExpire(ctx context.Context, t tokens.Token, now time.Time) {
+	hit, err := tokens.HardExpire(ctx, p.deps.Tokens, p.deps.Logger, t, now)
 	if err != nil {
-		p.logFailure(ctx, slog.LevelError, "postgres:hard-expire", "hard-expire failed", "token_id", tokenID, "error", err)
+		p.logFailure(ctx, slog.LevelError, "postgres:hard-expire", "hard-expire failed", "token_id", t.ID, "error", err)
 		return
 	}
 	if hit {
 		p.metrics.hardExpired.Add(ctx, 1)
-		audit.Log(ctx, p.deps.Logger, audit.TokenExpired, "token_id", tokenID, "client_id", clientID)
 	}
 }
 
