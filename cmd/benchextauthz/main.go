@@ -19,9 +19,12 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/authgate/authgate/internal/testenv"
 )
 
 type options struct {
@@ -154,11 +157,17 @@ func run(ctx context.Context, o options) (err error) {
 	defer func() { err = errors.Join(err, db.drop()) }()
 	redisURLs := map[string]string{}
 	for _, m := range o.modes {
-		u, release, err := leaseRedis(ctx, o.redisURL)
+		// Tests may be running on the same server: the benchmark takes its databases through their lease.
+		lctx, cancel := context.WithTimeout(ctx, time.Minute)
+		u, release, err := testenv.LeaseRedisDB(lctx, o.redisURL, strconv.Itoa(os.Getpid())+":benchextauthz")
+		cancel()
 		if err != nil {
-			return err
+			return fmt.Errorf("redis at %s: %w", redactURL(o.redisURL), err)
 		}
-		defer release()
+		defer func() {
+			_ = flushRedis(context.Background(), u) // a run leaves about a million limiter entries behind
+			release()
+		}()
 		redisURLs[m] = u
 	}
 

@@ -20,13 +20,7 @@ import (
 
 func (w *world) redisClient() *redis.Client {
 	w.t.Helper()
-	opts, err := redis.ParseURL(w.redisURL)
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	c := redis.NewClient(opts)
-	w.t.Cleanup(func() { c.Close() })
-	return c
+	return testenv.RedisClient(w.t, w.redisURL)
 }
 
 func (w *world) auditCount(tokenID string) int {

@@ -102,7 +102,7 @@ func TestBatchedOverAdmissionIsBounded(t *testing.T) {
 		key := tokenKey("hammer-" + string(rune('a'+round)))
 		var limiters []*SlidingWindow
 		for range replicas {
-			limiters = append(limiters, newLimiter(t, client(t, url),
+			limiters = append(limiters, newLimiter(t, testenv.RedisClient(t, url),
 				Options{Mode: Batched, BatchInterval: 20 * time.Millisecond, Allowance: allowance}))
 		}
 		var admitted atomic.Int64
@@ -135,7 +135,7 @@ func TestBatchedOverAdmissionIsBounded(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if c := client(t, url).ZCard(ctx, key).Val(); c != n {
+		if c := testenv.RedisClient(t, url).ZCard(ctx, key).Val(); c != n {
 			t.Fatalf("bucket holds %d, want every admission (%d)", c, n)
 		}
 	}
@@ -146,12 +146,12 @@ func TestBatchedOverAdmissionIsBounded(t *testing.T) {
 func TestBatchedOverAdmissionReachesItsBound(t *testing.T) {
 	ctx := context.Background()
 	url := testenv.RedisURL(t)
-	dify := client(t, url)
+	dify := testenv.RedisClient(t, url)
 	key := tokenKey("worst")
 	const limit, allowance = 60, 6
 	var limiters []*SlidingWindow
 	for range 3 {
-		limiters = append(limiters, newLimiter(t, client(t, url), Options{Mode: Batched, BatchInterval: time.Hour, Allowance: allowance}))
+		limiters = append(limiters, newLimiter(t, testenv.RedisClient(t, url), Options{Mode: Batched, BatchInterval: time.Hour, Allowance: allowance}))
 	}
 	for _, rl := range limiters { // the bucket is empty: each admits a whole allowance locally
 		for range allowance {

@@ -1,23 +1,8 @@
 package ratelimit
 
-import (
-	"testing"
-
-	"github.com/redis/go-redis/v9"
-)
+import "github.com/redis/go-redis/v9"
 
 func redisZ(score float64, member string) redis.Z { return redis.Z{Score: score, Member: member} }
-
-func client(t *testing.T, url string) *redis.Client {
-	t.Helper()
-	opts, err := redis.ParseURL(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := redis.NewClient(opts)
-	t.Cleanup(func() { _ = c.Close() })
-	return c
-}
 
 // tokenKey is the key the pipeline gives a token's bucket (Dify's name), so these tests exercise the real key shape.
 func tokenKey(tokenHash string) string { return "rl:token_id:token:" + tokenHash }

@@ -220,7 +220,7 @@ func TestExceededIsRememberedToo(t *testing.T) {
 func TestReplicasShareTheBucketWhileOneDeniesLocally(t *testing.T) {
 	ctx := context.Background()
 	url := testenv.RedisURL(t)
-	ra, rb := client(t, url), client(t, url)
+	ra, rb := testenv.RedisClient(t, url), testenv.RedisClient(t, url)
 	a, b := newLimiter(t, ra, Options{}), newLimiter(t, rb, Options{})
 	for range 5 {
 		if d, err := a.Allow(ctx, "shared", 5, time.Minute); err != nil || !d.Allowed {

@@ -118,7 +118,7 @@ func TestRetryAfterFollowsTheOldestEntry(t *testing.T) {
 func TestReplicasShareTheBudget(t *testing.T) {
 	ctx := context.Background()
 	url := testenv.RedisURL(t)
-	a, b := NewSlidingWindow(client(t, url)), NewSlidingWindow(client(t, url))
+	a, b := NewSlidingWindow(testenv.RedisClient(t, url)), NewSlidingWindow(testenv.RedisClient(t, url))
 	allowed := 0
 	for i := range 20 {
 		rl := a

@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"os"
@@ -19,34 +20,56 @@ const (
 	leaseTTL                = 30 * time.Minute
 )
 
+// errRedisUnreachable marks a lease that failed because the server did not answer.
+var errRedisUnreachable = errors.New("redis unreachable")
+
 // RedisURL leases a Redis database of its own on TEST_REDIS_URL's server for the test, flushes it, and returns its URL. Spec'd
 // key names (rl:…, auth:token:…) are fixed for Dify compatibility, so isolation is by database rather than by key prefix.
 func RedisURL(t testing.TB) string {
 	t.Helper()
-	base := getenv("TEST_REDIS_URL", defaultRedisURL)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	dbURL, release, err := LeaseRedisDB(ctx, getenv("TEST_REDIS_URL", defaultRedisURL), strconv.Itoa(os.Getpid())+":"+t.Name())
+	switch {
+	case errors.Is(err, errRedisUnreachable):
+		unavailable(t, "redis at TEST_REDIS_URL: %v", err)
+	case err != nil:
+		t.Fatalf("testenv: TEST_REDIS_URL: %v", err)
+	}
+	t.Cleanup(release)
+	return dbURL
+}
+
+// LeaseRedisDB leases a free database among 1..15 on base's server for holder, flushes it, and returns its URL and the
+// release that gives the lease back. A lease is a key per database in database 0 that expires after 30 minutes, so the
+// tests and the benchmark, which share the server, never flush each other's data. It waits for a free database until ctx
+// ends. Errors never quote base, which may carry a password.
+func LeaseRedisDB(ctx context.Context, base, holder string) (dbURL string, release func(), err error) {
 	opts, err := redis.ParseURL(base)
 	if err != nil {
 		// Not err: go-redis passes on net/url's error, which quotes the whole URL with its password.
-		t.Fatalf("testenv: TEST_REDIS_URL is not a redis:// or rediss:// URL")
+		return "", nil, errors.New("not a redis:// or rediss:// URL")
 	}
 	opts.DB = 0
 	leases := redis.NewClient(opts)
 	defer leases.Close()
-	ctx := context.Background()
 	if err := leases.Ping(ctx).Err(); err != nil {
-		unavailable(t, "redis at TEST_REDIS_URL unreachable: %v", err)
+		return "", nil, fmt.Errorf("%w: %v", errRedisUnreachable, err)
 	}
-	holder := strconv.Itoa(os.Getpid()) + ":" + t.Name()
-	deadline := time.Now().Add(3 * time.Minute)
 	for {
 		for db := firstTestDB; db <= lastTestDB; db++ {
 			key := fmt.Sprintf("authgate:testenv:db:%d", db)
 			ok, err := leases.SetNX(ctx, key, holder, leaseTTL).Result()
 			if err != nil {
-				t.Fatalf("testenv: lease redis db: %v", err)
+				return "", nil, fmt.Errorf("lease redis db: %w", err)
 			}
 			if !ok {
 				continue
+			}
+			release := func() {
+				c := redis.NewClient(opts)
+				defer c.Close()
+				c.Del(context.Background(), key)
 			}
 			dbOpts := *opts
 			dbOpts.DB = db
@@ -54,19 +77,16 @@ func RedisURL(t testing.TB) string {
 			err = c.FlushDB(ctx).Err()
 			c.Close()
 			if err != nil {
-				t.Fatalf("testenv: flush redis db %d: %v", db, err)
+				release()
+				return "", nil, fmt.Errorf("flush redis db %d: %w", db, err)
 			}
-			t.Cleanup(func() {
-				c := redis.NewClient(opts)
-				defer c.Close()
-				c.Del(context.Background(), key)
-			})
-			return withDB(base, db)
+			return withDB(base, db), release, nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("testenv: no free redis database in %d..%d after 3m", firstTestDB, lastTestDB)
+		select {
+		case <-ctx.Done():
+			return "", nil, fmt.Errorf("no free redis database in %d..%d: %w", firstTestDB, lastTestDB, ctx.Err())
+		case <-time.After(50 * time.Millisecond): // waiting for another holder to release its lease
 		}
-		time.Sleep(50 * time.Millisecond) // waiting for another test to release a lease
 	}
 }
 
@@ -83,10 +103,11 @@ func withDB(base string, db int) string {
 // Redis returns a client on a leased, flushed Redis database (see RedisURL), closed at cleanup.
 func Redis(t testing.TB) *redis.Client {
 	t.Helper()
-	return clientFor(t, RedisURL(t))
+	return RedisClient(t, RedisURL(t))
 }
 
-func clientFor(t testing.TB, url string) *redis.Client {
+// RedisClient returns a new client on url (another process's connection to the same database), closed at cleanup.
+func RedisClient(t testing.TB, url string) *redis.Client {
 	t.Helper()
 	opts, err := redis.ParseURL(url)
 	if err != nil {

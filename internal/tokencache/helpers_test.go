@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/authgate/authgate/internal/testenv"
 )
 
@@ -28,17 +26,6 @@ func accountEntry() Entry {
 		ExpiresAt:       time.Now().Add(14 * 24 * time.Hour).UTC().Truncate(time.Microsecond),
 		VerifiedTenants: map[string]bool{},
 	}
-}
-
-func redisClient(t testing.TB, url string) *redis.Client {
-	t.Helper()
-	opts, err := redis.ParseURL(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := redis.NewClient(opts)
-	t.Cleanup(func() { _ = c.Close() })
-	return c
 }
 
 // runLocal starts c.Run for the test and waits until the local layer follows the stream.

@@ -62,9 +62,9 @@ func TestLocalLayerServesOnlyWhileFollowingTheStream(t *testing.T) {
 func TestLocalLayerEvictsWithinASecondOfARevocationElsewhere(t *testing.T) {
 	ctx := context.Background()
 	url := testenv.RedisURL(t)
-	c := New(redisClient(t, url), Options{TTL: time.Minute, Local: true})
+	c := New(testenv.RedisClient(t, url), Options{TTL: time.Minute, Local: true})
 	runLocal(t, c)
-	revoker := NewRevoker(redisClient(t, url), time.Minute) // another process's client
+	revoker := NewRevoker(testenv.RedisClient(t, url), time.Minute) // another process's client
 	h := newHash()
 	if err := c.Fill(ctx, h, accountEntry()); err != nil {
 		t.Fatal(err)
@@ -97,9 +97,9 @@ func TestLocalLayerEvictsWithinASecondOfARevocationElsewhere(t *testing.T) {
 func TestRevokeRacingFillNeverResurrects(t *testing.T) {
 	ctx := context.Background()
 	url := testenv.RedisURL(t)
-	c := New(redisClient(t, url), Options{TTL: time.Minute, Local: true})
+	c := New(testenv.RedisClient(t, url), Options{TTL: time.Minute, Local: true})
 	runLocal(t, c)
-	revoker := NewRevoker(redisClient(t, url), time.Minute)
+	revoker := NewRevoker(testenv.RedisClient(t, url), time.Minute)
 	hashes := make([]string, 200)
 	var wg sync.WaitGroup
 	errs := make(chan error, 4*len(hashes))
