@@ -12,9 +12,10 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/authgate/authgate/internal/directory"
+	"github.com/authgate/authgate/internal/store/dirfixture"
 	"github.com/authgate/authgate/internal/store/postgres"
+	"github.com/authgate/authgate/internal/testenv"
 	"github.com/authgate/authgate/internal/tokens"
-	"github.com/authgate/authgate/migrations"
 )
 
 // Fixture sizes. Accounts hold two tokens each (two devices), so a dfoa_ count of 1000 needs 500 accounts.
@@ -76,7 +77,7 @@ func redactURL(raw string) string {
 // world is what the load generator needs to know about the fixture: every minted token with the directory rows its
 // requests may name, in one set per use.
 type world struct {
-	fixture directory.Fixture
+	fixture dirfixture.Fixture
 	// mix: today's mix (o.tokens of each kind); w1: the many-token workload; cold: tokens no cache has seen (W4).
 	mix, w1, cold tokenSet
 }
@@ -108,11 +109,11 @@ func prepareWorld(ctx context.Context, db *database, n int, coldCount int) (*wor
 	if err := postgres.Migrate(ctx, pool); err != nil {
 		return nil, err
 	}
-	if _, err := pool.Exec(ctx, migrations.DifyDirectoryFixture); err != nil {
+	if _, err := pool.Exec(ctx, dirfixture.Schema); err != nil {
 		return nil, fmt.Errorf("directory fixture schema: %w", err)
 	}
 	w := &world{fixture: newFixture(n)}
-	if err := postgres.SeedDirectory(ctx, pool, w.fixture); err != nil {
+	if err := testenv.SeedDirectoryContext(ctx, pool, w.fixture); err != nil {
 		return nil, err
 	}
 	m := &minter{pool: pool, f: w.fixture, appsOf: map[string][]string{}}
@@ -135,8 +136,8 @@ func fixtureID(kind, i int) string { return fmt.Sprintf("%08x-0000-4000-8000-%01
 
 // newFixture lays out tenants with apps, and accounts that are members of one tenant each (owners of some, normal members of
 // others), so membership verdicts differ per token and tenant.
-func newFixture(n int) directory.Fixture {
-	var f directory.Fixture
+func newFixture(n int) dirfixture.Fixture {
+	var f dirfixture.Fixture
 	for t := range tenantCount {
 		id := fixtureID(0x7e, t)
 		f.Tenants = append(f.Tenants, directory.Tenant{ID: id, Name: fmt.Sprintf("workspace %d", t), Status: directory.TenantStatusNormal})
@@ -154,7 +155,7 @@ func newFixture(n int) directory.Fixture {
 		if a < tenantCount {
 			role = "owner"
 		}
-		f.Joins = append(f.Joins, directory.Join{TenantID: f.Tenants[a%tenantCount].ID, AccountID: id, Role: role, Current: true})
+		f.Joins = append(f.Joins, dirfixture.Join{TenantID: f.Tenants[a%tenantCount].ID, AccountID: id, Role: role, Current: true})
 	}
 	return f
 }
@@ -163,7 +164,7 @@ func newFixture(n int) directory.Fixture {
 // two, where one Mint per token would take a minute. The rows are what Mint writes for a fresh device.
 type minter struct {
 	pool     *pgxpool.Pool
-	f        directory.Fixture
+	f        dirfixture.Fixture
 	appsOf   map[string][]string
 	devices  int // device labels used so far, so every (subject, client, device) is new
 	external int // external subjects used so far

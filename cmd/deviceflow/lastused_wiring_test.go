@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/authgate/authgate/internal/directory"
+	"github.com/authgate/authgate/internal/store/dirfixture"
 	"github.com/authgate/authgate/internal/store/postgres"
 	"github.com/authgate/authgate/internal/testenv"
 	"github.com/authgate/authgate/internal/tokens"
@@ -17,7 +18,7 @@ import (
 func TestServeRecordsLastUse(t *testing.T) {
 	pool := testenv.Postgres(t)
 	const accountID = "0a000000-0000-4000-8000-0000000000a1"
-	testenv.SeedDirectory(t, pool, directory.Fixture{
+	testenv.SeedDirectory(t, pool, dirfixture.Fixture{
 		Accounts: []directory.Account{{ID: accountID, Email: "ann@example.com", Name: "Ann", Status: "active"}}})
 	store := postgres.NewTokenStore(pool)
 	mint := func(device string) (plain, id string) {

@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/authgate/authgate/internal/config"
+	"github.com/authgate/authgate/internal/store/dirfixture"
 	"github.com/authgate/authgate/internal/testenv"
-	"github.com/authgate/authgate/migrations"
 )
 
 // cmdTestSecretKey is a SECRET_KEY deviceflow accepts outside the dev stack (long enough, not a published sample).
@@ -29,7 +29,7 @@ func TestServeMigratePrune(t *testing.T) {
 		t.Fatalf("migrate with only DATABASE_URL: %v", err)
 	}
 	pool := testenv.Pool(t, dbURL)
-	if _, err := pool.Exec(ctx, migrations.DifyDirectoryFixture); err != nil {
+	if _, err := pool.Exec(ctx, dirfixture.Schema); err != nil {
 		t.Fatal(err)
 	}
 	if err := Run(ctx, []string{"prune"}, env(map[string]string{"DATABASE_URL": dbURL}), io.Discard, nil); err != nil {

@@ -1,6 +1,9 @@
 package main
 
-import "github.com/authgate/authgate/internal/directory"
+import (
+	"github.com/authgate/authgate/internal/directory"
+	"github.com/authgate/authgate/internal/store/dirfixture"
+)
 
 // The demo directory: fixed, readable ids so the walkthrough and tests can name them.
 const (
@@ -16,8 +19,8 @@ const (
 	otherAppID     = "30000000-0000-4000-8000-000000000007"
 )
 
-func demoFixture() directory.Fixture {
-	return directory.Fixture{
+func demoFixture() dirfixture.Fixture {
+	return dirfixture.Fixture{
 		Tenants: []directory.Tenant{
 			{ID: demoTenantID, Name: "Demo workspace", Status: directory.TenantStatusNormal},
 			{ID: otherTenantID, Name: "Another team's workspace", Status: directory.TenantStatusNormal},
@@ -34,7 +37,7 @@ func demoFixture() directory.Fixture {
 			{ID: otherAppID, TenantID: otherTenantID, Name: "Their chat", Mode: appModeChat,
 				Status: directory.AppStatusNormal, EnableAPI: true},
 		},
-		Joins: []directory.Join{
+		Joins: []dirfixture.Join{
 			{TenantID: demoTenantID, AccountID: demoAccountID, Role: "owner", Current: true},
 			{TenantID: otherTenantID, AccountID: otherAccountID, Role: "owner", Current: true},
 		},

@@ -23,6 +23,7 @@ import (
 	"github.com/authgate/authgate/internal/config"
 	"github.com/authgate/authgate/internal/directory"
 	"github.com/authgate/authgate/internal/pipeline"
+	"github.com/authgate/authgate/internal/store/dirfixture"
 	"github.com/authgate/authgate/internal/store/postgres"
 	"github.com/authgate/authgate/internal/telemetry"
 	"github.com/authgate/authgate/internal/testenv"
@@ -51,7 +52,7 @@ const (
 	externalIssuer = "https://idp.example.com"
 )
 
-var fixture = directory.Fixture{
+var fixture = dirfixture.Fixture{
 	Tenants: []directory.Tenant{
 		{ID: tenantMain, Name: "main", Status: "normal"},
 		{ID: tenantArchived, Name: "old", Status: "archive"},
@@ -70,7 +71,7 @@ var fixture = directory.Fixture{
 		{ID: appNotNormal, TenantID: tenantMain, Name: "gone", Mode: "chat", Status: "archived", EnableAPI: true},
 		{ID: appOther, TenantID: tenantOther, Name: "theirs", Mode: "chat", Status: "normal", EnableAPI: true},
 	},
-	Joins: []directory.Join{
+	Joins: []dirfixture.Join{
 		{TenantID: tenantMain, AccountID: accountActive, Role: "owner", Current: true},
 		{TenantID: tenantMain, AccountID: accountBanned, Role: "normal"},
 	},

@@ -26,8 +26,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/authgate/authgate/internal/directory"
+	"github.com/authgate/authgate/internal/store/dirfixture"
 	"github.com/authgate/authgate/internal/testenv"
-	"github.com/authgate/authgate/migrations"
 )
 
 const (
@@ -134,15 +134,15 @@ func with(base map[string]string, kv ...string) map[string]string {
 func seed(t *testing.T, pgURL string) {
 	t.Helper()
 	pool := testenv.Pool(t, pgURL)
-	if _, err := pool.Exec(context.Background(), migrations.DifyDirectoryFixture); err != nil {
+	if _, err := pool.Exec(context.Background(), dirfixture.Schema); err != nil {
 		t.Fatal(err)
 	}
-	testenv.SeedDirectory(t, pool, directory.Fixture{
+	testenv.SeedDirectory(t, pool, dirfixture.Fixture{
 		Tenants:  []directory.Tenant{{ID: tenantID, Name: "Chaos", Status: directory.TenantStatusNormal}},
 		Accounts: []directory.Account{{ID: accountID, Email: email, Name: "Chaos", Status: directory.AccountStatusActive}},
 		Apps: []directory.App{{ID: appID, TenantID: tenantID, Name: "Chaos app", Mode: "workflow",
 			Status: directory.AppStatusNormal, EnableAPI: true}},
-		Joins: []directory.Join{{TenantID: tenantID, AccountID: accountID, Role: "owner", Current: true}},
+		Joins: []dirfixture.Join{{TenantID: tenantID, AccountID: accountID, Role: "owner", Current: true}},
 	})
 }
 

@@ -1,12 +1,12 @@
 package deviceflow
 
 import (
-	"context"
 	"net/http"
 	"testing"
 
 	"github.com/authgate/authgate/internal/directory"
-	"github.com/authgate/authgate/internal/store/postgres"
+	"github.com/authgate/authgate/internal/store/dirfixture"
+	"github.com/authgate/authgate/internal/testenv"
 )
 
 // TestCaseVariantAccountsDoNotTakeEachOthersTokens: Dify matches account emails exactly, so Ann@Example.com and
@@ -44,7 +44,5 @@ func TestCaseVariantAccountsDoNotTakeEachOthersTokens(t *testing.T) {
 
 func seedAccounts(t *testing.T, e *flowEnv, accts ...directory.Account) {
 	t.Helper()
-	if err := postgres.SeedDirectory(context.Background(), e.pool, directory.Fixture{Accounts: accts}); err != nil {
-		t.Fatal(err)
-	}
+	testenv.SeedDirectory(t, e.pool, dirfixture.Fixture{Accounts: accts})
 }

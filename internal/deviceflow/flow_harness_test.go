@@ -4,7 +4,18 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+
 	"github.com/authgate/authgate/internal/audit"
+	"github.com/authgate/authgate/internal/directory"
+	"github.com/authgate/authgate/internal/ratelimit"
+	"github.com/authgate/authgate/internal/store/dirfixture"
+	"github.com/authgate/authgate/internal/store/postgres"
+	"github.com/authgate/authgate/internal/testenv"
+	"github.com/authgate/authgate/internal/tokencache"
+	"github.com/authgate/authgate/internal/tokens"
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
 	"io"
 	"log/slog"
 	"net/http"
@@ -14,17 +25,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/golang-jwt/jwt/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/redis/go-redis/v9"
-
-	"github.com/authgate/authgate/internal/directory"
-	"github.com/authgate/authgate/internal/ratelimit"
-	"github.com/authgate/authgate/internal/store/postgres"
-	"github.com/authgate/authgate/internal/testenv"
-	"github.com/authgate/authgate/internal/tokencache"
-	"github.com/authgate/authgate/internal/tokens"
 )
 
 const flowSecret = "flow-test-secret-key"
@@ -39,10 +39,10 @@ var (
 		Status: directory.AccountStatusActive}
 	flowBen = directory.Account{ID: "0a000000-0000-4000-8000-0000000000c1", Email: "ben@example.com", Name: "Ben",
 		Status: directory.AccountStatusBanned}
-	flowFixture = directory.Fixture{
+	flowFixture = dirfixture.Fixture{
 		Tenants:  []directory.Tenant{flowAlpha, flowBeta},
 		Accounts: []directory.Account{flowAnn, flowBob, flowBen},
-		Joins: []directory.Join{
+		Joins: []dirfixture.Join{
 			{TenantID: flowAlpha.ID, AccountID: flowAnn.ID, Role: "owner"},
 			{TenantID: flowBeta.ID, AccountID: flowAnn.ID, Role: "editor", Current: true},
 			{TenantID: flowAlpha.ID, AccountID: flowBob.ID, Role: "normal"},

@@ -19,6 +19,7 @@ import (
 	"github.com/authgate/authgate/internal/enterprise"
 	"github.com/authgate/authgate/internal/enterprise/enterprisetest"
 	"github.com/authgate/authgate/internal/ratelimit"
+	"github.com/authgate/authgate/internal/store/dirfixture"
 	"github.com/authgate/authgate/internal/store/postgres"
 	"github.com/authgate/authgate/internal/testenv"
 	"github.com/authgate/authgate/internal/tokencache"
@@ -30,10 +31,10 @@ var (
 	webTenant  = directory.Tenant{ID: "6b3c1d2e-0000-4000-8000-000000000001", Name: "Acme", Status: directory.TenantStatusNormal}
 	webAccount = directory.Account{ID: "6b3c1d2e-0000-4000-8000-0000000000a1", Email: "Dify.User@example.com",
 		Name: "Dify User", Status: directory.AccountStatusActive}
-	webFixture = directory.Fixture{
+	webFixture = dirfixture.Fixture{
 		Tenants:  []directory.Tenant{webTenant},
 		Accounts: []directory.Account{webAccount},
-		Joins:    []directory.Join{{TenantID: webTenant.ID, AccountID: webAccount.ID, Role: "owner", Current: true}},
+		Joins:    []dirfixture.Join{{TenantID: webTenant.ID, AccountID: webAccount.ID, Role: "owner", Current: true}},
 	}
 )
 

@@ -68,28 +68,3 @@ type Directory interface {
 	// Workspaces lists the account's tenants with their names and the account's roles, in a stable order (name, then id).
 	Workspaces(ctx context.Context, accountID string) ([]Workspace, error)
 }
-
-// Fixture is directory content for tests and the embedded dev run; production never writes Dify's tables.
-type Fixture struct {
-	Tenants  []Tenant
-	Accounts []Account
-	Apps     []App
-	Joins    []Join
-	// Integrates are account_integrates rows: links of accounts to external sign-in identities.
-	Integrates []Integrate
-}
-
-// Join is one tenant_account_joins row.
-type Join struct {
-	TenantID  string
-	AccountID string
-	Role      string
-	Current   bool
-}
-
-// Integrate is one account_integrates row (the columns authgate reads).
-type Integrate struct {
-	AccountID string
-	Provider  string
-	OpenID    string
-}

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/authgate/authgate/internal/directory"
+	"github.com/authgate/authgate/internal/store/dirfixture"
 	"github.com/authgate/authgate/internal/store/postgres"
 	"github.com/authgate/authgate/internal/testenv"
 	"github.com/authgate/authgate/internal/tokens"
@@ -80,10 +81,10 @@ func newStack(t *testing.T, redisVars map[string]string) *stack {
 	t.Helper()
 	bins := services(t)
 	pool := testenv.Postgres(t)
-	testenv.SeedDirectory(t, pool, directory.Fixture{
+	testenv.SeedDirectory(t, pool, dirfixture.Fixture{
 		Tenants:  []directory.Tenant{{ID: tenantID, Name: "E2E", Status: directory.TenantStatusNormal}},
 		Accounts: []directory.Account{{ID: accountID, Email: email, Name: "E2E", Status: directory.AccountStatusActive}},
-		Joins:    []directory.Join{{TenantID: tenantID, AccountID: accountID, Role: "owner", Current: true}},
+		Joins:    []dirfixture.Join{{TenantID: tenantID, AccountID: accountID, Role: "owner", Current: true}},
 	})
 	common := map[string]string{"DATABASE_URL": pool.Config().ConnString(), "SECRET_KEY": secretKey, "LOG_LEVEL": "info"}
 	for k, v := range redisVars {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"net/url"
 	"testing"
 	"time"
@@ -11,9 +12,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/authgate/authgate/internal/directory"
+	"github.com/authgate/authgate/internal/store/dirfixture"
 	"github.com/authgate/authgate/internal/store/postgres"
-	"github.com/authgate/authgate/migrations"
 )
 
 const defaultPostgresURL = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
@@ -83,16 +83,49 @@ func Postgres(t testing.TB) *pgxpool.Pool {
 	if err := postgres.Migrate(ctx, pool); err != nil {
 		t.Fatalf("testenv: migrate: %v", err)
 	}
-	if _, err := pool.Exec(ctx, migrations.DifyDirectoryFixture); err != nil {
+	if _, err := pool.Exec(ctx, dirfixture.Schema); err != nil {
 		t.Fatalf("testenv: directory fixture schema: %v", err)
 	}
 	return pool
 }
 
-// SeedDirectory writes a fixture into the Dify directory tables.
-func SeedDirectory(t testing.TB, pool *pgxpool.Pool, f directory.Fixture) {
+// SeedDirectory writes a fixture into the fixture copy of Dify's directory tables (dirfixture.Schema, which Postgres applies).
+func SeedDirectory(t testing.TB, pool *pgxpool.Pool, f dirfixture.Fixture) {
 	t.Helper()
-	if err := postgres.SeedDirectory(context.Background(), pool, f); err != nil {
-		t.Fatalf("testenv: seed directory: %v", err)
+	if err := SeedDirectoryContext(context.Background(), pool, f); err != nil {
+		t.Fatalf("testenv: %v", err)
 	}
+}
+
+// SeedDirectoryContext is SeedDirectory for callers without a test (the benchmark): one batch, rows upserted by key.
+func SeedDirectoryContext(ctx context.Context, pool *pgxpool.Pool, f dirfixture.Fixture) error {
+	batch := &pgx.Batch{}
+	for _, x := range f.Tenants {
+		batch.Queue(`INSERT INTO tenants (id, name, status) VALUES ($1, $2, $3)
+			ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, status = EXCLUDED.status`, x.ID, x.Name, x.Status)
+	}
+	for _, x := range f.Accounts {
+		batch.Queue(`INSERT INTO accounts (id, email, name, status) VALUES ($1, $2, $3, $4)
+			ON CONFLICT (id) DO UPDATE SET email = EXCLUDED.email, name = EXCLUDED.name, status = EXCLUDED.status`,
+			x.ID, x.Email, x.Name, x.Status)
+	}
+	for _, x := range f.Apps {
+		batch.Queue(`INSERT INTO apps (id, tenant_id, name, mode, status, enable_api) VALUES ($1, $2, $3, $4, $5, $6)
+			ON CONFLICT (id) DO UPDATE SET tenant_id = EXCLUDED.tenant_id, name = EXCLUDED.name, mode = EXCLUDED.mode,
+			status = EXCLUDED.status, enable_api = EXCLUDED.enable_api`,
+			x.ID, x.TenantID, x.Name, x.Mode, x.Status, x.EnableAPI)
+	}
+	for _, x := range f.Joins {
+		batch.Queue(`INSERT INTO tenant_account_joins (tenant_id, account_id, role, current) VALUES ($1, $2, $3, $4)
+			ON CONFLICT (tenant_id, account_id) DO UPDATE SET role = EXCLUDED.role, current = EXCLUDED.current`,
+			x.TenantID, x.AccountID, x.Role, x.Current)
+	}
+	for _, x := range f.Integrates {
+		batch.Queue(`INSERT INTO account_integrates (account_id, provider, open_id, encrypted_token) VALUES ($1, $2, $3, '')
+			ON CONFLICT (provider, open_id) DO UPDATE SET account_id = EXCLUDED.account_id`, x.AccountID, x.Provider, x.OpenID)
+	}
+	if err := pool.SendBatch(ctx, batch).Close(); err != nil {
+		return fmt.Errorf("seed directory: %w", err)
+	}
+	return nil
 }

@@ -7,18 +7,19 @@ import (
 
 	"github.com/authgate/authgate/internal/directory"
 	"github.com/authgate/authgate/internal/ids"
+	"github.com/authgate/authgate/internal/store/dirfixture"
 	"github.com/authgate/authgate/internal/tokens"
 )
 
 // Seed replaces the directory content. Ids are kept in Postgres's canonical (lower-case) form, as Postgres would return them.
-func (s *Store) Seed(f directory.Fixture) {
+func (s *Store) Seed(f dirfixture.Fixture) {
 	canon := func(id string) string {
 		if c, ok := ids.Canonical(id); ok {
 			return c
 		}
 		return id
 	}
-	var c directory.Fixture
+	var c dirfixture.Fixture
 	for _, t := range f.Tenants {
 		t.ID = canon(t.ID)
 		c.Tenants = append(c.Tenants, t)
@@ -183,7 +184,7 @@ func (s *Store) IsActiveMember(ctx context.Context, tenantID, accountID string) 
 	if !found || a.Status != directory.AccountStatusActive {
 		return false, nil
 	}
-	return slices.ContainsFunc(s.dir.Joins, func(j directory.Join) bool {
+	return slices.ContainsFunc(s.dir.Joins, func(j dirfixture.Join) bool {
 		return j.TenantID == tenantID && j.AccountID == accountID
 	}), nil
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/authgate/authgate/internal/directory"
 	"github.com/authgate/authgate/internal/ids"
+	"github.com/authgate/authgate/internal/store/dirfixture"
 	"github.com/authgate/authgate/internal/store/internal/rules"
 	"github.com/authgate/authgate/internal/tokens"
 )
@@ -21,7 +22,7 @@ type Store struct {
 	mu     sync.Mutex
 	byID   map[string]*tokens.Token
 	byHash map[string]*tokens.Token // live rows only, as the unique token_hash column
-	dir    directory.Fixture
+	dir    dirfixture.Fixture
 	// revoked is authgate_revoked_tokens: hashes taken out of service, recorded under the same lock as the change.
 	revoked map[string]tokens.RevokedHash
 

@@ -17,10 +17,10 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/authgate/authgate/internal/directory"
+	"github.com/authgate/authgate/internal/store/dirfixture"
 	"github.com/authgate/authgate/internal/store/postgres"
 	"github.com/authgate/authgate/internal/testenv"
 	"github.com/authgate/authgate/internal/tokens"
-	"github.com/authgate/authgate/migrations"
 )
 
 // grantStatements reads docs/postgres-grants.sql: the statements to run before `deviceflow migrate` (steps 1 to 3) and
@@ -128,7 +128,7 @@ func TestGrants(t *testing.T) {
 	before, after := grantStatements(t, renames)
 
 	// Dify's tables exist first, owned by another role (here the superuser), as in a Dify database.
-	if _, err := admin.Exec(ctx, migrations.DifyDirectoryFixture); err != nil {
+	if _, err := admin.Exec(ctx, dirfixture.Schema); err != nil {
 		t.Fatal(err)
 	}
 	for _, stmt := range before {
@@ -149,15 +149,13 @@ func TestGrants(t *testing.T) {
 		tenantID  = "11111111-1111-4111-8111-111111111111"
 		appID     = "bbbbbbbb-0000-4000-8000-000000000001"
 	)
-	if err := postgres.SeedDirectory(ctx, admin, directory.Fixture{
+	testenv.SeedDirectory(t, admin, dirfixture.Fixture{
 		Tenants:    []directory.Tenant{{ID: tenantID, Name: "main", Status: "normal"}},
 		Accounts:   []directory.Account{{ID: accountID, Email: "ann@example.com", Name: "Ann", Status: "active"}},
 		Apps:       []directory.App{{ID: appID, TenantID: tenantID, Name: "app", Mode: "chat", Status: "normal", EnableAPI: true}},
-		Joins:      []directory.Join{{TenantID: tenantID, AccountID: accountID, Role: "owner", Current: true}},
-		Integrates: []directory.Integrate{{AccountID: accountID, Provider: directory.ProviderGitHub, OpenID: "583231"}},
-	}); err != nil {
-		t.Fatal(err)
-	}
+		Joins:      []dirfixture.Join{{TenantID: tenantID, AccountID: accountID, Role: "owner", Current: true}},
+		Integrates: []dirfixture.Integrate{{AccountID: accountID, Provider: directory.ProviderGitHub, OpenID: "583231"}},
+	})
 
 	runtimePool := poolAs(t, dbURL, roles["authgate_runtime"])
 	runtime := postgres.NewTokenStore(runtimePool)

@@ -14,9 +14,9 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/authgate/authgate/internal/store/dirfixture"
 	"github.com/authgate/authgate/internal/store/postgres"
 	"github.com/authgate/authgate/internal/testenv"
-	"github.com/authgate/authgate/migrations"
 )
 
 // wantIndexes are the indexes of oauth_access_tokens after migration, by name (Dify's names), with a fragment of each
@@ -209,7 +209,7 @@ const difyRow = `INSERT INTO oauth_access_tokens (id, subject_email, subject_iss
 
 func TestMigrateAdoptsDifysTable(t *testing.T) {
 	pool := emptyDB(t)
-	exec(t, pool, migrations.DifyDirectoryFixture)
+	exec(t, pool, dirfixture.Schema)
 	exec(t, pool, difyTable)
 	exec(t, pool, difyRow)
 	exec(t, pool, `DROP INDEX idx_oauth_client`) // a missing index is created, not a reason to stop
@@ -254,7 +254,7 @@ func TestMigrateRefusesIncompatibleTable(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			pool := emptyDB(t)
-			exec(t, pool, migrations.DifyDirectoryFixture)
+			exec(t, pool, dirfixture.Schema)
 			exec(t, pool, difyTable)
 			exec(t, pool, difyRow)
 			exec(t, pool, c.change)
@@ -310,7 +310,7 @@ func roleWithoutPrivileges(t *testing.T, admin *pgxpool.Pool, dbURL string) *pgx
 func TestMigrateChecksATableTheRoleCannotRead(t *testing.T) {
 	dbURL := testenv.EmptyPostgresURL(t)
 	admin := testenv.Pool(t, dbURL)
-	exec(t, admin, migrations.DifyDirectoryFixture)
+	exec(t, admin, dirfixture.Schema)
 	exec(t, admin, difyTable)
 	exec(t, admin, `ALTER TABLE oauth_access_tokens DROP COLUMN device_label CASCADE`)
 	exec(t, admin, `REVOKE ALL ON oauth_access_tokens FROM PUBLIC`)
@@ -420,7 +420,7 @@ func TestMigrateRevocationRecords(t *testing.T) {
 	})
 	t.Run("adopting Dify's table", func(t *testing.T) {
 		pool := emptyDB(t)
-		exec(t, pool, migrations.DifyDirectoryFixture)
+		exec(t, pool, dirfixture.Schema)
 		exec(t, pool, difyTable)
 		before := difyObjects(t, pool)
 		migrate(t, pool)

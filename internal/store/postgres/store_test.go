@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/authgate/authgate/internal/directory"
+	"github.com/authgate/authgate/internal/store/dirfixture"
 	"github.com/authgate/authgate/internal/store/postgres"
 	"github.com/authgate/authgate/internal/store/storetest"
 	"github.com/authgate/authgate/internal/testenv"
@@ -18,7 +19,7 @@ func TestTokenStoreConformance(t *testing.T) {
 }
 
 func TestDirectoryConformance(t *testing.T) {
-	storetest.RunDirectory(t, func(t *testing.T, f directory.Fixture) directory.Directory {
+	storetest.RunDirectory(t, func(t *testing.T, f dirfixture.Fixture) directory.Directory {
 		pool := testenv.Postgres(t)
 		testenv.SeedDirectory(t, pool, f)
 		return postgres.NewDirectory(pool)

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/authgate/authgate/internal/directory"
+	"github.com/authgate/authgate/internal/store/dirfixture"
 )
 
 // Directory fixture ids. Tenant "Beta" sorts before "alpha" bytewise (upper case first), which pins the documented order.
@@ -29,8 +30,8 @@ const (
 )
 
 // DirectoryFixture is the content RunDirectory seeds.
-func DirectoryFixture() directory.Fixture {
-	return directory.Fixture{
+func DirectoryFixture() dirfixture.Fixture {
+	return dirfixture.Fixture{
 		Tenants: []directory.Tenant{
 			{ID: tenantAlpha, Name: "alpha", Status: directory.TenantStatusNormal},
 			{ID: tenantBeta, Name: "Beta", Status: directory.TenantStatusNormal},
@@ -50,7 +51,7 @@ func DirectoryFixture() directory.Fixture {
 			{ID: appArchived, TenantID: tenantArchived, Name: "Old", Mode: "completion", Status: directory.AppStatusNormal,
 				EnableAPI: true},
 		},
-		Joins: []directory.Join{
+		Joins: []dirfixture.Join{
 			{TenantID: tenantAlpha, AccountID: accountActive, Role: "owner", Current: true},
 			{TenantID: tenantBeta, AccountID: accountActive, Role: "normal"},
 			{TenantID: tenantArchived, AccountID: accountActive, Role: "admin"},
@@ -58,7 +59,7 @@ func DirectoryFixture() directory.Fixture {
 			{TenantID: tenantTwinB, AccountID: accountActive, Role: "normal"},
 			{TenantID: tenantAlpha, AccountID: accountBanned, Role: "normal", Current: true},
 		},
-		Integrates: []directory.Integrate{
+		Integrates: []dirfixture.Integrate{
 			{AccountID: accountActive, Provider: directory.ProviderGitHub, OpenID: "1001"},
 			{AccountID: accountBanned, Provider: directory.ProviderGitHub, OpenID: "1002"},
 			{AccountID: accountLonely, Provider: "google", OpenID: "1001"}, // the same id at another provider
@@ -69,7 +70,7 @@ func DirectoryFixture() directory.Fixture {
 }
 
 // RunDirectory runs the directory conformance suite. newDirectory must return a directory holding exactly f.
-func RunDirectory(t *testing.T, newDirectory func(t *testing.T, f directory.Fixture) directory.Directory) {
+func RunDirectory(t *testing.T, newDirectory func(t *testing.T, f dirfixture.Fixture) directory.Directory) {
 	d := newDirectory(t, DirectoryFixture())
 	ctx := context.Background()
 
