@@ -4,18 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-
-	"github.com/authgate/authgate/internal/audit"
-	"github.com/authgate/authgate/internal/directory"
-	"github.com/authgate/authgate/internal/ratelimit"
-	"github.com/authgate/authgate/internal/store/dirfixture"
-	"github.com/authgate/authgate/internal/store/postgres"
-	"github.com/authgate/authgate/internal/testenv"
-	"github.com/authgate/authgate/internal/tokencache"
-	"github.com/authgate/authgate/internal/tokens"
-	"github.com/golang-jwt/jwt/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/redis/go-redis/v9"
 	"io"
 	"log/slog"
 	"net/http"
@@ -25,6 +13,19 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/authgate/authgate/internal/audit"
+	"github.com/authgate/authgate/internal/directory"
+	"github.com/authgate/authgate/internal/ratelimit"
+	"github.com/authgate/authgate/internal/store/dirfixture"
+	"github.com/authgate/authgate/internal/store/postgres"
+	"github.com/authgate/authgate/internal/testenv"
+	"github.com/authgate/authgate/internal/tokencache"
+	"github.com/authgate/authgate/internal/tokens"
 )
 
 const flowSecret = "flow-test-secret-key"
