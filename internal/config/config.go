@@ -131,6 +131,7 @@ type Deviceflow struct {
 	ShutdownTimeout  time.Duration // SHUTDOWN_TIMEOUT
 	// TokenCacheTTL is extauthz's TOKEN_CACHE_TTL: revocation tombstones must outlive cached entries.
 	TokenCacheTTL time.Duration
+	GitHub        GitHub // GITHUB_*: sign-in with GitHub on the /device page
 }
 
 // LoadDeviceflow reads the deviceflow configuration. Warnings (clamped values) are for the caller to log. A SECRET_KEY
@@ -153,6 +154,7 @@ func LoadDeviceflow(lookup Lookup, opts ...LoadOption) (Deviceflow, []string, er
 		PruneEnabled:     r.Bool("ENABLE_CLEAN_OAUTH_ACCESS_TOKENS_TASK", true),
 		ShutdownTimeout:  r.Duration("SHUTDOWN_TIMEOUT", 20*time.Second),
 		TokenCacheTTL:    r.Duration("TOKEN_CACHE_TTL", 60*time.Second),
+		GitHub:           readGitHub(r),
 	}
 	return c, r.warnings, r.err
 }

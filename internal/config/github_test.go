@@ -1,0 +1,74 @@
+package config_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/authgate/authgate/internal/config"
+)
+
+func TestGitHubSignInIsOffByDefault(t *testing.T) {
+	c, _, err := config.LoadDeviceflow(env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := config.GitHub{OAuthURL: "https://github.com", APIURL: "https://api.github.com"}
+	if c.GitHub != want || c.GitHub.Enabled() {
+		t.Fatalf("GitHub = %+v (enabled %v), want %+v, off", c.GitHub, c.GitHub.Enabled(), want)
+	}
+}
+
+func TestGitHubSignInIsReadWithDifysNames(t *testing.T) {
+	c, _, err := config.LoadDeviceflow(env(map[string]string{
+		"GITHUB_CLIENT_ID":     " Ov23liAbCdEfGhIjKlMn ",
+		"GITHUB_CLIENT_SECRET": "0123456789abcdef0123456789abcdef01234567",
+		"GITHUB_OAUTH_URL":     "https://github.example.com/",
+		"GITHUB_API_URL":       "https://github.example.com/api/v3/",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := config.GitHub{ClientID: "Ov23liAbCdEfGhIjKlMn", ClientSecret: "0123456789abcdef0123456789abcdef01234567",
+		OAuthURL: "https://github.example.com", APIURL: "https://github.example.com/api/v3"}
+	if c.GitHub != want || !c.GitHub.Enabled() {
+		t.Fatalf("GitHub = %+v (enabled %v), want %+v, on", c.GitHub, c.GitHub.Enabled(), want)
+	}
+	// Empty values are unset, as for every variable: a Dify .env with GITHUB_CLIENT_ID= leaves it off.
+	c, _, err = config.LoadDeviceflow(env(map[string]string{"GITHUB_CLIENT_ID": "", "GITHUB_CLIENT_SECRET": " "}))
+	if err != nil || c.GitHub.Enabled() {
+		t.Fatalf("empty GITHUB_* = %+v, %v; want off", c.GitHub, err)
+	}
+}
+
+func TestGitHubSignInBadValuesNameTheirVariable(t *testing.T) {
+	const secret = "0123456789abcdef0123456789abcdef01234567"
+	cases := []struct {
+		vars    map[string]string
+		wantVar string
+	}{
+		{map[string]string{"GITHUB_CLIENT_ID": "Ov23liAbCdEfGhIjKlMn"}, "GITHUB_CLIENT_SECRET"},
+		{map[string]string{"GITHUB_CLIENT_SECRET": secret}, "GITHUB_CLIENT_ID"},
+		{map[string]string{"GITHUB_CLIENT_ID": "Ov23li AbCd", "GITHUB_CLIENT_SECRET": secret}, "GITHUB_CLIENT_ID"},
+		{map[string]string{"GITHUB_CLIENT_ID": "Ov23li", "GITHUB_CLIENT_SECRET": "s3cret\x00tail"}, "GITHUB_CLIENT_SECRET"},
+		{map[string]string{"GITHUB_CLIENT_ID": "Ov23li", "GITHUB_CLIENT_SECRET": "s3cret tail"}, "GITHUB_CLIENT_SECRET"},
+		{map[string]string{"GITHUB_OAUTH_URL": "github.com"}, "GITHUB_OAUTH_URL"},
+		{map[string]string{"GITHUB_API_URL": "ftp://api.github.com"}, "GITHUB_API_URL"},
+	}
+	for _, c := range cases {
+		_, _, err := config.LoadDeviceflow(env(c.vars))
+		if err == nil {
+			t.Errorf("%v: accepted", c.vars)
+			continue
+		}
+		wantVarError(t, err, c.wantVar)
+		for _, v := range []string{"s3cret", secret} {
+			if strings.Contains(err.Error(), v) {
+				t.Errorf("%v: the error quotes the client secret: %v", c.vars, err)
+			}
+		}
+	}
+	// extauthz has no GitHub sign-in and does not read these.
+	if _, _, err := config.LoadExtauthz(env(map[string]string{"GITHUB_CLIENT_ID": "Ov23li", "GITHUB_OAUTH_URL": "x"})); err != nil {
+		t.Fatalf("extauthz read GITHUB_*: %v", err)
+	}
+}
