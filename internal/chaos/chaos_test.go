@@ -6,7 +6,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"io"
 	"math/big"
 	"net/http"
 	"net/url"
@@ -20,7 +19,6 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
-	"github.com/golang-jwt/jwt/v5"
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -356,52 +354,18 @@ func (r *run) login(ctx context.Context, label string, pollDeadline time.Time) *
 }
 
 func (r *run) approve(ctx context.Context, userCode string) (int, []byte) {
-	exp := time.Now().Add(time.Hour).Unix()
-	passport := sign(jwt.MapClaims{"sub": "Console API Passport", "user_id": accountID, "exp": exp})
-	csrf := sign(jwt.MapClaims{"sub": accountID, "user_id": accountID, "exp": exp})
-	body := []byte(`{"user_code":"` + userCode + `"}`)
-	return r.do(ctx, http.MethodPost, "/openapi/v1/oauth/device/approve", "", strings.NewReader(string(body)),
-		map[string]string{"Content-Type": "application/json", "X-CSRF-Token": csrf,
-			"Cookie": "access_token=" + passport + "; csrf_token=" + csrf})
-}
-
-func sign(c jwt.MapClaims) string {
-	s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString([]byte(secretKey))
-	if err != nil {
-		panic(err)
-	}
-	return s
+	body, _ := json.Marshal(map[string]string{"user_code": userCode})
+	h := testenv.ConsoleSession(secretKey, accountID)
+	h["Content-Type"] = "application/json"
+	return testenv.Do(ctx, http.MethodPost, r.df+"/openapi/v1/oauth/device/approve", "", body, h)
 }
 
 func (r *run) post(ctx context.Context, path, ip string, form url.Values, headers map[string]string) (int, []byte) {
-	h := map[string]string{"Content-Type": "application/x-www-form-urlencoded", "X-Forwarded-For": ip}
+	h := map[string]string{"X-Forwarded-For": ip}
 	for k, v := range headers {
 		h[k] = v
 	}
-	return r.do(ctx, http.MethodPost, path, "", strings.NewReader(form.Encode()), h)
-}
-
-// do sends one request with a 5 s budget; status 0 means no answer at all.
-func (r *run) do(ctx context.Context, method, path, bearer string, body io.Reader, headers map[string]string) (int, []byte) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, method, r.df+path, body)
-	if err != nil {
-		return 0, nil
-	}
-	for k, v := range headers {
-		req.Header.Set(k, v)
-	}
-	if bearer != "" {
-		req.Header.Set("Authorization", "Bearer "+bearer)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, nil
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
-	return resp.StatusCode, b
+	return testenv.Do(ctx, http.MethodPost, r.df+path, "", form, h)
 }
 
 // pause paces the load generator (a client's poll interval, a worker's request rate); it is not how any outcome is awaited.
@@ -506,7 +470,7 @@ func (r *run) revokeLoop(ctx context.Context) {
 		if l == nil {
 			continue
 		}
-		st, _ := r.do(ctx, http.MethodDelete, "/openapi/v1/account/sessions/self", l.token, nil, nil)
+		st, _ := testenv.Do(ctx, http.MethodDelete, r.df+"/openapi/v1/account/sessions/self", l.token, nil, nil)
 		r.mu.Lock()
 		r.revokes[l.tokenID] = st
 		r.mu.Unlock()

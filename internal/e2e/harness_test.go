@@ -1,11 +1,9 @@
 package e2e_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -17,7 +15,6 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
-	"github.com/golang-jwt/jwt/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -229,7 +226,7 @@ type codeResponse struct {
 func (s *stack) tryLogin(ctx context.Context, codeAt, approveAt, pollAt *deviceflow, label string) (session, error) {
 	n := s.ip.Add(1)
 	ip := fmt.Sprintf("10.%d.%d.%d", n/65536%256, n/256%256, n%256)
-	st, body := do(ctx, http.MethodPost, codeAt.base+"/openapi/v1/oauth/device/code", "",
+	st, body := testenv.Do(ctx, http.MethodPost, codeAt.base+"/openapi/v1/oauth/device/code", "",
 		url.Values{"client_id": {"difyctl"}, "device_label": {label}}, map[string]string{"X-Forwarded-For": ip})
 	var code codeResponse
 	if st != http.StatusOK || json.Unmarshal(body, &code) != nil || code.UserCode == "" {
@@ -238,7 +235,7 @@ func (s *stack) tryLogin(ctx context.Context, codeAt, approveAt, pollAt *devicef
 	if st, body := approve(ctx, approveAt, code.UserCode); st != http.StatusOK {
 		return session{}, fmt.Errorf("approve: %d %s", st, body)
 	}
-	st, body = do(ctx, http.MethodPost, pollAt.base+"/openapi/v1/oauth/device/token", "", url.Values{
+	st, body = testenv.Do(ctx, http.MethodPost, pollAt.base+"/openapi/v1/oauth/device/token", "", url.Values{
 		"grant_type": {"urn:ietf:params:oauth:grant-type:device_code"}, "device_code": {code.DeviceCode},
 		"client_id": {"difyctl"}}, map[string]string{"X-Forwarded-For": ip})
 	var tok struct {
@@ -264,7 +261,7 @@ func (s *stack) login(codeAt, approveAt, pollAt *deviceflow, label string) sessi
 func (s *stack) requestCode(df *deviceflow, label string) {
 	s.t.Helper()
 	n := s.ip.Add(1)
-	st, body := do(context.Background(), http.MethodPost, df.base+"/openapi/v1/oauth/device/code", "",
+	st, body := testenv.Do(context.Background(), http.MethodPost, df.base+"/openapi/v1/oauth/device/code", "",
 		url.Values{"client_id": {"difyctl"}, "device_label": {label}},
 		map[string]string{"X-Forwarded-For": fmt.Sprintf("10.200.%d.%d", n/256%256, n%256)})
 	if st != http.StatusOK {
@@ -274,26 +271,16 @@ func (s *stack) requestCode(df *deviceflow, label string) {
 
 // approve approves a user code with a Dify console session of the fixture's account.
 func approve(ctx context.Context, df *deviceflow, userCode string) (int, []byte) {
-	exp := time.Now().Add(time.Hour).Unix()
-	passport := sign(jwt.MapClaims{"sub": "Console API Passport", "user_id": accountID, "exp": exp})
-	csrf := sign(jwt.MapClaims{"sub": accountID, "user_id": accountID, "exp": exp})
 	body, _ := json.Marshal(map[string]string{"user_code": userCode})
-	return do(ctx, http.MethodPost, df.base+"/openapi/v1/oauth/device/approve", "", body, map[string]string{
-		"Content-Type": "application/json", "X-CSRF-Token": csrf, "Cookie": "access_token=" + passport + "; csrf_token=" + csrf})
-}
-
-func sign(c jwt.MapClaims) string {
-	s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString([]byte(secretKey))
-	if err != nil {
-		panic(err)
-	}
-	return s
+	h := testenv.ConsoleSession(secretKey, accountID)
+	h["Content-Type"] = "application/json"
+	return testenv.Do(ctx, http.MethodPost, df.base+"/openapi/v1/oauth/device/approve", "", body, h)
 }
 
 // sessionIDs lists the caller's live sessions through GET /account/sessions: their ids, and the one marked current.
 func sessionIDs(t *testing.T, df *deviceflow, token string) (ids []string, current string) {
 	t.Helper()
-	st, body := do(context.Background(), http.MethodGet, df.base+"/openapi/v1/account/sessions", token, nil, nil)
+	st, body := testenv.Do(context.Background(), http.MethodGet, df.base+"/openapi/v1/account/sessions", token, nil, nil)
 	if st != http.StatusOK {
 		t.Fatalf("GET /account/sessions: %d %s", st, body)
 	}
@@ -313,39 +300,6 @@ func sessionIDs(t *testing.T, df *deviceflow, token string) (ids []string, curre
 		}
 	}
 	return ids, current
-}
-
-// do sends one request with a 5 s budget; a url.Values body is sent as a form, []byte as is. Status 0: no answer.
-func do(ctx context.Context, method, target, bearer string, body any, headers map[string]string) (int, []byte) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	var r io.Reader
-	switch b := body.(type) {
-	case url.Values:
-		r = strings.NewReader(b.Encode())
-	case []byte:
-		r = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, target, r)
-	if err != nil {
-		return 0, nil
-	}
-	if _, ok := body.(url.Values); ok {
-		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	}
-	for k, v := range headers {
-		req.Header.Set(k, v)
-	}
-	if bearer != "" {
-		req.Header.Set("Authorization", "Bearer "+bearer)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, nil
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
-	return resp.StatusCode, b
 }
 
 // --- retention -------------------------------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ func TestTwoReplicasOfEachService(t *testing.T) {
 			t.Fatalf("replica %d: the second device's token: %d", i, st)
 		}
 	}
-	if st, body := do(t.Context(), http.MethodDelete, df2.base+"/openapi/v1/account/sessions/self", ci.token, nil,
+	if st, body := testenv.Do(t.Context(), http.MethodDelete, df2.base+"/openapi/v1/account/sessions/self", ci.token, nil,
 		nil); st != http.StatusNoContent {
 		t.Fatalf("DELETE /account/sessions/self through df2: %d %s", st, body)
 	}
@@ -66,7 +66,7 @@ func TestTwoReplicasOfEachService(t *testing.T) {
 			t.Fatalf("replica %d allowed the revoked token again: %d", i, st)
 		}
 	}
-	if st, _ := do(t.Context(), http.MethodGet, df1.base+"/openapi/v1/account/sessions", ci.token, nil, nil); st !=
+	if st, _ := testenv.Do(t.Context(), http.MethodGet, df1.base+"/openapi/v1/account/sessions", ci.token, nil, nil); st !=
 		http.StatusUnauthorized {
 		t.Fatalf("the revoked token still lists sessions through df1: %d", st)
 	}

@@ -54,7 +54,7 @@ func TestDeviceLoginOnRedisCluster(t *testing.T) {
 			t.Fatalf("replica %d: the ci token before its revocation: %d", i, st)
 		}
 	}
-	if st, body := do(t.Context(), http.MethodDelete, df2.base+"/openapi/v1/account/sessions/"+ci.id, ada.token, nil,
+	if st, body := testenv.Do(t.Context(), http.MethodDelete, df2.base+"/openapi/v1/account/sessions/"+ci.id, ada.token, nil,
 		nil); st != http.StatusNoContent {
 		t.Fatalf("DELETE /account/sessions/{ci} with the laptop's token: %d %s", st, body)
 	}
@@ -68,11 +68,11 @@ func TestDeviceLoginOnRedisCluster(t *testing.T) {
 	}
 
 	// Then signs the laptop itself out.
-	if st, body := do(t.Context(), http.MethodDelete, df1.base+"/openapi/v1/account/sessions/self", ada.token, nil,
+	if st, body := testenv.Do(t.Context(), http.MethodDelete, df1.base+"/openapi/v1/account/sessions/self", ada.token, nil,
 		nil); st != http.StatusNoContent {
 		t.Fatalf("DELETE /account/sessions/self: %d %s", st, body)
 	}
-	if st, _ := do(t.Context(), http.MethodGet, df2.base+"/openapi/v1/account/sessions", ada.token, nil, nil); st !=
+	if st, _ := testenv.Do(t.Context(), http.MethodGet, df2.base+"/openapi/v1/account/sessions", ada.token, nil, nil); st !=
 		http.StatusUnauthorized {
 		t.Fatalf("the self-revoked token still lists sessions: %d", st)
 	}
@@ -125,7 +125,7 @@ func TestSentinelFailoverUnderLoad(t *testing.T) {
 	spendBudget(t, ada.token, ext1, ext2)
 	keep := s.login(df, df, df, "desktop")
 	ci := s.login(df, df, df, "ci")
-	if st, body := do(t.Context(), http.MethodDelete, df.base+"/openapi/v1/account/sessions/self", ci.token, nil,
+	if st, body := testenv.Do(t.Context(), http.MethodDelete, df.base+"/openapi/v1/account/sessions/self", ci.token, nil,
 		nil); st != http.StatusNoContent {
 		t.Fatalf("DELETE /account/sessions/self: %d %s", st, body)
 	}
