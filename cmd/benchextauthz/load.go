@@ -49,15 +49,40 @@ func closeConns(conns []*grpc.ClientConn) {
 	}
 }
 
-// roundResult is one measured window against one server.
-type roundResult struct {
-	server    string
-	elapsed   time.Duration
-	latencies []int64 // nanoseconds, sorted
+// answers tallies Checks: how long each took and what was answered.
+type answers struct {
+	latencies []int64 // nanoseconds; sorted once merged
 	allows    int
 	expected  map[int64]int  // expected denies by rpc code
 	denies    map[string]int // denies that are not a correct answer, described
 	errors    map[string]int
+}
+
+func newAnswers(capacity int) answers {
+	return answers{latencies: make([]int64, 0, capacity), expected: map[int64]int{}, denies: map[string]int{},
+		errors: map[string]int{}}
+}
+
+// merge adds b's Checks to a's; the caller sorts the latencies when it has merged them all.
+func (a *answers) merge(b answers) {
+	a.latencies = append(a.latencies, b.latencies...)
+	a.allows += b.allows
+	for k, v := range b.expected {
+		a.expected[k] += v
+	}
+	for k, v := range b.denies {
+		a.denies[k] += v
+	}
+	for k, v := range b.errors {
+		a.errors[k] += v
+	}
+}
+
+// roundResult is one measured window against one server.
+type roundResult struct {
+	server  string
+	elapsed time.Duration
+	answers
 	// CPU used during the measured window by the server process, the load generator, and the whole Redis server.
 	serverCPU, clientCPU, redisCPU time.Duration
 }
@@ -66,13 +91,7 @@ func (r *roundResult) completed() int { return len(r.latencies) }
 func (r *roundResult) rps() float64   { return float64(r.completed()) / r.elapsed.Seconds() }
 
 // worker state for one round.
-type worker struct {
-	latencies []int64
-	allows    int
-	expected  map[int64]int
-	denies    map[string]int
-	errors    map[string]int
-}
+type worker struct{ answers }
 
 // round runs o.warmup of unmeasured load, then measures o.duration: only Checks that start (or are due) and end inside the
 // window count. With rate 0 the loop is closed: each worker sends its next Check as soon as the last is answered.
@@ -92,8 +111,7 @@ func (b *bench) round(ctx context.Context, t target, reqs []request, rate float6
 	expected := int(o.duration.Seconds()*60_000)/o.concurrency + 1024
 	var wg sync.WaitGroup
 	for i := range workers {
-		w := &worker{latencies: make([]int64, 0, expected), expected: map[int64]int{}, denies: map[string]int{},
-			errors: map[string]int{}}
+		w := &worker{newAnswers(expected)}
 		workers[i] = w
 		conn := t.conns[i%len(t.conns)]
 		next := i * len(reqs) / o.concurrency // workers walk the requests from spread-out offsets
@@ -169,20 +187,9 @@ func (b *bench) round(ctx context.Context, t target, reqs []request, rate float6
 		return nil, &insaneError{fmt.Sprintf("%s: Checks still unanswered 10 s after the round ended", t.name)}
 	}
 
-	r := &roundResult{server: t.name, elapsed: o.duration, expected: map[int64]int{}, denies: map[string]int{},
-		errors: map[string]int{}}
+	r := &roundResult{server: t.name, elapsed: o.duration, answers: newAnswers(0)}
 	for _, w := range workers {
-		r.latencies = append(r.latencies, w.latencies...)
-		r.allows += w.allows
-		for k, v := range w.expected {
-			r.expected[k] += v
-		}
-		for k, v := range w.denies {
-			r.denies[k] += v
-		}
-		for k, v := range w.errors {
-			r.errors[k] += v
-		}
+		r.merge(w.answers)
 	}
 	slices.Sort(r.latencies)
 	r.serverCPU, r.clientCPU, r.redisCPU = after.server-before.server, after.client-before.client, after.redis-before.redis

@@ -25,35 +25,22 @@ func (r *results) add(rr *roundResult) { r.rounds = append(r.rounds, rr) }
 type serverTotals struct {
 	requests                       int
 	elapsed                        time.Duration
-	latencies                      []int64
 	serverCPU, clientCPU, redisCPU time.Duration
-	allows                         int
-	expected                       map[int64]int
-	denies, errors                 map[string]int
+	answers
 }
 
 func (r *results) totals(server string) serverTotals {
-	t := serverTotals{expected: map[int64]int{}, denies: map[string]int{}, errors: map[string]int{}}
+	t := serverTotals{answers: newAnswers(0)}
 	for _, rr := range r.rounds {
 		if rr.server != server {
 			continue
 		}
 		t.requests += rr.completed()
 		t.elapsed += rr.elapsed
-		t.latencies = append(t.latencies, rr.latencies...)
 		t.serverCPU += rr.serverCPU
 		t.clientCPU += rr.clientCPU
 		t.redisCPU += rr.redisCPU
-		t.allows += rr.allows
-		for k, v := range rr.expected {
-			t.expected[k] += v
-		}
-		for k, v := range rr.denies {
-			t.denies[k] += v
-		}
-		for k, v := range rr.errors {
-			t.errors[k] += v
-		}
+		t.merge(rr.answers)
 	}
 	slices.Sort(t.latencies)
 	return t
@@ -179,7 +166,7 @@ func (r *results) sanity(label string, servers []string) error {
 	return nil
 }
 
-// aim is one of the targets for one workload and server.
+// aim is one of the performance targets for one workload and server.
 type aim struct {
 	workload, server, what string
 	met                    func(row) bool
@@ -205,7 +192,7 @@ func p99Abs(x row) string  { return fmtDur(x.p99) }
 
 // printAims lists each target whose workload and server were measured in this run.
 func printAims(w io.Writer, rows []row) {
-	fmt.Fprintf(w, "\nthe issue's targets (this run, this machine):\n")
+	fmt.Fprintf(w, "\nperformance targets (this run, this machine):\n")
 	for _, a := range aims {
 		for _, x := range rows {
 			if x.workload == a.workload && x.server == a.server {
