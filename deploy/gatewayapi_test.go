@@ -17,7 +17,9 @@ import (
 	"google.golang.org/protobuf/proto"
 	meshv1alpha1 "istio.io/api/mesh/v1alpha1"
 	networkingistio "istio.io/api/networking/v1"
+	networkingv1alpha3 "istio.io/api/networking/v1alpha3"
 	securityv1 "istio.io/api/security/v1"
+	typev1beta1 "istio.io/api/type/v1beta1"
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	batchv1 "k8s.io/api/batch/v1"
@@ -153,7 +155,7 @@ func renderGatewayAPIAt(t *testing.T, dir string) *gatewayAPIManifests {
 			decodeStrictInto(t, name, y, m.backendTrafficPolicies)
 		case "gateway.envoyproxy.io/v1alpha1/EnvoyProxy":
 			decodeStrictInto(t, name, y, m.envoyProxies)
-		case "security.istio.io/v1/AuthorizationPolicy", "networking.istio.io/v1/DestinationRule":
+		case "security.istio.io/v1/AuthorizationPolicy", "networking.istio.io/v1/DestinationRule", "networking.istio.io/v1alpha3/EnvoyFilter":
 			var o istioObject
 			strictYAML(t, name, y, &o)
 			decodeIstioSpec(t, name, o)
@@ -221,7 +223,7 @@ func (m *gatewayAPIManifests) istioResource(t *testing.T, kind string) (istioObj
 func TestGatewayAPIOverlaysRender(t *testing.T) {
 	want := map[string][]string{
 		envoyGatewayDir: {"SecurityPolicy", "ClientTrafficPolicy", "BackendTrafficPolicy", "EnvoyProxy"},
-		istioGatewayDir: {"AuthorizationPolicy", "DestinationRule"},
+		istioGatewayDir: {"AuthorizationPolicy", "EnvoyFilter", "DestinationRule"},
 	}
 	for _, dir := range gatewayAPIDirs {
 		t.Run(dir, func(t *testing.T) {
@@ -350,15 +352,22 @@ func checkGatewayAPIReferences(t *testing.T, m *gatewayAPIManifests) {
 			t.Errorf("Gateway %s: parametersRef %v is not an EnvoyProxy in its namespace", g.Name, p)
 		}
 	}
+	// The Istio policies that attach to the Gateway: the CUSTOM AuthorizationPolicy, and the EnvoyFilter that strips
+	// client-sent identity headers.
 	for _, o := range m.istio {
-		if o.Kind != "AuthorizationPolicy" {
+		var refs []*typev1beta1.PolicyTargetReference
+		switch spec := decodeIstioSpec(t, o.Kind, o).(type) {
+		case *securityv1.AuthorizationPolicy:
+			refs = spec.GetTargetRefs()
+		case *networkingv1alpha3.EnvoyFilter:
+			refs = spec.GetTargetRefs()
+		default:
 			continue
 		}
-		ap := decodeIstioSpec(t, o.Kind, o).(*securityv1.AuthorizationPolicy)
-		for _, ref := range ap.GetTargetRefs() {
+		for _, ref := range refs {
 			ns := cmpOr(ref.GetNamespace(), o.Metadata.Namespace)
 			if ref.GetGroup() != gatewayGroup || ref.GetKind() != "Gateway" || ref.GetName() != g.Name || ns != g.Namespace || o.Metadata.Namespace != ns {
-				t.Errorf("AuthorizationPolicy %s: target %v is not the Gateway %s/%s in the policy's namespace", o.Metadata.Name, ref, g.Namespace, g.Name)
+				t.Errorf("%s %s: target %v is not the Gateway %s/%s in the policy's namespace", o.Kind, o.Metadata.Name, ref, g.Namespace, g.Name)
 			}
 		}
 	}
@@ -931,21 +940,30 @@ func TestEnvoyGatewayEdgeSettings(t *testing.T) {
 		}
 		return false
 	}
-	for _, name := range append(slices.Clone(authgateHeaders), "x-authgate-future-header", "X-Authgate-Account-Id") {
-		if !removed(name) {
-			t.Errorf("%s sent by a client is not removed before ext auth", name)
+	// A header name with an underscore never gets past Envoy's codec unless withUnderscoresAction is Allow (Envoy Gateway's
+	// default rejects the request); a WSGI upstream such as Dify's would read x_authgate_account_id as x-authgate-account-id.
+	underscores := derefOr(h.WithUnderscoresAction, egv1a1.WithUnderscoresActionRejectRequest)
+	delivered := func(header string) bool {
+		if strings.Contains(header, "_") && underscores != egv1a1.WithUnderscoresActionAllow {
+			return false
+		}
+		return !removed(header)
+	}
+	for _, h := range append(slices.Clone(authgateHeaders), "x-authgate-future-header") {
+		snake := strings.ReplaceAll(h, "-", "_")
+		for _, variant := range []string{h, strings.ToUpper(h), snake, strings.ToUpper(snake)} {
+			if delivered(variant) {
+				t.Errorf("%s sent by a client reaches ext auth and the upstream (withUnderscoresAction %s)", variant, underscores)
+			}
 		}
 	}
 	for _, name := range append(slices.Clone(checkInputHeaders), "cookie") {
-		if removed(name) {
+		if !delivered(name) {
 			t.Errorf("%s is removed but must reach extauthz and the upstream", name)
 		}
 	}
 	if len(early.Set) > 0 || len(early.Add) > 0 || len(early.AddIfAbsent) > 0 {
 		t.Error("earlyRequestHeaders should only remove: a header set here reaches extauthz as if the client sent it")
-	}
-	if a := derefOr(h.WithUnderscoresAction, egv1a1.WithUnderscoresActionRejectRequest); a == egv1a1.WithUnderscoresActionAllow {
-		t.Error("withUnderscoresAction Allow: a WSGI upstream reads x_authgate_account_id as x-authgate-account-id")
 	}
 	if ctp.Spec.Path == nil {
 		t.Fatal("want explicit path settings")
@@ -1098,6 +1116,36 @@ func TestGatewayAPIIstioDestinationRuleIsTheMeshOne(t *testing.T) {
 	svc := m.services["extauthz"]
 	if host := got.(*networkingistio.DestinationRule).GetHost(); host != svc.Name+"."+svc.Namespace+".svc.cluster.local" {
 		t.Errorf("host %s is not the extauthz Service", host)
+	}
+}
+
+// TestGatewayAPIIstioEnvoyFilterIsTheMeshOne: the Gateway's EnvoyFilter patches its gateway as envoy/istio/envoyfilter.yaml
+// patches the ingress gateway, and attaches to the Gateway (TestIstioStripsIdentityHeadersBeforeExtAuthz checks what it does
+// and that it selects the CUSTOM policy's pods).
+func TestGatewayAPIIstioEnvoyFilterIsTheMeshOne(t *testing.T) {
+	m := renderGatewayAPI(t, istioGatewayDir)
+	o, spec := m.istioResource(t, "EnvoyFilter")
+	got := spec.(*networkingv1alpha3.EnvoyFilter)
+	var shipped istioObject
+	strictYAML(t, "envoy/istio/envoyfilter.yaml", repoFile(t, "envoy/istio/envoyfilter.yaml"), &shipped)
+	want := decodeIstioSpec(t, "envoy/istio/envoyfilter.yaml", shipped).(*networkingv1alpha3.EnvoyFilter)
+	if len(got.GetConfigPatches()) != len(want.GetConfigPatches()) {
+		t.Fatalf("%d patches, envoy/istio/envoyfilter.yaml has %d", len(got.GetConfigPatches()), len(want.GetConfigPatches()))
+	}
+	for i := range want.GetConfigPatches() {
+		if !proto.Equal(got.GetConfigPatches()[i], want.GetConfigPatches()[i]) {
+			t.Errorf("patch %d differs from envoy/istio/envoyfilter.yaml's:\n%v\n%v", i, got.GetConfigPatches()[i], want.GetConfigPatches()[i])
+		}
+	}
+	if o.Metadata.Name != shipped.Metadata.Name || got.GetPriority() != want.GetPriority() {
+		t.Errorf("name %s, priority %d: want envoy/istio/envoyfilter.yaml's %s, %d", o.Metadata.Name, got.GetPriority(),
+			shipped.Metadata.Name, want.GetPriority())
+	}
+	g := m.theGateway(t)
+	refs := got.GetTargetRefs()
+	if got.GetWorkloadSelector() != nil || len(refs) != 1 || refs[0].GetGroup() != gatewayGroup || refs[0].GetKind() != "Gateway" ||
+		refs[0].GetName() != g.Name || o.Metadata.Namespace != g.Namespace {
+		t.Errorf("the EnvoyFilter must apply through targetRefs to the Gateway %s/%s, from its namespace; got %v in %s", g.Namespace, g.Name, refs, o.Metadata.Namespace)
 	}
 }
 

@@ -19,6 +19,7 @@ import (
 	networkingv1 "istio.io/api/networking/v1"
 	networkingv1alpha3 "istio.io/api/networking/v1alpha3"
 	securityv1 "istio.io/api/security/v1"
+	typev1beta1 "istio.io/api/type/v1beta1"
 )
 
 const extauthzProvider = "authgate-extauthz"
@@ -49,14 +50,71 @@ func decodeIstioSpec(t *testing.T, name string, o istioObject) proto.Message {
 // istioResource reads the one resource of a kind from envoy/istio/ as the istio overlay renders it.
 func istioResource[T proto.Message](t *testing.T, kind string) (istioObject, T) {
 	t.Helper()
-	for _, o := range render(t, "overlays/istio").istio {
+	return istioResourceIn[T](t, istioDir, kind)
+}
+
+// istioDir is the overlay for Istio's classic ingress gateway; istioGatewayDir is Istio on the Gateway API.
+const istioDir = "overlays/istio"
+
+// istioResourceIn reads the one Istio resource of a kind that an Istio overlay (istioDir or istioGatewayDir) renders.
+func istioResourceIn[T proto.Message](t *testing.T, dir, kind string) (istioObject, T) {
+	t.Helper()
+	var objs []istioObject
+	if dir == istioGatewayDir {
+		objs = renderGatewayAPI(t, dir).istio
+	} else {
+		objs = render(t, dir).istio
+	}
+	var found []istioObject
+	for _, o := range objs {
 		if o.Kind == kind {
-			return o, decodeIstioSpec(t, kind, o).(T)
+			found = append(found, o)
 		}
 	}
-	t.Fatalf("overlays/istio renders no %s", kind)
-	var zero T
-	return istioObject{}, zero
+	if len(found) != 1 {
+		var zero T
+		t.Fatalf("%s: want one %s, got %d", dir, kind, len(found))
+		return istioObject{}, zero
+	}
+	spec, ok := decodeIstioSpec(t, kind, found[0]).(T)
+	if !ok {
+		t.Fatalf("%s: %s does not decode into %T", dir, kind, spec)
+	}
+	return found[0], spec
+}
+
+// istioSelection is which proxies an Istio policy applies to: its namespace, and either workload labels or targetRefs (each
+// as group/kind/namespace/name, the namespace defaulting to the policy's).
+type istioSelection struct {
+	namespace string
+	labels    map[string]string
+	refs      []string
+}
+
+func newIstioSelection(o istioObject, labels map[string]string, refs []*typev1beta1.PolicyTargetReference) istioSelection {
+	sel := istioSelection{namespace: o.Metadata.Namespace, labels: labels}
+	for _, r := range refs {
+		sel.refs = append(sel.refs, strings.Join([]string{r.GetGroup(), r.GetKind(), cmpOr(r.GetNamespace(), o.Metadata.Namespace), r.GetName()}, "/"))
+	}
+	slices.Sort(sel.refs)
+	return sel
+}
+
+// authorizationPolicySelection is what an AuthorizationPolicy applies to; targetRef is the deprecated single form.
+func authorizationPolicySelection(o istioObject, ap *securityv1.AuthorizationPolicy) istioSelection {
+	refs := ap.GetTargetRefs()
+	if ap.GetTargetRef() != nil {
+		refs = append(slices.Clone(refs), ap.GetTargetRef())
+	}
+	return newIstioSelection(o, ap.GetSelector().GetMatchLabels(), refs)
+}
+
+func envoyFilterSelection(o istioObject, ef *networkingv1alpha3.EnvoyFilter) istioSelection {
+	return newIstioSelection(o, ef.GetWorkloadSelector().GetLabels(), ef.GetTargetRefs())
+}
+
+func (s istioSelection) equal(o istioSelection) bool {
+	return s.namespace == o.namespace && maps.Equal(s.labels, o.labels) && slices.Equal(s.refs, o.refs)
 }
 
 func TestIstioMeshConfigFailsClosed(t *testing.T) {
@@ -387,16 +445,36 @@ func TestIstioChecksEncodedPaths(t *testing.T) {
 	}
 }
 
-// TestIstioStripsIdentityHeadersBeforeExtAuthz: the EnvoyFilter puts a header_mutation filter first in the ingress gateway's
-// HTTP filter chain, on every listener, so no x-authgate-* (or x_authgate_*) header a client sends reaches Dify by any route:
-// the checked ones (before ext_authz sets the identity) and any route of the host that is not checked.
+// TestIstioStripsIdentityHeadersBeforeExtAuthz: in both Istio overlays, the EnvoyFilter puts a header_mutation filter first
+// in the gateway's HTTP filter chain, on every listener, so no x-authgate-* (or x_authgate_*) header a client sends reaches Dify
+// by any route: the checked ones (before ext_authz sets the identity) and any route of the host that is not checked. It applies
+// to exactly the gateway pods the CUSTOM policy does.
 func TestIstioStripsIdentityHeadersBeforeExtAuthz(t *testing.T) {
-	o, ef := istioResource[*networkingv1alpha3.EnvoyFilter](t, "EnvoyFilter")
-	apo, ap := istioResource[*securityv1.AuthorizationPolicy](t, "AuthorizationPolicy")
-	if o.Metadata.Namespace != apo.Metadata.Namespace || !maps.Equal(ef.GetWorkloadSelector().GetLabels(), ap.GetSelector().GetMatchLabels()) {
-		t.Errorf("the EnvoyFilter selects %s %v, the CUSTOM policy's gateway is %s %v", o.Metadata.Namespace,
-			ef.GetWorkloadSelector().GetLabels(), apo.Metadata.Namespace, ap.GetSelector().GetMatchLabels())
+	for _, dir := range []string{istioDir, istioGatewayDir} {
+		t.Run(dir, func(t *testing.T) {
+			o, ef := istioResourceIn[*networkingv1alpha3.EnvoyFilter](t, dir, "EnvoyFilter")
+			apo, ap := istioResourceIn[*securityv1.AuthorizationPolicy](t, dir, "AuthorizationPolicy")
+			if ap.GetAction() != securityv1.AuthorizationPolicy_CUSTOM {
+				t.Fatalf("the AuthorizationPolicy's action is %v, want CUSTOM", ap.GetAction())
+			}
+			efSel, apSel := envoyFilterSelection(o, ef), authorizationPolicySelection(apo, ap)
+			if !efSel.equal(apSel) {
+				t.Errorf("the EnvoyFilter selects %+v, the CUSTOM policy applies to %+v", efSel, apSel)
+			}
+			// Either form, never both (Istio rejects both), never neither: without one the filter applies to every proxy of
+			// its namespace, or of the mesh from the root namespace.
+			if (len(efSel.labels) > 0) == (len(efSel.refs) > 0) {
+				t.Errorf("the EnvoyFilter must select by exactly one of workloadSelector and targetRefs: %+v", efSel)
+			}
+			checkStripPatch(t, ef)
+		})
 	}
+}
+
+// checkStripPatch checks an EnvoyFilter that must remove every client-sent identity header first thing on every gateway
+// listener, and nothing extauthz or the upstream reads.
+func checkStripPatch(t *testing.T, ef *networkingv1alpha3.EnvoyFilter) {
+	t.Helper()
 	if len(ef.GetConfigPatches()) != 1 {
 		t.Fatalf("want one patch, got %d", len(ef.GetConfigPatches()))
 	}
@@ -435,7 +513,7 @@ func TestIstioStripsIdentityHeadersBeforeExtAuthz(t *testing.T) {
 		return false
 	}
 	for _, h := range authgateHeaders {
-		for _, variant := range []string{h, strings.ReplaceAll(h, "-", "_"), strings.ToUpper(h)} {
+		for _, variant := range []string{h, strings.ReplaceAll(h, "-", "_"), strings.ToUpper(h), strings.ToUpper(strings.ReplaceAll(h, "-", "_"))} {
 			if !removed(variant) {
 				t.Errorf("%s sent by a client is not removed", variant)
 			}
