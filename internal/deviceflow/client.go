@@ -50,13 +50,16 @@ func basicAuth(r *http.Request) (user, secret string, ok bool) {
 	return user, secret, true
 }
 
-// knownClient requires a client id from OPENAPI_KNOWN_CLIENT_IDS.
-func (s *Server) knownClient(c clientAuth) *apiError {
-	if c.ID == "" {
-		return errorf(http.StatusBadRequest, codeInvalidClient, "client_id is required")
+// knownClient reads the client as clientFrom does and requires its id to be one of OPENAPI_KNOWN_CLIENT_IDS.
+func (s *Server) knownClient(r *http.Request, p params) (clientAuth, *apiError) {
+	c, apiErr := clientFrom(r, p)
+	switch {
+	case apiErr != nil:
+		return clientAuth{}, apiErr
+	case c.ID == "":
+		return clientAuth{}, errorf(http.StatusBadRequest, codeInvalidClient, "client_id is required")
+	case !s.clients[c.ID]:
+		return clientAuth{}, errorf(http.StatusBadRequest, codeInvalidClient, "unknown client_id")
 	}
-	if !s.clients[c.ID] {
-		return errorf(http.StatusBadRequest, codeInvalidClient, "unknown client_id")
-	}
-	return nil
+	return c, nil
 }

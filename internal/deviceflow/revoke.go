@@ -102,11 +102,8 @@ func (s *Server) handleRevoke(w http.ResponseWriter, r *http.Request) error {
 	if apiErr != nil {
 		return apiErr
 	}
-	client, apiErr := clientFrom(r, p)
+	client, apiErr := s.knownClient(r, p)
 	if apiErr != nil {
-		return apiErr
-	}
-	if apiErr := s.knownClient(client); apiErr != nil {
 		return apiErr
 	}
 	raw, apiErr := p.str("token")

@@ -191,20 +191,14 @@ func (s *Server) handleSSOComplete(w http.ResponseWriter, r *http.Request) error
 	if !ok {
 		return errorf(http.StatusConflict, codeUserCodeNotPending, "the code is not waiting for approval")
 	}
-	a, err := s.state.LookupPending(ctx, userCode, s.now())
-	if err != nil {
-		return notPendingError(err)
-	}
 	subject := tokens.ExternalSubject(assertion.Email, assertion.Issuer)
-	isAccount, err := s.isDifyAccountEmail(ctx, subject.Email)
-	if err != nil {
-		return err
-	}
-	if isAccount {
-		s.auditExternalRejected(r, a, subject, codeEmailIsDifyAccount)
+	switch err := s.pendingForExternal(r, userCode, subject); {
+	case errors.Is(err, errEmailIsDifyAccount):
 		noStore(w)
 		http.Redirect(w, r, s.pageURL("sso_error", codeEmailIsDifyAccount), http.StatusFound)
 		return nil
+	case err != nil:
+		return err
 	}
 	value, _, err := s.envelopes().signGrant(s.cfg.ConsoleAPIURL, subject.Email, subject.Issuer, userCode)
 	if err != nil {
@@ -318,18 +312,12 @@ func (s *Server) resolveExternal(w http.ResponseWriter, r *http.Request, to Stat
 	if userCode, ok := normalizeUserCode(raw); !ok || userCode != g.UserCode {
 		return errorf(http.StatusBadRequest, codeUserCodeMismatch, "user_code is not the code this SSO session was started for")
 	}
-	a, err := s.state.LookupPending(ctx, g.UserCode, s.now())
-	if err != nil {
-		return notPendingError(err)
-	}
 	subject := tokens.ExternalSubject(g.SubjectEmail, g.SubjectIssuer)
-	isAccount, err := s.isDifyAccountEmail(ctx, subject.Email)
-	if err != nil {
-		return err
-	}
-	if isAccount {
-		s.auditExternalRejected(r, a, subject, codeEmailIsDifyAccount)
+	switch err := s.pendingForExternal(r, g.UserCode, subject); {
+	case errors.Is(err, errEmailIsDifyAccount):
 		return errorf(http.StatusForbidden, codeEmailIsDifyAccount, "this email belongs to a Dify account; sign in with it instead")
+	case err != nil:
+		return err
 	}
 	first, err := s.nonces().consume(ctx, grantNonceKeyPrefix, g.Nonce, g.expiry())
 	if err != nil {
@@ -357,6 +345,29 @@ func (s *Server) resolveExternal(w http.ResponseWriter, r *http.Request, to Stat
 	writeJSON(w, http.StatusOK, struct {
 		Status Status `json:"status"`
 	}{to})
+	return nil
+}
+
+// errEmailIsDifyAccount: pendingForExternal refused (and audited) an external subject with a Dify account's email; each
+// step answers it in its own way.
+var errEmailIsDifyAccount = errors.New("the email belongs to a Dify account")
+
+// pendingForExternal is the rule both SSO steps (sso-complete, approve/deny-external) apply to the code an external subject
+// resolves: it must still be pending, and the subject's email must not be a Dify account's (errEmailIsDifyAccount, audited
+// as a rejected flow).
+func (s *Server) pendingForExternal(r *http.Request, userCode string, subject tokens.Subject) error {
+	a, err := s.state.LookupPending(r.Context(), userCode, s.now())
+	if err != nil {
+		return notPendingError(err)
+	}
+	isAccount, err := s.isDifyAccountEmail(r.Context(), subject.Email)
+	if err != nil {
+		return err
+	}
+	if isAccount {
+		s.auditExternalRejected(r, a, subject, codeEmailIsDifyAccount)
+		return errEmailIsDifyAccount
+	}
 	return nil
 }
 
