@@ -219,43 +219,37 @@ type workspaceDetail struct {
 
 // listWorkspaces answers GET /workspaces: the caller's workspaces (the directory lists only normal ones).
 func (a *demoAPI) listWorkspaces(w http.ResponseWriter, r *http.Request) {
-	id, ok := caller(w, r)
-	if !ok {
-		return
+	if _, list, ok := a.callerWorkspaces(w, r); ok {
+		writeJSON(w, http.StatusOK, map[string][]workspaceSummary{"workspaces": list})
 	}
-	list, err := a.workspacesOf(r.Context(), id)
-	if err != nil {
-		a.failed(w, r, "workspaces", err)
-		return
-	}
-	writeJSON(w, http.StatusOK, map[string][]workspaceSummary{"workspaces": list})
 }
 
-func (a *demoAPI) workspacesOf(ctx context.Context, id identity) ([]workspaceSummary, error) {
+// callerWorkspaces is the caller and its workspaces; when ok is false the answer has been written.
+func (a *demoAPI) callerWorkspaces(w http.ResponseWriter, r *http.Request) (identity, []workspaceSummary, bool) {
+	id, ok := caller(w, r)
+	if !ok {
+		return identity{}, nil, false
+	}
 	out := []workspaceSummary{}
 	if id.accountID == "" { // an external SSO subject has no workspaces, as in Dify
-		return out, nil
+		return id, out, true
 	}
-	list, err := a.dir.Workspaces(ctx, id.accountID)
+	list, err := a.dir.Workspaces(r.Context(), id.accountID)
 	if err != nil {
-		return nil, err
+		a.failed(w, r, "workspaces", err)
+		return identity{}, nil, false
 	}
 	for _, ws := range list {
 		out = append(out, workspaceSummary{ID: ws.ID, Name: ws.Name, Role: ws.Role, Status: directory.TenantStatusNormal,
 			Current: ws.Current})
 	}
-	return out, nil
+	return id, out, true
 }
 
 // getWorkspace answers GET /workspaces/{workspace_id} for the workspace extauthz verified.
 func (a *demoAPI) getWorkspace(w http.ResponseWriter, r *http.Request) {
-	id, ok := caller(w, r)
+	id, list, ok := a.callerWorkspaces(w, r)
 	if !ok {
-		return
-	}
-	list, err := a.workspacesOf(r.Context(), id)
-	if err != nil {
-		a.failed(w, r, "workspaces", err)
 		return
 	}
 	i := slices.IndexFunc(list, func(ws workspaceSummary) bool { return id.tenantID != "" && ws.ID == id.tenantID })
