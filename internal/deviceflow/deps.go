@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/authgate/authgate/internal/directory"
+	"github.com/authgate/authgate/internal/github"
 	"github.com/authgate/authgate/internal/ratelimit"
 	"github.com/authgate/authgate/internal/tokens"
 )
@@ -125,4 +126,13 @@ type Revoker interface {
 // Enterprise is Dify's enterprise service, for the SSO branch.
 type Enterprise interface {
 	SSOInitiate(ctx context.Context, signedState string) (string, error)
+}
+
+// GitHub is GitHub's OAuth flow and API, for the GitHub branch; the real one is github.Client (nil: GitHub sign-in is off).
+type GitHub interface {
+	// AuthorizeURL is where the browser signs in: the authorization request for redirectURI with state and the PKCE
+	// challenge.
+	AuthorizeURL(redirectURI, state, challenge string) string
+	// Identify exchanges the code (with its PKCE verifier) for an access token, reads the user with it and forgets it.
+	Identify(ctx context.Context, redirectURI, code, verifier string) (github.Identity, error)
 }

@@ -24,6 +24,7 @@ var (
 	// window still keeps guessing a pending code out of reach.
 	limitFailedLookup = limit{"rl:deviceflow:lookup_failed:ip:", 20, 10 * time.Minute}
 	limitSSOInitiate  = limit{"rl:deviceflow:sso_initiate:ip:", 60, time.Hour}
+	limitGitHubStart  = limit{"rl:deviceflow:github_start:ip:", 60, time.Hour}
 	// limitRevokeUnknown is the budget per address of RFC 7009 revocations whose token is neither live nor recorded as
 	// revoked: each costs Postgres two lookups and the endpoint takes no credential. A client revoking its own tokens (or
 	// retrying a revocation, which finds the record) spends none of it.

@@ -45,6 +45,22 @@ var ssoErrorMessages = map[string]string{
 
 const ssoErrorGeneric = "Something went wrong while signing in with SSO. Enter the code again to retry."
 
+// githubErrorMessages is the only text a github_error parameter can put on the page; anything else gets the generic line.
+var githubErrorMessages = map[string]string{
+	githubErrState: "This GitHub sign-in could not be verified: it expired, was already used, or was started in another " +
+		"browser. Enter the code again to retry.",
+	githubErrDenied:      "GitHub sign-in was cancelled. Enter the code again to retry, or continue with your Dify account.",
+	githubErrUnavailable: "GitHub could not be reached or did not complete the sign-in. Nothing was approved; try again in a moment.",
+	githubErrNoEmail: "Your GitHub account is not linked to a Dify account and has no verified email address to match " +
+		"one by (a private noreply address does not count). Verify an email address on GitHub, or continue with your Dify account.",
+	githubErrNoAccount: "No Dify account is linked to this GitHub account or uses its verified email address. " +
+		"Continue with your Dify account instead.",
+	githubErrInactive:       "The Dify account for this GitHub account is not active, so it cannot approve devices.",
+	githubErrCodeNotPending: "The code expired or was already used. Start the sign-in again on your device.",
+}
+
+const githubErrorGeneric = "Something went wrong while signing in with GitHub. Enter the code again to retry."
+
 type pageData struct {
 	StaticBase  string
 	SignedIn    bool
@@ -53,8 +69,12 @@ type pageData struct {
 	CSRFCookie  string
 	SSOVerified bool
 	SSOError    string
-	// SSOState is the nonce of the device_sso_state cookie; the page sends it back to start SSO (EE only).
-	SSOState string
+	// SSOState is the nonce of the device_sso_state cookie; the page sends it back to start SSO or GitHub sign-in (EE, or
+	// GitHub sign-in on).
+	SSOState       string
+	GitHub         bool
+	GitHubVerified bool
+	GitHubError    string
 }
 
 // handleDevicePage: GET /device.
@@ -67,6 +87,16 @@ func (s *Server) handleDevicePage(w http.ResponseWriter, r *http.Request) error 
 		SignInURL:   s.cfg.ConsoleWebURL + "/signin?" + url.Values{"redirect_url": {signinReturnPath}}.Encode(),
 		CSRFCookie:  s.consoleCookieName("csrf_token"),
 		SSOVerified: q.Get("sso_verified") == "1",
+		GitHub:      s.deps.GitHub != nil,
+	}
+	if data.GitHub {
+		data.GitHubVerified = q.Get("github_verified") == "1"
+		if q.Has("github_error") {
+			data.GitHubError = githubErrorGeneric
+			if msg, ok := githubErrorMessages[q.Get("github_error")]; ok {
+				data.GitHubError = msg
+			}
+		}
 	}
 	if q.Has("sso_error") {
 		data.SSOError = ssoErrorGeneric
@@ -74,7 +104,7 @@ func (s *Server) handleDevicePage(w http.ResponseWriter, r *http.Request) error 
 			data.SSOError = msg
 		}
 	}
-	if data.Enterprise {
+	if data.Enterprise || data.GitHub {
 		state, err := s.startStateFor(w, r)
 		if err != nil {
 			return err

@@ -32,6 +32,12 @@ func (s *Server) routes() *http.ServeMux {
 	api("POST /oauth/device/approve-external", s.enterpriseOnly(s.handleApproveExternal))
 	api("POST /oauth/device/deny-external", s.enterpriseOnly(s.handleDenyExternal))
 
+	// The GitHub branch, served only when GitHub sign-in is configured (404 otherwise; githubsignin.go). Its callback is under
+	// the page's path, on the page's origin.
+	api("POST /oauth/device/github/start", s.githubOnly(s.handleGitHubStart))
+	api("GET /oauth/device/github/context", s.githubOnly(s.handleGitHubContext))
+	mux.Handle("GET "+githubCallbackPath, s.serve(s.githubOnly(s.handleGitHubCallback)))
+
 	api("GET /me", s.handleMe)
 	api("GET /account", s.handleMe)
 	api("GET /account/sessions", s.handleListSessions)

@@ -29,6 +29,9 @@ type Deps struct {
 	Revoker Revoker
 	// Enterprise is the EE client; nil on CE (the SSO routes then answer 404).
 	Enterprise Enterprise
+	// GitHub signs people in with GitHub for the /device page; nil turns GitHub sign-in off (its routes answer 404). Start
+	// builds one from GITHUB_CLIENT_ID and GITHUB_CLIENT_SECRET when they are set.
+	GitHub GitHub
 	// LastUsed notes the token of each request a bearer authenticates, for last_used_at; nil records nothing. Start
 	// builds one from TOKEN_LAST_USED_INTERVAL when it is nil.
 	LastUsed *lastused.Recorder

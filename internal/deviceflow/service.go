@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 
 	"github.com/authgate/authgate/internal/config"
+	"github.com/authgate/authgate/internal/github"
 	"github.com/authgate/authgate/internal/lastused"
 	"github.com/authgate/authgate/internal/telemetry"
 )
@@ -55,6 +56,10 @@ func Start(ctx context.Context, cfg config.Deviceflow, deps Deps, tel *telemetry
 			return nil, err
 		}
 		deps.LastUsed = lastUsed
+	}
+	if deps.GitHub == nil && cfg.GitHub.Enabled() {
+		deps.GitHub = github.New(github.Config{ClientID: cfg.GitHub.ClientID, ClientSecret: cfg.GitHub.ClientSecret,
+			OAuthURL: cfg.GitHub.OAuthURL, APIURL: cfg.GitHub.APIURL})
 	}
 	srv, err := New(deps, Config{
 		SecretKey:         cfg.SecretKey,
@@ -100,7 +105,7 @@ func Start(ctx context.Context, cfg config.Deviceflow, deps Deps, tel *telemetry
 	if s.admin != nil {
 		s.serve(s.admin, adminLn)
 	}
-	attrs := []any{"addr", apiLn.Addr().String(), "enterprise", cfg.EnterpriseEnabled}
+	attrs := []any{"addr", apiLn.Addr().String(), "enterprise", cfg.EnterpriseEnabled, "github_sign_in", deps.GitHub != nil}
 	if adminLn != nil {
 		attrs = append(attrs, "admin_addr", adminLn.Addr().String())
 	}

@@ -138,9 +138,10 @@ func (s *Server) startStateFor(w http.ResponseWriter, r *http.Request) (string, 
 	return nonce, nil
 }
 
-// checkStartState requires the state field to be the nonce of a valid device_sso_state cookie.
+// checkStartState requires the state field to be the nonce of a valid device_sso_state cookie: only the /device page starts
+// SSO or a GitHub sign-in.
 func (s *Server) checkStartState(r *http.Request, field string) *apiError {
-	invalid := errorf(http.StatusForbidden, codeCSRFInvalid, "start SSO from the device page; reload it and try again")
+	invalid := errorf(http.StatusForbidden, codeCSRFInvalid, "start signing in from the device page; reload it and try again")
 	c, err := r.Cookie(ssoStartStateCookieName)
 	if err != nil || c.Value == "" || field == "" {
 		return invalid

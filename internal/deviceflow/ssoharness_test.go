@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/authgate/authgate/internal/directory"
@@ -47,9 +48,13 @@ type webHarness struct {
 	ent     *enterprisetest.Server
 	cfg     Config
 	logs    *testenv.LogBuffer
+	pool    *pgxpool.Pool
 }
 
-func newWebHarness(t testing.TB, enterpriseEnabled bool, tweak func(*Config)) *webHarness {
+// webOption adds to a webHarness's dependencies before the server is built (its directory is already seeded).
+type webOption func(*Deps, *pgxpool.Pool)
+
+func newWebHarness(t testing.TB, enterpriseEnabled bool, tweak func(*Config), opts ...webOption) *webHarness {
 	t.Helper()
 	pool := testenv.Postgres(t)
 	testenv.SeedDirectory(t, pool, webFixture)
@@ -79,11 +84,14 @@ func newWebHarness(t testing.TB, enterpriseEnabled bool, tweak func(*Config)) *w
 	if enterpriseEnabled {
 		deps.Enterprise = enterprise.New(ent.URL(), ent.SecretKey(), enterprise.Options{})
 	}
+	for _, o := range opts {
+		o(&deps, pool)
+	}
 	srv, err := New(deps, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &webHarness{t: t, srv: srv, handler: srv.Handler(), rdb: rdb, ent: ent, cfg: cfg, logs: logs}
+	return &webHarness{t: t, srv: srv, handler: srv.Handler(), rdb: rdb, ent: ent, cfg: cfg, logs: logs, pool: pool}
 }
 
 // do sends one request through the handler; cookies are attached as given.

@@ -1,4 +1,5 @@
-// The /device page: confirm a device code, then approve or deny it with a Dify console session or an SSO approval grant.
+// The /device page: confirm a device code, then approve or deny it with a Dify console session, a GitHub sign-in or an SSO
+// approval grant.
 // Plain JavaScript, no build step; the page's CSP allows only this file.
 (function () {
   "use strict";
@@ -15,10 +16,14 @@
     csrfCookie: root.dataset.csrfCookie,
     ssoVerified: root.dataset.ssoVerified === "true",
     ssoState: root.dataset.ssoState || "",
-    ssoError: root.dataset.ssoError === "true"
+    ssoError: root.dataset.ssoError === "true",
+    github: root.dataset.github === "true",
+    githubVerified: root.dataset.githubVerified === "true",
+    githubError: root.dataset.githubError === "true"
   };
   var userCode = "";
   var ssoCSRF = "";
+  var githubCSRF = "";
 
   function $(id) { return document.getElementById(id); }
 
@@ -173,6 +178,58 @@
     });
   }
 
+  // startGitHub, like startSSO, is reached only from the chooser: the server answers with GitHub's authorization URL for a
+  // POST that carries the page's state, and GitHub sends the browser back to the callback, which returns it here.
+  function startGitHub() {
+    busy(["choose-github"], true);
+    call("POST", API + "/github/start", { user_code: userCode, state: cfg.ssoState }).then(function (res) {
+      busy(["choose-github"], false);
+      if (res.status === 200 && /^https?:\/\//.test(res.body.url || "")) return window.location.assign(res.body.url);
+      if (res.status === 429) return show("rate-limited");
+      if (res.body.error === "expired_or_unknown") return show("expired");
+      if (res.body.error === "user_code_not_pending") {
+        return flash("This code was already approved or denied. Start the sign-in again on your device.");
+      }
+      if (res.body.error === "csrf_invalid") return flash("This page has expired. Reload it and enter the code again.");
+      show("lookup-failed");
+    });
+  }
+
+  function githubFailed(message) {
+    setText("github-error-message", message);
+    show("github-error");
+  }
+
+  function authorizeGitHub() {
+    call("GET", API + "/github/context").then(function (res) {
+      if (res.status === 409) return show("expired");
+      if (res.status === 403) return githubFailed("The Dify account for this GitHub account is not active.");
+      if (res.status !== 200) return githubFailed("Your GitHub sign-in has expired. Enter the code again to retry.");
+      userCode = res.body.user_code;
+      githubCSRF = res.body.csrf_token;
+      showCode(userCode);
+      setText("github-account", res.body.account_email);
+      setText("github-login", res.body.github_login ? "@" + res.body.github_login : "");
+      setText("github-client-id", res.body.client_id || "");
+      setText("github-device-label", res.body.device_label || "");
+      setText("github-started", formatStarted(res.body.created_at));
+      setText("github-ip", res.body.creator_ip || "unknown");
+      show("authorize-github");
+    });
+  }
+
+  // resolveGitHub approves or denies through the account branch's endpoints, with the GitHub session's CSRF token.
+  function resolveGitHub(action) {
+    var ids = ["github-approve", "github-deny"];
+    busy(ids, true);
+    call("POST", API + "/" + action, { user_code: userCode }, githubCSRF).then(function (res) {
+      busy(ids, false);
+      if (res.status === 200) return show(action === "approve" ? "success" : "denied");
+      if (res.status === 401) return githubFailed("Your GitHub sign-in has expired. Enter the code again to retry.");
+      approvalFailed(res);
+    });
+  }
+
   function authorizeSSO() {
     call("GET", API + "/approval-context").then(function (res) {
       if (res.status === 409) return show("expired");
@@ -224,6 +281,9 @@
     });
   });
   if ($("choose-sso")) $("choose-sso").addEventListener("click", startSSO);
+  if ($("choose-github")) $("choose-github").addEventListener("click", startGitHub);
+  $("github-approve").addEventListener("click", function () { resolveGitHub("approve"); });
+  $("github-deny").addEventListener("click", function () { resolveGitHub("deny"); });
   $("account-approve").addEventListener("click", function () { resolveAccount("approve"); });
   $("account-deny").addEventListener("click", function () { resolveAccount("deny"); });
   $("sso-approve").addEventListener("click", function () { resolveSSO("approve"); });
@@ -241,7 +301,9 @@
   if (window.location.search) history.replaceState(null, "", window.location.pathname);
 
   if (cfg.ssoError) return show("sso-error");
+  if (cfg.githubError) return show("github-error");
   if (cfg.ssoVerified) return authorizeSSO();
+  if (cfg.githubVerified) return authorizeGitHub();
   $("user-code").value = normalize(prefill) || "";
   show("code-entry");
 })();
