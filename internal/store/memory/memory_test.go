@@ -24,6 +24,14 @@ func TestDirectoryConformance(t *testing.T) {
 	})
 }
 
+func TestLookupWithAccountConformance(t *testing.T) {
+	storetest.RunLookupWithAccount(t, func(t *testing.T, f dirfixture.Fixture) storetest.TokenAccountStore {
+		s := New()
+		s.Seed(f)
+		return s
+	})
+}
+
 // The Postgres adapter's advisory lock is tested against a second session; here the stand-in lock is held directly.
 func TestPruneBusyWhileAnotherPruneRuns(t *testing.T) {
 	s := New()

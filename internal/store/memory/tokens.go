@@ -118,6 +118,32 @@ func (s *Store) LookupByHash(ctx context.Context, hash string) (tokens.Token, er
 	return *t, nil
 }
 
+// LookupByHashWithAccount is the Postgres store's: LookupByHash, the row's account (the zero Account when it has none or
+// the account does not exist) and whether that account is an active member of tenantID, read under one lock.
+func (s *Store) LookupByHashWithAccount(ctx context.Context, hash, tenantID string) (tokens.Token, directory.Account, bool, error) {
+	if err := ctx.Err(); err != nil {
+		return tokens.Token{}, directory.Account{}, false, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, ok := s.byHash[hash]
+	if !ok {
+		return tokens.Token{}, directory.Account{}, false, tokens.ErrNotFound
+	}
+	accountID, ok := ids.Canonical(t.AccountID)
+	if !ok {
+		return *t, directory.Account{}, false, nil
+	}
+	a, found := s.account(accountID)
+	if !found {
+		return *t, directory.Account{}, false, nil
+	}
+	tenantID, tenantOK := ids.Canonical(tenantID)
+	member := tenantOK && a.Status == directory.AccountStatusActive && slices.ContainsFunc(s.dir.Joins,
+		func(j dirfixture.Join) bool { return j.TenantID == tenantID && j.AccountID == accountID })
+	return *t, a, member, nil
+}
+
 // HardExpire implements tokens.Store, with the same expiry condition as the Postgres compare-and-set.
 func (s *Store) HardExpire(ctx context.Context, id string, now time.Time) (bool, error) {
 	if err := ctx.Err(); err != nil {

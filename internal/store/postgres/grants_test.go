@@ -212,6 +212,9 @@ func TestGrants(t *testing.T) {
 	if _, err := ext.LookupByHash(ctx, live.TokenHash); err != nil {
 		t.Fatalf("extauthz role: lookup: %v", err)
 	}
+	if _, a, member, err := ext.LookupByHashWithAccount(ctx, live.TokenHash, tenantID); err != nil || a.ID != accountID || !member {
+		t.Fatalf("extauthz role: lookup with account = %+v, %v, %v", a, member, err)
+	}
 	if hit, err := ext.HardExpire(ctx, expired.ID, now); err != nil || !hit {
 		t.Fatalf("extauthz role: hard-expire = %v, %v", hit, err)
 	}

@@ -26,6 +26,14 @@ func TestDirectoryConformance(t *testing.T) {
 	})
 }
 
+func TestLookupWithAccountConformance(t *testing.T) {
+	storetest.RunLookupWithAccount(t, func(t *testing.T, f dirfixture.Fixture) storetest.TokenAccountStore {
+		pool := testenv.Postgres(t)
+		testenv.SeedDirectory(t, pool, f)
+		return postgres.NewTokenStore(pool)
+	})
+}
+
 func TestPruneBusyWhileAnotherSessionHoldsTheLock(t *testing.T) {
 	pool := testenv.Postgres(t)
 	ctx := context.Background()
