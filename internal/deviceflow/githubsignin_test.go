@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/authgate/authgate/internal/directory"
@@ -74,16 +75,21 @@ type githubHarness struct {
 func newGitHubHarness(t *testing.T, tweak func(*github.Config), cfgTweak func(*Config)) *githubHarness {
 	t.Helper()
 	gh := githubtest.NewServer(t)
-	h := newWebHarness(t, false, cfgTweak, func(d *Deps, pool *pgxpool.Pool) {
+	h := newWebHarness(t, false, cfgTweak, withGitHub(t, gh, tweak))
+	t.Cleanup(func() { noCredentialLogged(t, h, gh) })
+	return &githubHarness{webHarness: h, gh: gh}
+}
+
+// withGitHub turns GitHub sign-in on against the fake gh, and seeds the GitHub branch's accounts and links.
+func withGitHub(t *testing.T, gh *githubtest.Server, tweak func(*github.Config)) webOption {
+	return func(d *Deps, pool *pgxpool.Pool) {
 		testenv.SeedDirectory(t, pool, ghFixture)
 		c := gh.Config()
 		if tweak != nil {
 			tweak(&c)
 		}
 		d.GitHub = github.New(c)
-	})
-	t.Cleanup(func() { noCredentialLogged(t, h, gh) })
-	return &githubHarness{webHarness: h, gh: gh}
+	}
 }
 
 // noCredentialLogged: none of the GitHub access tokens the fake issued, nor the client secret, nor any cookie value or code
@@ -187,9 +193,7 @@ func (h *githubHarness) resolve(action, userCode string, session *http.Cookie, c
 // wantPending asserts nothing was approved: the CLI's poll is still told to wait.
 func (h *githubHarness) wantPending(deviceCode string) {
 	h.t.Helper()
-	if code, body := h.poll(deviceCode); code != http.StatusBadRequest || body["error"] != codeAuthorizationPending {
-		h.t.Fatalf("poll: %d %v, want authorization_pending (nothing approved)", code, body)
-	}
+	h.wantPendingIn(h.t, deviceCode)
 }
 
 func TestGitHubSignInMatchesAccounts(t *testing.T) {
@@ -606,5 +610,76 @@ func TestDevicePageGitHubErrorsComeFromAFixedTable(t *testing.T) {
 	}
 	if page := h.do("GET", "/device?github_verified=1", nil, nil).Body.String(); !strings.Contains(page, `data-github-verified="true"`) {
 		t.Error("github_verified not passed to the script")
+	}
+}
+
+// The whole GitHub branch in a real browser: code entry, GitHub sign-in (the fake's authorize endpoint sends the browser
+// straight back, as GitHub does for a person who already authorized the app), the approval screen, approve, and the CLI's
+// poll receives a dfoa_ token for the account GitHub's hidden email matched.
+func TestDevicePageGitHubSignInInChromium(t *testing.T) {
+	gh := githubtest.NewServer(t)
+	b := newBrowser(t, withGitHub(t, gh, nil))
+	h := b.h
+	t.Cleanup(func() { noCredentialLogged(t, h, gh) })
+
+	t.Run("code entry, GitHub sign-in, approve, token", func(t *testing.T) {
+		b := b.in(t)
+		gh.SignInAs(hiddenUser)
+		deviceCode, userCode := h.issue()
+		b.run("enter the code and sign in with GitHub",
+			chromedp.Navigate(b.baseURL+"/device"), visible("view-code-entry"),
+			chromedp.SendKeys(chromedp.CSS("#user-code"), userCode),
+			chromedp.Click(chromedp.CSS("#continue")), visible("view-chooser"), visible("choose-github"),
+			chromedp.Click(chromedp.CSS("#choose-github")), visible("view-authorize-github"))
+		if n := gh.Requests(githubtest.Authorize); n != 1 {
+			t.Fatalf("the browser went to GitHub %d times, want 1", n)
+		}
+		if got := b.eval(`location.pathname + location.search`); got != "/device" {
+			t.Errorf("the URL still carries parameters: %q", got)
+		}
+		for sel, want := range map[string]string{"#github-account": ghHidden.Email, "#github-login": "@hidden-gh",
+			"#view-authorize-github .js-user-code": userCode, "#github-client-id": "difyctl", "#github-device-label": "laptop",
+			"#github-ip": "192.0.2.10"} {
+			if got := b.text(sel); got != want {
+				t.Errorf("%s shows %q, want %q", sel, got, want)
+			}
+		}
+		if got := b.text("#view-authorize-github .warning"); !strings.Contains(got, "Only approve if you started this yourself, on your own device") {
+			t.Errorf("warning shown: %q", got)
+		}
+		h.wantPendingIn(t, deviceCode)
+		b.screenshot("/tmp/authgate-device-authorize-github.png")
+		b.run("approve", chromedp.Click(chromedp.CSS("#github-approve")), visible("view-success"))
+		code, body := h.poll(deviceCode)
+		tok, _ := body["access_token"].(string)
+		acct, _ := body["account"].(map[string]any)
+		if code != http.StatusOK || !strings.HasPrefix(tok, "dfoa_") || acct["id"] != ghHidden.ID || body["subject_email"] != "hidden@corp.example" {
+			t.Fatalf("poll after the GitHub approval in the browser: %d %v", code, body)
+		}
+	})
+
+	t.Run("no Dify account for the GitHub user: a clear page, nothing approved", func(t *testing.T) {
+		b := b.in(t)
+		gh.SignInAs(strangerUser)
+		deviceCode, userCode := h.issue()
+		b.run("sign in with GitHub as a stranger",
+			chromedp.Navigate(b.baseURL+"/device?user_code="+userCode), visible("view-code-entry"),
+			chromedp.Click(chromedp.CSS("#continue")), visible("view-chooser"),
+			chromedp.Click(chromedp.CSS("#choose-github")), visible("view-github-error"))
+		if got := b.text("#github-error-message"); got != githubErrorMessages[githubErrNoAccount] {
+			t.Errorf("message: %q", got)
+		}
+		if got := b.eval(`location.search`); got != "" {
+			t.Errorf("the URL still carries parameters: %q", got)
+		}
+		h.wantPendingIn(t, deviceCode)
+	})
+}
+
+// wantPendingIn asserts, for any harness, that the code is still waiting: nothing was approved.
+func (h *webHarness) wantPendingIn(t testing.TB, deviceCode string) {
+	t.Helper()
+	if code, body := h.poll(deviceCode); code != http.StatusBadRequest || body["error"] != codeAuthorizationPending {
+		t.Fatalf("poll: %d %v, want authorization_pending (nothing approved)", code, body)
 	}
 }

@@ -59,8 +59,8 @@ func chromiumPath(t *testing.T) string {
 }
 
 // newBrowser starts an EE deviceflow whose console and API URLs are its own address, so redirects to the page stay in
-// the test, and a headless Chromium to drive it.
-func newBrowser(t *testing.T) *browser {
+// the test, and a headless Chromium to drive it; opts add to the server's dependencies.
+func newBrowser(t *testing.T, harnessOpts ...webOption) *browser {
 	t.Helper()
 	exe := chromiumPath(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -68,7 +68,7 @@ func newBrowser(t *testing.T) *browser {
 		t.Fatal(err)
 	}
 	self := "http://" + ln.Addr().String()
-	h := newWebHarness(t, true, func(c *Config) { c.ConsoleWebURL, c.ConsoleAPIURL = self, self })
+	h := newWebHarness(t, true, func(c *Config) { c.ConsoleWebURL, c.ConsoleAPIURL = self, self }, harnessOpts...)
 	ts := httptest.NewUnstartedServer(h.handler)
 	ts.Listener.Close()
 	ts.Listener = ln
