@@ -458,7 +458,7 @@ func loadWith(load func(config.Lookup) error, env map[string]string) (map[string
 func TestEnvironmentIsWhatAuthgateReads(t *testing.T) {
 	secrets := map[string][]string{
 		"extauthz":           {"DATABASE_URL", "REDIS_URL"},
-		"deviceflow":         {"DATABASE_URL", "REDIS_URL", "SECRET_KEY"},
+		"deviceflow":         {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "GITHUB_CLIENT_SECRET"},
 		"deviceflow migrate": {"DATABASE_URL"},
 	}
 	for _, dir := range renderedDirs {
