@@ -167,6 +167,8 @@ func (c *Cache) readEntry(ctx context.Context, hash string) (v []byte, ttl time.
 
 // Fill caches e for hash for the cache TTL (less if the token expires sooner) unless anything is cached there already, a
 // tombstone in particular: a fill computed from a Postgres read that raced a revocation must not bring the token back.
+// e's membership verdicts go in with it, so a caller that has both writes them in one round trip; should a live entry
+// be there already (another replica filled it meanwhile), they are merged into it as RecordVerdict merges them.
 func (c *Cache) Fill(ctx context.Context, hash string, e Entry) error {
 	var seen uint64
 	if c.local != nil {
@@ -184,8 +186,16 @@ func (c *Cache) Fill(ctx context.Context, hash string, e Entry) error {
 	if err != nil {
 		return err
 	}
-	if stored && c.local != nil {
-		c.local.put(hash, e, seen, time.Now(), time.Time{})
+	if stored {
+		if c.local != nil {
+			c.local.put(hash, e, seen, time.Now(), time.Time{})
+		}
+		return nil
+	}
+	for tenantID, member := range e.VerifiedTenants {
+		if err := c.RecordVerdict(ctx, hash, tenantID, member); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -234,6 +234,44 @@ func TestRecordVerdict(t *testing.T) {
 	}
 }
 
+// A fill that finds an entry there merges its verdicts into a live one, keeping that entry's TTL, and leaves a tombstone
+// alone.
+func TestFillMergesVerdictsIntoAnEntryAlreadyThere(t *testing.T) {
+	ctx := context.Background()
+	rdb := testenv.Redis(t)
+	c := New(rdb, Options{TTL: time.Minute})
+	h := newHash()
+	first := accountEntry()
+	first.VerifiedTenants = map[string]bool{"w1": true}
+	if err := c.Fill(ctx, h, first); err != nil {
+		t.Fatal(err)
+	}
+	rdb.Expire(ctx, "auth:token:"+h, 30*time.Second)
+	second := accountEntry()
+	second.VerifiedTenants = map[string]bool{"w2": false}
+	if err := c.Fill(ctx, h, second); err != nil {
+		t.Fatal(err)
+	}
+	e, st, err := c.Get(ctx, h)
+	if err != nil || st != Hit || !maps.Equal(e.VerifiedTenants, map[string]bool{"w1": true, "w2": false}) {
+		t.Fatalf("after two fills: %+v, %v, %v", e, st, err)
+	}
+	if ttl := rdb.TTL(ctx, "auth:token:"+h).Val(); ttl <= 20*time.Second || ttl > 30*time.Second {
+		t.Fatalf("TTL %v after the second fill, want the first entry's (30s)", ttl)
+	}
+
+	dead := newHash()
+	if err := NewRevoker(rdb, time.Minute).Revoke(ctx, dead); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Fill(ctx, dead, second); err != nil {
+		t.Fatal(err)
+	}
+	if v := rdb.Get(ctx, "auth:token:"+dead).Val(); v != "invalid" {
+		t.Fatalf("tombstone became %q", v)
+	}
+}
+
 func TestFillCapsTTLAtExpiry(t *testing.T) {
 	ctx := context.Background()
 	rdb := testenv.Redis(t)
