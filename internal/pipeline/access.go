@@ -96,14 +96,10 @@ func (p *Pipeline) checkApp(ctx context.Context, c *caller, appID string) (Decis
 func (p *Pipeline) checkMembership(ctx context.Context, c *caller, params map[string]string, workspaceQuery string) (Decision, bool) {
 	tenant := c.tenantID
 	if tenant == "" {
-		tenant = params["workspace_id"]
-		if tenant == "" {
-			tenant = workspaceQuery
-		}
-		if !ids.Valid(tenant) {
+		var ok bool
+		if tenant, ok = namedWorkspace(params, workspaceQuery); !ok {
 			return deny(400, CodeInvalidQuery, "workspace_id must be a workspace id"), false
 		}
-		tenant = strings.ToLower(tenant)
 	}
 	member, known := c.entry.VerifiedTenants[tenant]
 	if !known {
@@ -113,7 +109,12 @@ func (p *Pipeline) checkMembership(ctx context.Context, c *caller, params map[st
 			p.dependencyFailed(ctx, "postgres", "membership lookup", err)
 			return denyUnavailable(), false
 		}
-		if !c.redisDown {
+		if c.fill { // the entry is this Check's own, and is cached with its verdicts when the Check ends
+			if c.entry.VerifiedTenants == nil {
+				c.entry.VerifiedTenants = map[string]bool{}
+			}
+			c.entry.VerifiedTenants[tenant] = member
+		} else if !c.redisDown {
 			rctx, cancel := p.redisCtx(ctx)
 			err = p.deps.Cache.RecordVerdict(rctx, c.hash, tenant, member)
 			cancel()
@@ -128,6 +129,42 @@ func (p *Pipeline) checkMembership(ctx context.Context, c *caller, params map[st
 	}
 	c.tenantID = tenant
 	return Decision{}, true
+}
+
+// namedWorkspace is the tenant a request without an app names: {workspace_id}, else ?workspace_id, lower-cased; ok is
+// false when that is not a workspace id.
+func namedWorkspace(params map[string]string, workspaceQuery string) (string, bool) {
+	tenant := params["workspace_id"]
+	if tenant == "" {
+		tenant = workspaceQuery
+	}
+	if !ids.Valid(tenant) {
+		return "", false
+	}
+	return strings.ToLower(tenant), true
+}
+
+// membershipTenantHint is the tenant the membership step will ask about, when it is known before the token is looked up,
+// so that the lookup reads the verdict in the same query: the app's tenant if the app is in memory, else the workspace
+// the request names. "" when the step will not run for this Check, or the tenant is not known yet.
+func (p *Pipeline) membershipTenantHint(c *caller) string {
+	if c.route == nil || c.kind.Subject != tokens.SubjectAccount || !c.route.has(StepMembership) ||
+		p.opts.MembershipEnforcedUpstream {
+		return ""
+	}
+	if c.route.has(StepApp) {
+		appID := c.params["app_id"]
+		if !ids.Valid(appID) {
+			return ""
+		}
+		rec, ok := p.apps.Peek(strings.ToLower(appID))
+		if !ok {
+			return ""
+		}
+		return rec.app.TenantID
+	}
+	tenant, _ := namedWorkspace(c.params, c.workspaceQuery)
+	return tenant
 }
 
 // checkAppAccess is step 13.

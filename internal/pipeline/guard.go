@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/golang-lru/v2/expirable"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/authgate/authgate/internal/directory"
 	"github.com/authgate/authgate/internal/tokens"
@@ -188,38 +187,62 @@ func (f *admissionFlight) decide(admitted bool) {
 // flights collapses concurrent Postgres reads of the same token hash, or of the same account, into one query: a burst of
 // Checks for one token (a cold cache, or every Check while Redis is down) costs one lookup, not one per Check.
 type flights struct {
-	tokens, accounts singleflight.Group
+	tokens   flightGroup[lookedUp]
+	accounts flightGroup[directory.Account]
 }
 
-type flightResult[T any] struct {
-	v   T
-	err error
+// flightGroup runs one call per key at a time for all concurrent callers. The first caller runs it on its own goroutine: a
+// goroutine started per lookup (as singleflight's DoChan does) begins with a small stack and grows it on every query,
+// which cost a cold Check more CPU than the lookup's own Go code. The others wait for its result, each no longer than its
+// own ctx.
+type flightGroup[T any] struct {
+	mu    sync.Mutex
+	calls map[string]*flightCall[T]
 }
 
-// shared runs fn once for all concurrent callers with the same key. fn gets a context that the first caller's cancellation
-// does not end (the others still want the answer) but its deadline does; each caller waits no longer than its own ctx.
-func shared[T any](ctx context.Context, g *singleflight.Group, key string, fn func(context.Context) (T, error)) (T, error) {
-	ch := g.DoChan(key, func() (res any, _ error) {
-		// singleflight re-panics a DoChan panic where nobody can recover it; a store that panics must cost its Checks a
-		// 503, as a panic anywhere else in a Check does, not the process.
-		defer func() {
-			if r := recover(); r != nil {
-				res = flightResult[T]{err: fmt.Errorf("%w: %v", errLookupPanicked, r)}
-			}
-		}()
-		fctx, cancel := detach(ctx)
-		defer cancel()
-		v, err := fn(fctx)
-		return flightResult[T]{v, err}, nil
-	})
-	select {
-	case r := <-ch:
-		res := r.Val.(flightResult[T])
-		return res.v, res.err
-	case <-ctx.Done():
-		var zero T
-		return zero, ctx.Err()
+type flightCall[T any] struct {
+	done    chan struct{} // closed once v and err are set
+	v       T
+	err     error
+	waiters int // callers that joined it, under the group's lock
+}
+
+// do runs fn once for all concurrent callers with the same key. fn gets a context that the first caller's cancellation
+// does not end (the others still want the answer) but its deadline does, so the first caller waits for fn at most until
+// its own deadline. A panic in fn is an error for every caller, as a panic anywhere else in a Check is a 503, not a crash.
+func (g *flightGroup[T]) do(ctx context.Context, key string, fn func(context.Context) (T, error)) (v T, err error) {
+	g.mu.Lock()
+	if c, ok := g.calls[key]; ok {
+		c.waiters++
+		g.mu.Unlock()
+		select {
+		case <-c.done:
+			return c.v, c.err
+		case <-ctx.Done():
+			return v, ctx.Err()
+		}
 	}
+	c := &flightCall[T]{done: make(chan struct{})}
+	if g.calls == nil {
+		g.calls = map[string]*flightCall[T]{}
+	}
+	g.calls[key] = c
+	g.mu.Unlock()
+	defer func() {
+		if r := recover(); r != nil {
+			var zero T
+			c.v, c.err = zero, fmt.Errorf("%w: %v", errLookupPanicked, r)
+		}
+		g.mu.Lock()
+		delete(g.calls, key)
+		g.mu.Unlock()
+		close(c.done)
+		v, err = c.v, c.err
+	}()
+	fctx, cancel := detach(ctx)
+	defer cancel()
+	c.v, c.err = fn(fctx)
+	return c.v, c.err
 }
 
 var errLookupPanicked = errors.New("lookup panicked")
@@ -232,14 +255,35 @@ func detach(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithCancel(dctx)
 }
 
-func (p *Pipeline) lookupHash(ctx context.Context, hash string) (tokens.Token, error) {
-	return shared(ctx, &p.flights.tokens, hash, func(ctx context.Context) (tokens.Token, error) {
-		return p.deps.Tokens.LookupByHash(ctx, hash)
+// lookedUp is what one lookup of a hash read: the row and, when the store reads them in the same query
+// (TokenAccountStore), its account and its account's membership of tenant.
+type lookedUp struct {
+	tok         tokens.Token
+	withAccount bool              // account was read with the row: its zero value then means the row has none
+	account     directory.Account // the row's account, when withAccount
+	tenant      string            // the tenant member answers for; "" when none was asked
+	member      bool
+}
+
+// lookupHash reads hash's row, with its account and the account's membership of tenant (a tenant this Check will
+// probably ask about, or "") when the store can read them in the same query.
+func (p *Pipeline) lookupHash(ctx context.Context, hash, tenant string) (lookedUp, error) {
+	if p.tokenAccounts == nil {
+		return p.flights.tokens.do(ctx, hash, func(ctx context.Context) (lookedUp, error) {
+			tok, err := p.deps.Tokens.LookupByHash(ctx, hash)
+			return lookedUp{tok: tok}, err
+		})
+	}
+	// Keyed by the hash alone: a Check that joins a lookup asked for another tenant's membership uses the row and the
+	// account, and asks about its own tenant at the membership step.
+	return p.flights.tokens.do(ctx, hash, func(ctx context.Context) (lookedUp, error) {
+		tok, a, member, err := p.tokenAccounts.LookupByHashWithAccount(ctx, hash, tenant)
+		return lookedUp{tok: tok, withAccount: true, account: a, tenant: tenant, member: member}, err
 	})
 }
 
 func (p *Pipeline) lookupAccount(ctx context.Context, id string) (directory.Account, error) {
-	return shared(ctx, &p.flights.accounts, id, func(ctx context.Context) (directory.Account, error) {
+	return p.flights.accounts.do(ctx, id, func(ctx context.Context) (directory.Account, error) {
 		return p.deps.Directory.Account(ctx, id)
 	})
 }

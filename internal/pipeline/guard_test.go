@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sync/singleflight"
+	"github.com/authgate/authgate/internal/testenv"
 )
 
 type clock struct{ t time.Time }
@@ -98,32 +98,49 @@ func (b *localBudget) exceededForTest(key string) bool {
 }
 
 func TestSharedLookups(t *testing.T) {
-	var g singleflight.Group
+	var g flightGroup[int]
 
 	t.Run("a panicking lookup is an error, not a crash", func(t *testing.T) {
-		_, err := shared(context.Background(), &g, "p", func(context.Context) (int, error) { panic("boom") })
+		_, err := g.do(context.Background(), "p", func(context.Context) (int, error) { panic("boom") })
 		if !errors.Is(err, errLookupPanicked) {
 			t.Fatalf("err = %v, want errLookupPanicked", err)
 		}
+		// The key is free again: the next lookup runs.
+		if v, err := g.do(context.Background(), "p", func(context.Context) (int, error) { return 1, nil }); v != 1 || err != nil {
+			t.Fatalf("after a panic: %v, %v", v, err)
+		}
 	})
 
-	t.Run("the first caller going away does not cancel the lookup others may share", func(t *testing.T) {
+	t.Run("concurrent callers share one lookup and each waits no longer than its own context", func(t *testing.T) {
 		started, release := make(chan context.Context, 1), make(chan struct{})
 		leaderCtx, cancelLeader := context.WithTimeout(context.Background(), time.Hour)
-		leaderErr := make(chan error, 1)
+		defer cancelLeader()
+		calls := 0
+		leader := make(chan int, 1)
 		go func() {
-			_, err := shared(leaderCtx, &g, "k", func(ctx context.Context) (int, error) {
+			v, _ := g.do(leaderCtx, "k", func(ctx context.Context) (int, error) {
+				calls++
 				started <- ctx
 				<-release
 				return 7, nil
 			})
-			leaderErr <- err
+			leader <- v
 		}()
 		lookupCtx := <-started
-		cancelLeader()
-		if err := <-leaderErr; !errors.Is(err, context.Canceled) {
-			t.Fatalf("leader: %v, want its own cancellation at once", err)
+		// A follower that gives up returns at once.
+		impatient, cancelImpatient := context.WithCancel(context.Background())
+		cancelImpatient()
+		if _, err := g.do(impatient, "k", func(context.Context) (int, error) { return 0, errors.New("ran twice") }); !errors.Is(err, context.Canceled) {
+			t.Fatalf("impatient follower: %v, want its own cancellation", err)
 		}
+		// A patient follower gets the leader's answer, and the leader's cancellation does not end the lookup.
+		follower := make(chan int, 1)
+		go func() {
+			v, _ := g.do(context.Background(), "k", func(context.Context) (int, error) { return 0, errors.New("ran twice") })
+			follower <- v
+		}()
+		testenv.Eventually(t, 5*time.Second, "the follower to join the lookup", func() bool { return g.waitersForTest("k") == 2 })
+		cancelLeader()
 		if err := lookupCtx.Err(); err != nil {
 			t.Fatalf("the shared lookup's context ended with its first caller: %v", err)
 		}
@@ -131,5 +148,21 @@ func TestSharedLookups(t *testing.T) {
 			t.Fatalf("the shared lookup's deadline %v (%v), want the first caller's", dl, ok)
 		}
 		close(release)
+		if v := <-leader; v != 7 {
+			t.Fatalf("leader got %d", v)
+		}
+		if v := <-follower; v != 7 || calls != 1 {
+			t.Fatalf("follower got %d after %d lookups, want 7 after 1", v, calls)
+		}
 	})
+}
+
+// waitersForTest is how many callers joined the call running for key.
+func (g *flightGroup[T]) waitersForTest(key string) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if c, ok := g.calls[key]; ok {
+		return c.waiters
+	}
+	return 0
 }

@@ -35,6 +35,13 @@ type caller struct {
 	entry    TokenEntry
 	tenantID string // set only once a step verified it
 	appID    string
+	// fill: entry was read from Postgres by this Check and is written to the token cache when the Check ends; until then
+	// entry and its VerifiedTenants are this Check's own.
+	fill bool
+	// route, params and workspaceQuery are the request's, for the membership step and its tenant.
+	route          *Route
+	params         map[string]string
+	workspaceQuery string
 	// redisDown is set when the Check starts with the Redis health breaker open, or once a Redis call of this Check failed:
 	// the later calls are skipped rather than each waiting out its own timeout, so a Redis that hangs (a partition) leaves
 	// Postgres the rest of the deadline, as a refusing one does.

@@ -71,9 +71,10 @@ type Pipeline struct {
 	admissions admissions
 	flights    flights
 
-	localLimiter   LocalRateLimiter // deps.Limiter, when it can decide from memory
-	limiterBounded bool             // deps.Limiter bounds its own Redis calls
-	rateLimitValue string           // the RateLimit-Limit header
+	localLimiter   LocalRateLimiter  // deps.Limiter, when it can decide from memory
+	tokenAccounts  TokenAccountStore // deps.Tokens, when it reads a row with its account
+	limiterBounded bool              // deps.Limiter bounds its own Redis calls
+	rateLimitValue string            // the RateLimit-Limit header
 }
 
 // New builds a pipeline over a validated policy.
@@ -105,8 +106,10 @@ func New(policy *Policy, opts Options, deps Deps) (*Pipeline, error) {
 	}
 	local, _ := deps.Limiter.(LocalRateLimiter)
 	bounded, _ := deps.Limiter.(CallBoundedRateLimiter)
+	tokenAccounts, _ := deps.Tokens.(TokenAccountStore)
 	return &Pipeline{
 		localLimiter:   local,
+		tokenAccounts:  tokenAccounts,
 		limiterBounded: bounded != nil && bounded.BoundsCalls(),
 		rateLimitValue: strconv.Itoa(opts.RateLimitPerToken),
 		policy:         policy,

@@ -68,7 +68,8 @@ func (p *Pipeline) authenticate(ctx context.Context, req *Request, route *Route,
 		return denyInvalidBearer("the bearer token is not valid")
 	}
 	// A Check asks the breaker once: while Redis is known to be down, no step waits on it.
-	c := &caller{kind: kind, hash: tokens.Hash(token), redisDown: !p.deps.RedisHealthy()}
+	c := &caller{kind: kind, hash: tokens.Hash(token), redisDown: !p.deps.RedisHealthy(), route: route, params: params,
+		workspaceQuery: workspaceQuery}
 	if c.redisDown && p.opts.RateLimitPerToken > 0 && !p.opts.RateLimitFailOpen {
 		// The limiter would refuse a valid token anyway (RATE_LIMIT_FAIL_OPEN=false): answer now, without a lookup.
 		p.dependencyFailed(ctx, "redis", "rate limiter", errRedisDown)
@@ -79,6 +80,9 @@ func (p *Pipeline) authenticate(ctx context.Context, req *Request, route *Route,
 	// (docs/architecture.md, "Where authgate departs").
 	if d, ok := p.resolveToken(ctx, req, c); !ok {
 		return d
+	}
+	if c.fill {
+		defer p.fillCache(ctx, c)
 	}
 
 	// 7. Rate limit.

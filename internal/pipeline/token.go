@@ -85,7 +85,9 @@ func (p *Pipeline) lookupToken(ctx context.Context, req *Request, c *caller, now
 		return d, false
 	}
 	defer a.finish()
-	tok, err := p.lookupHash(ctx, c.hash)
+	tenant := p.membershipTenantHint(c)
+	res, err := p.lookupHash(ctx, c.hash, tenant)
+	tok := res.tok
 	switch {
 	case errors.Is(err, tokens.ErrNotFound):
 		return p.refuseLookedUp(ctx, c, a), false
@@ -106,7 +108,13 @@ func (p *Pipeline) lookupToken(ctx context.Context, req *Request, c *caller, now
 		return p.refuseLookedUp(ctx, c, a), false
 	}
 	if c.kind.Subject == tokens.SubjectAccount {
-		acct, err := p.lookupAccount(ctx, tok.AccountID)
+		acct, err := res.account, error(nil)
+		switch {
+		case !res.withAccount:
+			acct, err = p.lookupAccount(ctx, tok.AccountID)
+		case acct.ID == "":
+			err = directory.ErrNotFound
+		}
 		switch {
 		case errors.Is(err, directory.ErrNotFound) || err == nil && acct.Status != directory.AccountStatusActive:
 			return p.refuseLookedUp(ctx, c, a), false
@@ -118,18 +126,27 @@ func (p *Pipeline) lookupToken(ctx context.Context, req *Request, c *caller, now
 	}
 	p.budget.release(a.hold) // a valid token costs its address nothing
 	p.budget.vouch(c.hash)
-	// SET NX: a tombstone written by a concurrent revocation wins over this fill.
-	if !c.redisDown {
-		rctx, cancel := p.redisCtx(ctx)
-		err := p.deps.Cache.Fill(rctx, c.hash, entry)
-		cancel()
-		if err != nil {
-			c.redisDown = true
-			p.logFailure(ctx, slog.LevelDebug, "redis:token cache fill", "token cache fill failed", "error", err)
-		}
+	if c.kind.Subject == tokens.SubjectAccount && res.tenant != "" && res.tenant == tenant {
+		entry.VerifiedTenants = map[string]bool{tenant: res.member}
 	}
-	c.entry = entry
+	c.entry, c.fill = entry, true // cached when the Check ends (fillCache), with the verdicts it learned meanwhile
 	return Decision{}, true
+}
+
+// fillCache writes the entry of a token this Check looked up, with the membership verdicts it learned, in one round
+// trip at the end of the Check, whatever its decision (the token is valid either way). SET NX: a tombstone written by a
+// concurrent revocation wins over this fill.
+func (p *Pipeline) fillCache(ctx context.Context, c *caller) {
+	if c.redisDown || ctx.Err() != nil {
+		return
+	}
+	rctx, cancel := p.redisCtx(ctx)
+	err := p.deps.Cache.Fill(rctx, c.hash, c.entry)
+	cancel()
+	if err != nil {
+		c.redisDown = true
+		p.logFailure(ctx, slog.LevelDebug, "redis:token cache fill", "token cache fill failed", "error", err)
+	}
 }
 
 // admission is how a lookup went ahead: holding a slot of its address's budget, through the suspect lane, or riding on

@@ -1,0 +1,257 @@
+package pipeline
+
+import (
+	"context"
+	"maps"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/authgate/authgate/internal/directory"
+	"github.com/authgate/authgate/internal/tokens"
+)
+
+// What a Check of a token no cache knows asks of Postgres and Redis: with a store that reads the row, its account and a
+// membership in one query, one Postgres round trip; the cache entry is written once, at the end, with the verdict in it.
+
+const (
+	coldAccount = "b0000000-0000-4000-8000-000000000001"
+	coldTenant  = "a0000000-0000-4000-8000-000000000001"
+	otherTenant = "a0000000-0000-4000-8000-000000000002"
+	thirdTenant = "a0000000-0000-4000-8000-000000000003"
+	coldApp     = "c0000000-0000-4000-8000-000000000001"
+)
+
+type calls struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (c *calls) add(name string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n == nil {
+		c.n = map[string]int{}
+	}
+	c.n[name]++
+}
+
+func (c *calls) get(name string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n[name]
+}
+
+type coldLimiter struct{}
+
+func (coldLimiter) Allow(context.Context, string, int, time.Duration) (RateDecision, error) {
+	return RateDecision{Allowed: true, Limit: 60, Remaining: 59}, nil
+}
+
+func (coldLimiter) Exceeded(context.Context, string, int, time.Duration) (RateDecision, error) {
+	return RateDecision{Allowed: true}, nil
+}
+func (coldLimiter) Add(context.Context, string, time.Duration) error { return nil }
+
+// coldCache is a token cache in a map; fills and verdicts are recorded.
+type coldCache struct {
+	calls   *calls
+	mu      sync.Mutex
+	entries map[string]TokenEntry
+	fills   []TokenEntry
+}
+
+func (c *coldCache) Get(_ context.Context, hash string) (TokenEntry, CacheStatus, error) {
+	c.calls.add("cache.Get")
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.entries[hash]; ok {
+		return e, CacheHit, nil
+	}
+	return TokenEntry{}, CacheMiss, nil
+}
+
+func (c *coldCache) Local(string) (TokenEntry, bool) { return TokenEntry{}, false }
+
+func (c *coldCache) Fill(_ context.Context, hash string, e TokenEntry) error {
+	c.calls.add("cache.Fill")
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e.VerifiedTenants = maps.Clone(e.VerifiedTenants)
+	c.fills = append(c.fills, e)
+	if _, ok := c.entries[hash]; !ok {
+		c.entries[hash] = e
+	}
+	return nil
+}
+
+func (c *coldCache) RecordVerdict(context.Context, string, string, bool) error {
+	c.calls.add("cache.RecordVerdict")
+	return nil
+}
+
+// coldStore holds one live row per hash, the account coldAccount, active, and its one membership, of coldTenant.
+type coldStore struct {
+	calls *calls
+	rows  map[string]tokens.Token
+}
+
+func (s coldStore) LookupByHash(_ context.Context, hash string) (tokens.Token, error) {
+	s.calls.add("tokens.LookupByHash")
+	t, ok := s.rows[hash]
+	if !ok {
+		return tokens.Token{}, tokens.ErrNotFound
+	}
+	return t, nil
+}
+
+func (s coldStore) HardExpire(context.Context, string, time.Time) (bool, error) { return false, nil }
+
+func (s coldStore) AppWithTenant(_ context.Context, appID string) (directory.App, directory.Tenant, bool, error) {
+	s.calls.add("dir.AppWithTenant")
+	if appID != coldApp {
+		return directory.App{}, directory.Tenant{}, false, directory.ErrNotFound
+	}
+	return directory.App{ID: coldApp, TenantID: coldTenant, Status: directory.AppStatusNormal, EnableAPI: true},
+		directory.Tenant{ID: coldTenant, Status: directory.TenantStatusNormal}, true, nil
+}
+
+func (s coldStore) Account(_ context.Context, id string) (directory.Account, error) {
+	s.calls.add("dir.Account")
+	if id != coldAccount {
+		return directory.Account{}, directory.ErrNotFound
+	}
+	return directory.Account{ID: coldAccount, Status: directory.AccountStatusActive}, nil
+}
+
+func (s coldStore) IsActiveMember(_ context.Context, tenantID, accountID string) (bool, error) {
+	s.calls.add("dir.IsActiveMember")
+	return tenantID == coldTenant && accountID == coldAccount, nil
+}
+
+// coldAccountStore adds the one-query lookup.
+type coldAccountStore struct{ coldStore }
+
+func (s coldAccountStore) LookupByHashWithAccount(ctx context.Context, hash, tenantID string) (tokens.Token, directory.Account, bool, error) {
+	s.calls.add("tokens.LookupByHashWithAccount")
+	t, ok := s.rows[hash]
+	if !ok {
+		return tokens.Token{}, directory.Account{}, false, tokens.ErrNotFound
+	}
+	return t, directory.Account{ID: coldAccount, Status: directory.AccountStatusActive}, tenantID == coldTenant, nil
+}
+
+type coldWorld struct {
+	p     *Pipeline
+	calls *calls
+	cache *coldCache
+	store coldStore
+}
+
+func newColdWorld(t *testing.T, oneQuery bool) *coldWorld {
+	t.Helper()
+	policy, err := LoadPolicy("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &calls{}
+	w := &coldWorld{calls: c, cache: &coldCache{calls: c, entries: map[string]TokenEntry{}},
+		store: coldStore{calls: c, rows: map[string]tokens.Token{}}}
+	deps := Deps{Limiter: coldLimiter{}, Cache: w.cache, Tokens: w.store, Directory: w.store}
+	if oneQuery {
+		deps.Tokens = coldAccountStore{w.store}
+	}
+	w.p, err = New(policy, Options{EnableOAuthBearer: true, RateLimitPerToken: 60, RateLimitFailOpen: true,
+		InvalidBearerPerIPPerMin: 60, CheckTimeout: 5 * time.Second, ForwardAuthorization: true}, deps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
+// token adds a live account token and returns its plaintext.
+func (w *coldWorld) token(t *testing.T) string {
+	t.Helper()
+	plain, err := tokens.Generate(tokens.Account)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.store.rows[tokens.Hash(plain)] = tokens.Token{ID: "d0000000-0000-4000-8000-" + tokens.Hash(plain)[:12],
+		SubjectEmail: "dana@example.com", SubjectIssuer: tokens.AccountIssuer, AccountID: coldAccount, ClientID: "difyctl",
+		Prefix: tokens.Account.Prefix, TokenHash: tokens.Hash(plain), ExpiresAt: time.Now().Add(time.Hour)}
+	return plain
+}
+
+func (w *coldWorld) check(method, path, plain string) Decision {
+	return w.p.Check(context.Background(), Request{Method: method, Path: path,
+		Headers: map[string]string{"authorization": "Bearer " + plain}})
+}
+
+// delta runs f and returns how many times each named call was made during it.
+func (w *coldWorld) delta(f func(), names ...string) map[string]int {
+	before := map[string]int{}
+	for _, n := range names {
+		before[n] = w.calls.get(n)
+	}
+	f()
+	out := map[string]int{}
+	for _, n := range names {
+		out[n] = w.calls.get(n) - before[n]
+	}
+	return out
+}
+
+var coldCalls = []string{"tokens.LookupByHash", "tokens.LookupByHashWithAccount", "dir.Account", "dir.IsActiveMember",
+	"dir.AppWithTenant", "cache.Fill", "cache.RecordVerdict"}
+
+func TestColdCheckReadsPostgresOnceAndFillsOnce(t *testing.T) {
+	for _, tc := range []struct {
+		name, method, path string
+		oneQuery           bool
+		want               map[string]int
+		allow              bool
+		verdict            map[string]bool
+	}{
+		{"app route, one query", "GET", "/openapi/v1/apps/" + coldApp + "/info", true,
+			map[string]int{"tokens.LookupByHashWithAccount": 1, "cache.Fill": 1}, true, map[string]bool{coldTenant: true}},
+		{"workspace route, one query", "GET", "/openapi/v1/workspaces/" + coldTenant, true,
+			map[string]int{"tokens.LookupByHashWithAccount": 1, "cache.Fill": 1}, true, map[string]bool{coldTenant: true}},
+		{"workspace in the query, not a member, one query", "GET", "/openapi/v1/apps?workspace_id=" + otherTenant, true,
+			map[string]int{"tokens.LookupByHashWithAccount": 1, "cache.Fill": 1}, false, map[string]bool{otherTenant: false}},
+		{"no membership step, one query", "GET", "/openapi/v1/me", true,
+			map[string]int{"tokens.LookupByHashWithAccount": 1, "cache.Fill": 1}, true, nil},
+		{"a store without the one-query lookup", "GET", "/openapi/v1/apps/" + coldApp + "/info", false,
+			map[string]int{"tokens.LookupByHash": 1, "dir.Account": 1, "dir.IsActiveMember": 1, "cache.Fill": 1}, true,
+			map[string]bool{coldTenant: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newColdWorld(t, tc.oneQuery)
+			// The app is in memory, as it is for any app used in the last few seconds.
+			if d := w.check("GET", "/openapi/v1/apps/"+coldApp+"/info", w.token(t)); !d.Allow {
+				t.Fatalf("warming the app: %+v", d)
+			}
+			plain := w.token(t)
+			var d Decision
+			got := w.delta(func() { d = w.check(tc.method, tc.path, plain) }, coldCalls...)
+			for _, name := range coldCalls {
+				if got[name] != tc.want[name] {
+					t.Errorf("%s called %d times, want %d (all: %v)", name, got[name], tc.want[name], got)
+				}
+			}
+			if d.Allow != tc.allow {
+				t.Fatalf("decision %+v, want allow %v", d, tc.allow)
+			}
+			fill := w.cache.fills[len(w.cache.fills)-1]
+			if !maps.Equal(fill.VerifiedTenants, tc.verdict) || fill.TokenID != w.store.rows[tokens.Hash(plain)].ID {
+				t.Fatalf("filled %+v, want the token with verdicts %v", fill, tc.verdict)
+			}
+
+			// Warm now: no Postgres, no fill; a verdict not in the entry yet is read and merged into it.
+			got = w.delta(func() { d = w.check("GET", "/openapi/v1/workspaces/"+thirdTenant, plain) }, coldCalls...)
+			if got["dir.IsActiveMember"] != 1 || got["cache.RecordVerdict"] != 1 || got["cache.Fill"] != 0 ||
+				got["tokens.LookupByHash"]+got["tokens.LookupByHashWithAccount"] != 0 || d.Allow {
+				t.Fatalf("warm Check of another workspace: calls %v, decision %+v", got, d)
+			}
+		})
+	}
+}
