@@ -22,6 +22,9 @@ type BreakerOptions struct {
 	ProbeInterval time.Duration
 	// ProbeTimeout bounds one PING (default 250 ms).
 	ProbeTimeout time.Duration
+	// ConfirmTimeout bounds the PING that decides whether failures that were only their callers' deadlines passing
+	// mean Redis is down (default 100 ms).
+	ConfirmTimeout time.Duration
 	// OnChange is told every transition (open true/false); it must not block.
 	OnChange func(open bool)
 }
@@ -30,11 +33,23 @@ type BreakerOptions struct {
 // process (limiter, token cache, revocation stream, device-flow state) shares it: after a few consecutive failures every
 // call fails fast with ErrUnavailable instead of waiting for a Redis known to be down, while a background probe closes it
 // as soon as Redis answers again.
+//
+// A call that fails because its caller's deadline passed says little about Redis on its own: callers give Redis calls
+// short deadlines (half a Check's), and a process that stalls (a busy machine, a burst of work queued on the
+// connections) misses them while Redis answers everything it is sent. So such a failure is not counted when Redis
+// answered any other call while it waited; when Redis answered nothing, it counts, but the failures open the breaker only
+// if a PING, sent then, is not answered within ConfirmTimeout either. A hung Redis still opens it after a few failures
+// and one short PING; a healthy one behind a stall does not turn every Check into a fast failure for a probe interval.
+// Any other failure (a refused or dropped connection, LOADING...) counts at once.
 type Breaker struct {
 	opts     BreakerOptions
 	open     atomic.Bool
 	failures atomic.Int32
 	probe    func(ctx context.Context) error
+	// answers counts calls Redis answered (errors included), so a call can tell whether Redis answered anything while it
+	// waited.
+	answers    atomic.Uint64
+	confirming atomic.Bool // a confirming PING is in flight
 
 	mu      sync.Mutex
 	probing bool
@@ -51,6 +66,9 @@ func NewBreaker(opts BreakerOptions, probe func(ctx context.Context) error) *Bre
 	}
 	if opts.ProbeTimeout <= 0 {
 		opts.ProbeTimeout = 250 * time.Millisecond
+	}
+	if opts.ConfirmTimeout <= 0 {
+		opts.ConfirmTimeout = 100 * time.Millisecond
 	}
 	return &Breaker{opts: opts, probe: probe, closed: make(chan struct{})}
 }
@@ -69,15 +87,70 @@ func (b *Breaker) Close() {
 	}
 }
 
-// Record feeds the outcome of one call into the breaker.
-func (b *Breaker) Record(err error) {
+// record feeds the outcome of one call into the breaker. callerDeadline is whether the caller's own deadline had passed
+// when the call returned, answersBefore what answers counted when it was sent.
+func (b *Breaker) record(err error, callerDeadline bool, answersBefore uint64) {
 	if !isConnectivityError(err) {
+		b.answers.Add(1)
 		b.failures.Store(0)
+		return
+	}
+	if callerDeadline && isTimeout(err) {
+		if b.answers.Load() != answersBefore {
+			return // Redis answered another call meanwhile: this one only ran out of its caller's time
+		}
+		if int(b.failures.Add(1)) >= b.opts.Failures {
+			b.confirm()
+		}
 		return
 	}
 	if int(b.failures.Add(1)) >= b.opts.Failures {
 		b.trip()
 	}
+}
+
+// confirm sends one PING, past the breaker, and opens the breaker only if Redis answers neither it nor any other call
+// within ConfirmTimeout.
+func (b *Breaker) confirm() {
+	if b.open.Load() || !b.confirming.CompareAndSwap(false, true) {
+		return
+	}
+	select {
+	case <-b.closed:
+		b.confirming.Store(false)
+		return
+	default:
+	}
+	seen := b.answers.Load()
+	go func() {
+		defer b.confirming.Store(false)
+		ctx, cancel := context.WithTimeout(context.Background(), b.opts.ConfirmTimeout)
+		err := b.probe(withBypass(ctx))
+		cancel()
+		if err == nil || b.answers.Load() != seen {
+			b.answers.Add(1)
+			b.failures.Store(0)
+			return
+		}
+		b.trip()
+	}()
+}
+
+// deadlinePassed is whether ctx's deadline has passed. It reads the clock rather than ctx.Err(): go-redis sets the
+// socket's deadline to ctx's, and the socket gives up a moment before ctx's own timer marks it done.
+func deadlinePassed(ctx context.Context) bool {
+	dl, ok := ctx.Deadline()
+	return ok && !time.Now().Before(dl)
+}
+
+// isTimeout tells a call that ran out of time (its deadline, a socket deadline, or waiting for a pooled connection)
+// from one that failed otherwise.
+func isTimeout(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, redis.ErrPoolTimeout) {
+		return true
+	}
+	var netErr net.Error
+	return errors.As(err, &netErr) && netErr.Timeout()
 }
 
 func (b *Breaker) trip() {
@@ -188,9 +261,10 @@ func (h hook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 			return ErrUnavailable
 		}
 		spent := ctx.Err() != nil // a caller whose deadline was used up elsewhere says nothing about Redis
+		answers := h.b.answers.Load()
 		err := next(ctx, cmd)
 		if !spent {
-			h.b.Record(err)
+			h.b.record(err, deadlinePassed(ctx), answers)
 		}
 		return err
 	}
@@ -208,9 +282,10 @@ func (h hook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessP
 			return ErrUnavailable
 		}
 		spent := ctx.Err() != nil
+		answers := h.b.answers.Load()
 		err := next(ctx, cmds)
 		if !spent {
-			h.b.Record(err)
+			h.b.record(err, deadlinePassed(ctx), answers)
 		}
 		return err
 	}

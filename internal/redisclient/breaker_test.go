@@ -3,6 +3,8 @@ package redisclient_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -62,6 +64,55 @@ func TestBreakerOpensOnHangAndClosesOnResume(t *testing.T) {
 	}
 	if v, err := c.Get(ctx, "k").Result(); err != nil || v != "v" {
 		t.Fatalf("GET after recovery = %q, %v", v, err)
+	}
+}
+
+// Calls that fail only because their callers' deadlines pass, while Redis itself is answering (here: blocking pops on
+// empty lists, which Redis holds until their own 5 s timeout), do not open the breaker: the PING sent to confirm them is
+// answered.
+func TestBreakerIgnoresCallersOwnDeadlines(t *testing.T) {
+	srv := testenv.StartRedisServer(t)
+	var opened atomic.Int32
+	c, err := redisclient.Open(redisclient.Options{URL: srv.URL(), Breaker: redisclient.BreakerOptions{
+		OnChange: func(open bool) {
+			if open {
+				opened.Add(1)
+			}
+		},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	// Ten connections in the pool first, so that the calls below are not preceded by connection set-up, which Redis
+	// answers.
+	for i := range 10 {
+		wg.Go(func() { _ = c.BLPop(ctx, 100*time.Millisecond, fmt.Sprintf("warm-%d", i)).Err() })
+	}
+	wg.Wait()
+	var timedOut atomic.Int32
+	for i := range 10 {
+		wg.Go(func() {
+			deadline := time.Now().Add(50 * time.Millisecond)
+			callCtx, cancel := context.WithDeadline(ctx, deadline)
+			defer cancel()
+			if err := c.BLPop(callCtx, 5*time.Second, fmt.Sprintf("empty-%d", i)).Err(); err != nil && !time.Now().Before(deadline) {
+				timedOut.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if timedOut.Load() != 10 {
+		t.Fatalf("%d of 10 calls ran out of their deadline, want all", timedOut.Load())
+	}
+	testenv.Eventually(t, 5*time.Second, "the confirming PING to finish", func() bool { return !c.Breaker.Confirming() })
+	if c.Breaker.Open() || opened.Load() != 0 {
+		t.Fatalf("breaker opened (%d times) on callers' own deadlines while Redis answered", opened.Load())
+	}
+	if err := c.Set(ctx, "k", "v", 0).Err(); err != nil {
+		t.Fatalf("SET after the timeouts: %v", err)
 	}
 }
 
