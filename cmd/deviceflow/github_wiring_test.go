@@ -28,13 +28,18 @@ func TestGitHubSignInWiring(t *testing.T) {
 	if _, err := pool.Exec(ctx, dirfixture.Schema); err != nil {
 		t.Fatal(err)
 	}
-	const accountID = "5e000000-0000-4000-8000-0000000000a1"
+	// Lin's Dify account is linked to the github.com user 1001 (Dify's own GitHub sign-in talks to github.com only). The
+	// GITHUB_* URLs below name another GitHub (the fake, as a GitHub Enterprise Server would be), whose user 1001 is someone
+	// else: Kim, whose verified address is Kim's Dify account's.
+	const linID, kimID = "5e000000-0000-4000-8000-0000000000a1", "5e000000-0000-4000-8000-0000000000a2"
 	testenv.SeedDirectory(t, pool, dirfixture.Fixture{
-		Accounts:   []directory.Account{{ID: accountID, Email: "lin@corp.example", Name: "Lin", Status: directory.AccountStatusActive}},
-		Integrates: []dirfixture.Integrate{{AccountID: accountID, Provider: directory.ProviderGitHub, OpenID: "1001"}},
+		Accounts: []directory.Account{{ID: linID, Email: "lin@corp.example", Name: "Lin", Status: directory.AccountStatusActive},
+			{ID: kimID, Email: "kim@corp.example", Name: "Kim", Status: directory.AccountStatusActive}},
+		Integrates: []dirfixture.Integrate{{AccountID: linID, Provider: directory.ProviderGitHub, OpenID: "1001"}},
 	})
 	gh := githubtest.NewServer(t)
-	gh.SignInAs(githubtest.Account{ID: 1001, Login: "lin-gh", Emails: []github.Email{{Email: "x@y.example", Primary: true}}})
+	gh.SignInAs(githubtest.Account{ID: 1001, Login: "kim-ghes",
+		Emails: []github.Email{{Email: "kim@corp.example", Primary: true, Verified: true}}})
 
 	base := map[string]string{
 		"DATABASE_URL": dbURL, "REDIS_URL": testenv.RedisURL(t), "SECRET_KEY": cmdTestSecretKey,
@@ -120,9 +125,27 @@ func TestGitHubSignInWiring(t *testing.T) {
 			t.Fatal(err)
 		}
 		res.Body.Close()
-		// The code exchange went through with the configured secret, and the linked account signed in.
+		// The code exchange went through with the configured secret.
 		if loc := res.Header.Get("Location"); res.StatusCode != http.StatusFound || loc != "http://console.test/device?github_verified=1" {
 			t.Fatalf("callback: %d %q", res.StatusCode, loc)
+		}
+		// The session is Kim's, found by the verified address: the id of a user of another GitHub than github.com is not
+		// the open_id of Dify's links, and must not make Kim Lin.
+		req, _ = http.NewRequest("GET", api+"/openapi/v1/oauth/device/github/context", nil)
+		for _, c := range res.Cookies() {
+			req.AddCookie(c)
+		}
+		res, err = http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var who struct {
+			AccountEmail string `json:"account_email"`
+		}
+		_ = json.NewDecoder(res.Body).Decode(&who)
+		res.Body.Close()
+		if res.StatusCode != http.StatusOK || who.AccountEmail != "kim@corp.example" {
+			t.Fatalf("signed in as %q (%d), want kim@corp.example", who.AccountEmail, res.StatusCode)
 		}
 	})
 }

@@ -20,6 +20,12 @@ type GitHub struct {
 // Enabled reports whether the page offers GitHub sign-in.
 func (g GitHub) Enabled() bool { return g.ClientID != "" && g.ClientSecret != "" }
 
+// Enterprise reports whether the URLs name another GitHub than github.com (GitHub Enterprise Server, GHE.com, or anything
+// standing in for github.com): its user ids are not github.com's, which are the ones Dify's account links hold.
+func (g GitHub) Enterprise() bool {
+	return !strings.EqualFold(g.OAuthURL, DefaultGitHubOAuthURL) || !strings.EqualFold(g.APIURL, DefaultGitHubAPIURL)
+}
+
 func readGitHub(r *reader) GitHub {
 	g := GitHub{
 		ClientID:     r.String("GITHUB_CLIENT_ID", ""),

@@ -13,8 +13,29 @@ func TestGitHubSignInIsOffByDefault(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := config.GitHub{OAuthURL: "https://github.com", APIURL: "https://api.github.com"}
-	if c.GitHub != want || c.GitHub.Enabled() {
-		t.Fatalf("GitHub = %+v (enabled %v), want %+v, off", c.GitHub, c.GitHub.Enabled(), want)
+	if c.GitHub != want || c.GitHub.Enabled() || c.GitHub.Enterprise() {
+		t.Fatalf("GitHub = %+v (enabled %v, enterprise %v), want %+v, off, github.com", c.GitHub, c.GitHub.Enabled(),
+			c.GitHub.Enterprise(), want)
+	}
+}
+
+// Any URL but github.com's is another GitHub, whose user ids are not the ones Dify's links hold.
+func TestGitHubEnterpriseIsAnyOtherURL(t *testing.T) {
+	for vars, want := range map[[2]string]bool{
+		{"https://github.com/", "https://api.github.com/"}:                         false,
+		{"https://GitHub.com", "https://API.github.com"}:                           false,
+		{"https://github.example.com", "https://github.example.com/api/v3"}:        true,
+		{"https://github.com", "https://github.example.com/api/v3"}:                true,
+		{"https://octo.ghe.com", "https://api.github.com"}:                         true,
+		{"https://github.com", "https://github-proxy.internal.example/api.github"}: true,
+	} {
+		c, _, err := config.LoadDeviceflow(env(map[string]string{"GITHUB_OAUTH_URL": vars[0], "GITHUB_API_URL": vars[1]}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := c.GitHub.Enterprise(); got != want {
+			t.Errorf("%v: Enterprise() = %v, want %v", vars, got, want)
+		}
 	}
 }
 
@@ -30,8 +51,8 @@ func TestGitHubSignInIsReadWithDifysNames(t *testing.T) {
 	}
 	want := config.GitHub{ClientID: "Ov23liAbCdEfGhIjKlMn", ClientSecret: "0123456789abcdef0123456789abcdef01234567",
 		OAuthURL: "https://github.example.com", APIURL: "https://github.example.com/api/v3"}
-	if c.GitHub != want || !c.GitHub.Enabled() {
-		t.Fatalf("GitHub = %+v (enabled %v), want %+v, on", c.GitHub, c.GitHub.Enabled(), want)
+	if c.GitHub != want || !c.GitHub.Enabled() || !c.GitHub.Enterprise() {
+		t.Fatalf("GitHub = %+v (enabled %v), want %+v, on, enterprise", c.GitHub, c.GitHub.Enabled(), want)
 	}
 	// Empty values are unset, as for every variable: a Dify .env with GITHUB_CLIENT_ID= leaves it off.
 	c, _, err = config.LoadDeviceflow(env(map[string]string{"GITHUB_CLIENT_ID": "", "GITHUB_CLIENT_SECRET": " "}))

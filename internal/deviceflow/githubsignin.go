@@ -256,12 +256,16 @@ func (s *Server) handleGitHubCallback(w http.ResponseWriter, r *http.Request) er
 }
 
 // githubAccount finds the Dify account a GitHub identity approves as, never creating one: the account Dify linked to the
-// GitHub user id (account_integrates), else the account holding the identity's matching email (github.MatchingEmail: a
-// verified address, never a noreply one), looked up exactly as every branch looks emails up (Directory.AccountByEmail). The
-// account must be active. A non-empty reason refuses, naming what was missing.
+// GitHub user (account_integrates; github.com users only, see github.Identity.OpenID), else the account holding the
+// identity's matching email (github.MatchingEmail: a verified address, never a noreply one), looked up exactly as every
+// branch looks emails up (Directory.AccountByEmail). The account must be active. A non-empty reason refuses, naming what
+// was missing.
 func (s *Server) githubAccount(ctx context.Context, id github.Identity) (acct directory.Account, matchedBy, reason string,
 	err error) {
-	acct, err = s.deps.Directory.AccountByOpenID(ctx, directory.ProviderGitHub, id.ID)
+	err = directory.ErrNotFound
+	if id.OpenID != "" {
+		acct, err = s.deps.Directory.AccountByOpenID(ctx, directory.ProviderGitHub, id.OpenID)
+	}
 	matchedBy = "link"
 	if errors.Is(err, directory.ErrNotFound) {
 		if id.Email == "" {

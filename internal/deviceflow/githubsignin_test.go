@@ -282,6 +282,34 @@ func TestGitHubSignInMatchesAccounts(t *testing.T) {
 	}
 }
 
+// On another GitHub than github.com (GitHub Enterprise Server), user ids are that instance's numbering, while Dify's links
+// hold github.com's: its user 1001 is not the github.com user 1001 whom Lin's account is linked to, so only the verified
+// email matches.
+func TestGitHubEnterpriseUsersAreMatchedByEmailOnly(t *testing.T) {
+	h := newGitHubHarness(t, func(c *github.Config) { c.Enterprise = true }, nil)
+	for _, c := range []struct {
+		who  githubtest.Account
+		want string // the account approved as, or the github_error
+	}{
+		{linkedUser, ghPub.Email},          // 1001 (Lin's link on github.com), with Pub's verified address
+		{linkedNoEmails, githubErrNoEmail}, // 1001 without an address: no match at all
+		{bannedLinked, githubErrNoEmail},   // 1009, linked to the banned account on github.com
+	} {
+		deviceCode, userCode := h.issue()
+		loc, session := h.signIn(userCode, c.who)
+		if session == nil {
+			if loc != "/device?github_error="+c.want {
+				t.Errorf("GitHub Enterprise user %d landed on %q, want %s", c.who.ID, loc, c.want)
+			}
+			h.wantPending(deviceCode)
+			continue
+		}
+		if _, ctx := h.githubContext(session); ctx.AccountEmail != c.want {
+			t.Errorf("GitHub Enterprise user %d signed in as %q, want %s", c.who.ID, ctx.AccountEmail, c.want)
+		}
+	}
+}
+
 func TestGitHubCallbackRefusals(t *testing.T) {
 	h := newGitHubHarness(t, func(c *github.Config) { c.Timeout = 300 * time.Millisecond }, nil)
 	h.gh.SignInAs(hiddenUser)

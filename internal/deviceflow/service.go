@@ -59,7 +59,7 @@ func Start(ctx context.Context, cfg config.Deviceflow, deps Deps, tel *telemetry
 	}
 	if deps.GitHub == nil && cfg.GitHub.Enabled() {
 		deps.GitHub = github.New(github.Config{ClientID: cfg.GitHub.ClientID, ClientSecret: cfg.GitHub.ClientSecret,
-			OAuthURL: cfg.GitHub.OAuthURL, APIURL: cfg.GitHub.APIURL})
+			OAuthURL: cfg.GitHub.OAuthURL, APIURL: cfg.GitHub.APIURL, Enterprise: cfg.GitHub.Enterprise()})
 	}
 	srv, err := New(deps, Config{
 		SecretKey:         cfg.SecretKey,

@@ -40,6 +40,9 @@ type Config struct {
 	MaxBody int64
 	// Transport overrides the HTTP transport (tests, custom TLS). Redirects are never followed whatever it does.
 	Transport http.RoundTripper
+	// Enterprise says the two URLs are a GitHub other than github.com (GitHub Enterprise Server, GHE.com). Its user ids are
+	// its own numbering, so they are not the ids Dify's links hold: Identity.OpenID stays empty.
+	Enterprise bool
 }
 
 // Client signs people in with GitHub. It is safe for concurrent use.
@@ -94,10 +97,13 @@ func (c *Client) AuthorizeURL(redirectURI, state, challenge string) string {
 
 // Identity is the GitHub user a sign-in proved.
 type Identity struct {
-	// ID is the user's numeric id as a decimal string: Dify's account_integrates.open_id for provider github. It never
-	// changes, unlike the login.
-	ID    string
-	Login string
+	// ID is the user's numeric id as a decimal string. It never changes, unlike the login.
+	ID string
+	// OpenID is the open_id by which Dify's account_integrates links an account to this user (provider github): ID on
+	// github.com, the only GitHub Dify's own GitHub sign-in talks to; empty on any other (Config.Enterprise), whose ids are
+	// numbered apart from github.com's: its user 1001 is not the person github.com's user 1001 is.
+	OpenID string
+	Login  string
 	// Email is the address to match a Dify account by (MatchingEmail); empty when the user has none that qualifies.
 	Email string
 }
@@ -147,7 +153,11 @@ func (c *Client) Identify(ctx context.Context, redirectURI, code, verifier strin
 	if user.Email != nil {
 		profile = *user.Email
 	}
-	return Identity{ID: strconv.FormatInt(user.ID, 10), Login: user.Login, Email: MatchingEmail(profile, emails)}, nil
+	id := Identity{ID: strconv.FormatInt(user.ID, 10), Login: user.Login, Email: MatchingEmail(profile, emails)}
+	if !c.cfg.Enterprise {
+		id.OpenID = id.ID
+	}
+	return id, nil
 }
 
 // exchange trades the authorization code for an access token. GitHub answers a refused exchange with 200 and an error

@@ -70,13 +70,19 @@ func TestAuthorizeURL(t *testing.T) {
 func TestIdentify(t *testing.T) {
 	gh := githubtest.NewServer(t)
 	c := github.New(gh.Config())
+	enterprise := gh.Config()
+	enterprise.Enterprise = true
 	for _, tc := range []struct {
+		c    *github.Client
 		who  githubtest.Account
 		want github.Identity
 	}{
-		{octocat, github.Identity{ID: "583231", Login: "octocat", Email: "octocat@example.com"}},
-		{hidden, github.Identity{ID: "42", Login: "hidden", Email: "hidden@example.com"}}, // resolved from /user/emails
+		{c, octocat, github.Identity{ID: "583231", OpenID: "583231", Login: "octocat", Email: "octocat@example.com"}},
+		{c, hidden, github.Identity{ID: "42", OpenID: "42", Login: "hidden", Email: "hidden@example.com"}}, // resolved from /user/emails
+		// Another GitHub's user ids are not github.com's: no open_id of a Dify link.
+		{github.New(enterprise), hidden, github.Identity{ID: "42", Login: "hidden", Email: "hidden@example.com"}},
 	} {
+		c := tc.c
 		gh.SignInAs(tc.who)
 		back := authorize(t, c, "state-1")
 		if back.Get("state") != "state-1" {
