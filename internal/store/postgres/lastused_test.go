@@ -2,6 +2,7 @@ package postgres_test
 
 import (
 	"context"
+	"encoding/json"
 	"testing"
 	"time"
 
@@ -58,5 +59,68 @@ func TestRecordLastUsedSkipsLockedRows(t *testing.T) {
 	}
 	if heldUsed != nil || freeUsed == nil || !freeUsed.Equal(now.Truncate(time.Microsecond)) {
 		t.Fatalf("last_used_at: revoked row %v (want NULL), other row %v (want %v)", heldUsed, freeUsed, now)
+	}
+}
+
+// TestRecordLastUsedReadsOnlyItsRows: a flush of ten uses reads ten rows, however many the table holds and whether or not
+// its statistics are current (here: 5,000 rows loaded and never analysed, which once planned the flush as a scan of every
+// live row).
+func TestRecordLastUsedReadsOnlyItsRows(t *testing.T) {
+	pool := testenv.Postgres(t)
+	ctx := context.Background()
+	if _, err := pool.Exec(ctx, `INSERT INTO oauth_access_tokens (id, subject_email, subject_issuer, account_id, client_id,
+		device_label, prefix, token_hash, created_at, expires_at)
+		SELECT gen_random_uuid(), 'u' || g || '@example.com', 'dify:account', gen_random_uuid(), 'difyctl', 'device-' || g,
+			'dfoa_', md5(g::text) || md5((g + 1)::text), now() - interval '1 hour', now() + interval '1 day'
+		FROM generate_series(1, 5000) g`); err != nil {
+		t.Fatal(err)
+	}
+	var batch []string
+	if err := pool.QueryRow(ctx, `SELECT array_agg(id::text) FROM (SELECT id FROM oauth_access_tokens LIMIT 10) s`).
+		Scan(&batch); err != nil {
+		t.Fatal(err)
+	}
+	times := make([]time.Time, len(batch))
+	for i := range times {
+		times[i] = time.Now()
+	}
+	tx, err := pool.Begin(ctx) // EXPLAIN ANALYZE runs the update: roll it back
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	var raw []byte
+	if err := tx.QueryRow(ctx, `EXPLAIN (ANALYZE, FORMAT JSON) `+postgres.RecordLastUsedSQL, batch, times).Scan(&raw); err != nil {
+		t.Fatal(err)
+	}
+	type node struct {
+		NodeType   string  `json:"Node Type"`
+		Relation   string  `json:"Relation Name"`
+		ActualRows float64 `json:"Actual Rows"`
+		Loops      float64 `json:"Actual Loops"`
+		Plans      []node  `json:"Plans"`
+	}
+	var plans []struct {
+		Plan node `json:"Plan"`
+	}
+	if err := json.Unmarshal(raw, &plans); err != nil || len(plans) != 1 {
+		t.Fatalf("plan %s: %v", raw, err)
+	}
+	var walk func(n node)
+	scans := 0
+	walk = func(n node) {
+		if n.Relation == "oauth_access_tokens" && n.NodeType != "ModifyTable" {
+			scans++
+			if read := n.ActualRows * n.Loops; read > float64(len(batch)) {
+				t.Errorf("%s on oauth_access_tokens read %v rows for a batch of %d\n%s", n.NodeType, read, len(batch), raw)
+			}
+		}
+		for _, c := range n.Plans {
+			walk(c)
+		}
+	}
+	walk(plans[0].Plan)
+	if scans == 0 {
+		t.Fatalf("no scan of oauth_access_tokens in the plan:\n%s", raw)
 	}
 }
