@@ -198,8 +198,16 @@ func (s *Server) handleGitHubCallback(w http.ResponseWriter, r *http.Request) er
 	// The state must be the one this browser's cookie holds (so nobody can hand this browser a sign-in of theirs), and one
 	// this service started and nobody used yet.
 	state := q.Get("state")
-	c, err := r.Cookie(githubStateCookieName)
-	if err != nil || state == "" || len(state) > 128 || subtle.ConstantTimeCompare([]byte(c.Value), []byte(state)) != 1 {
+	if state == "" || len(state) > 128 {
+		return refuse(githubErrState, "detail", "no state")
+	}
+	if c, err := r.Cookie(githubStateCookieName); err != nil || subtle.ConstantTimeCompare([]byte(c.Value), []byte(state)) != 1 {
+		// The sign-in named here came back to another browser than the one that started it: whoever started it may have
+		// sent GitHub's authorization URL to someone, whose GitHub answered with a code for them. It ends now, so that this
+		// URL, should it leak, cannot sign the starting browser in as the person it was sent to.
+		if _, _, err := s.takeGitHubStart(ctx, state); err != nil {
+			return err
+		}
 		return refuse(githubErrState, "detail", "the state is not this browser's")
 	}
 	start, found, err := s.takeGitHubStart(ctx, state)

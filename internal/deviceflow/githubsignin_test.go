@@ -315,23 +315,41 @@ func TestGitHubCallbackRefusals(t *testing.T) {
 	h.gh.SignInAs(hiddenUser)
 
 	t.Run("state not this browser's", func(t *testing.T) {
+		_, otherCode := h.issue()
+		_, otherState := h.start(otherCode) // another sign-in's cookie
+		for _, cookies := range [][]*http.Cookie{nil, {otherState}, {{Name: githubStateCookieName, Value: ""}}} {
+			// Someone starts a sign-in for their own code and sends GitHub's authorization URL to a person, whose GitHub
+			// (the app authorized before) returns that person's browser here at once, with a code for their GitHub user.
+			deviceCode, userCode := h.issue()
+			authorizeURL, state := h.start(userCode)
+			target := h.authorize(authorizeURL)
+			if rec, loc := h.callback(target, cookies...); loc != "/device?github_error="+githubErrState ||
+				cookieNamed(rec, githubSessionCookieName) != nil {
+				t.Fatalf("cookies %v: landed on %q", cookies, loc)
+			}
+			// Should that URL leak (history, a pasted link, a log), the browser that started the sign-in, which holds its
+			// state cookie, cannot finish it: it would be signed in as the person who was sent the link.
+			tokens := len(h.gh.IssuedTokens())
+			if rec, loc := h.callback(target, state); loc != "/device?github_error="+githubErrState ||
+				cookieNamed(rec, githubSessionCookieName) != nil {
+				t.Fatalf("cookies %v, then the starting browser: landed on %q", cookies, loc)
+			}
+			if len(h.gh.IssuedTokens()) != tokens {
+				t.Error("a callback of a dead sign-in reached GitHub")
+			}
+			h.wantPending(deviceCode)
+		}
+		// A state in the URL that is not the cookie's ends only the sign-in the URL names, never the cookie's.
 		deviceCode, userCode := h.issue()
 		authorizeURL, state := h.start(userCode)
 		target := h.authorize(authorizeURL)
-		_, otherState := h.start(userCode) // another sign-in's cookie
-		for _, cookies := range [][]*http.Cookie{nil, {otherState}, {{Name: githubStateCookieName, Value: ""}}} {
-			if _, loc := h.callback(target, cookies...); loc != "/device?github_error="+githubErrState {
-				t.Fatalf("cookies %v: landed on %q", cookies, loc)
-			}
-		}
 		tampered := strings.Replace(target, "state=", "state=x", 1)
 		if _, loc := h.callback(tampered, state); loc != "/device?github_error="+githubErrState {
 			t.Fatalf("another state in the URL: landed on %q", loc)
 		}
 		h.wantPending(deviceCode)
-		// The refusals used up nothing: the right browser still completes this sign-in.
 		if rec, loc := h.callback(target, state); loc != "/device?github_verified=1" || cookieNamed(rec, githubSessionCookieName) == nil {
-			t.Fatalf("the genuine callback after refusals: %q", loc)
+			t.Fatalf("the genuine callback after a tampered one: %q", loc)
 		}
 	})
 
