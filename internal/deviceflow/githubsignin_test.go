@@ -8,6 +8,8 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -17,8 +19,11 @@ import (
 	"github.com/authgate/authgate/internal/directory"
 	"github.com/authgate/authgate/internal/github"
 	"github.com/authgate/authgate/internal/github/githubtest"
+	"github.com/authgate/authgate/internal/ratelimit"
+	"github.com/authgate/authgate/internal/redisclient"
 	"github.com/authgate/authgate/internal/store/dirfixture"
 	"github.com/authgate/authgate/internal/testenv"
+	"github.com/authgate/authgate/internal/tokencache"
 )
 
 // Dify accounts and GitHub users of the GitHub branch's tests.
@@ -729,3 +734,99 @@ func (h *webHarness) wantPendingIn(t testing.TB, deviceCode string) {
 		t.Fatalf("poll: %d %v, want authorization_pending (nothing approved)", code, body)
 	}
 }
+
+// Two deliveries of one callback at once (a double-clicked link, a browser retrying): the state is taken once, so exactly
+// one signs in and GitHub is asked once.
+func TestGitHubCallbackRaceSignsInOnce(t *testing.T) {
+	h := newGitHubHarness(t, nil, nil)
+	h.gh.SignInAs(hiddenUser)
+	deviceCode, userCode := h.issue()
+	authorizeURL, state := h.start(userCode)
+	target := h.authorize(authorizeURL)
+	recs := make([]*httptest.ResponseRecorder, 2)
+	var wg sync.WaitGroup
+	for i := range recs {
+		wg.Go(func() { recs[i] = h.do("GET", target, nil, nil, state) })
+	}
+	wg.Wait()
+	outcomes := map[string]int{}
+	sessions := 0
+	for _, rec := range recs {
+		loc, _ := strings.CutPrefix(rec.Header().Get("Location"), h.cfg.ConsoleWebURL)
+		outcomes[loc]++
+		if cookieNamed(rec, githubSessionCookieName) != nil && cookieNamed(rec, githubSessionCookieName).MaxAge > 0 {
+			sessions++
+		}
+	}
+	if outcomes["/device?github_verified=1"] != 1 || outcomes["/device?github_error="+githubErrState] != 1 || sessions != 1 {
+		t.Fatalf("two racing callbacks: %v with %d sessions; want one sign-in and one refusal", outcomes, sessions)
+	}
+	if n := h.gh.Requests(githubtest.Token); n != 1 {
+		t.Fatalf("GitHub was asked for %d tokens, want 1", n)
+	}
+	h.wantPending(deviceCode)
+}
+
+// With Redis hanging, the callback fails closed, whether Redis hangs before GitHub is asked or while it is: 503
+// temporarily_unavailable as from every endpoint, no session, the state cookie cleared, and once Redis is back nothing
+// was approved.
+func TestGitHubCallbackFailsClosedWhileRedisHangs(t *testing.T) {
+	srv := testenv.StartRedisServer(t)
+	rdb, err := redisclient.Open(redisclient.Options{URL: srv.URL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rdb.Close() })
+	t.Cleanup(srv.Resume)
+	var hangAtEmails atomic.Bool // Redis hangs as deviceflow reads /user/emails: after the code was exchanged
+	gh := githubtest.NewServer(t)
+	h := newWebHarness(t, false, nil, withGitHub(t, gh, func(c *github.Config) {
+		c.Transport = roundTripFunc(func(req *http.Request) (*http.Response, error) {
+			if strings.HasSuffix(req.URL.Path, "/user/emails") && hangAtEmails.Load() {
+				srv.Pause()
+			}
+			return http.DefaultTransport.RoundTrip(req)
+		})
+	}), func(d *Deps, _ *pgxpool.Pool) {
+		d.Redis, d.Limiter, d.Revoker = rdb, ratelimit.NewSlidingWindow(rdb), tokencache.NewRevoker(rdb, time.Minute)
+	})
+	t.Cleanup(func() { noCredentialLogged(t, h, gh) })
+	gh.SignInAs(hiddenUser)
+	g := &githubHarness{webHarness: h, gh: gh}
+
+	for _, after := range []bool{false, true} {
+		deviceCode, userCode := g.issue()
+		authorizeURL, state := g.start(userCode)
+		target := g.authorize(authorizeURL)
+		tokens := len(gh.IssuedTokens())
+		if after {
+			hangAtEmails.Store(true)
+		} else {
+			srv.Pause()
+		}
+		rec := g.do("GET", target, nil, nil, state)
+		hangAtEmails.Store(false)
+		srv.Resume()
+		wantError(t, rec, http.StatusServiceUnavailable, codeUnavailable)
+		if c := cookieNamed(rec, githubSessionCookieName); c != nil {
+			t.Errorf("hang after GitHub %v: a session cookie was set: %+v", after, c)
+		}
+		if c := cookieNamed(rec, githubStateCookieName); c == nil || c.MaxAge >= 0 {
+			t.Errorf("hang after GitHub %v: the state cookie was not cleared: %+v", after, c)
+		}
+		if got := len(gh.IssuedTokens()) - tokens; got != map[bool]int{false: 0, true: 1}[after] {
+			t.Errorf("hang after GitHub %v: GitHub issued %d tokens", after, got)
+		}
+		testenv.Eventually(t, 10*time.Second, "a poll answered once Redis is back", func() bool {
+			code, body := g.poll(deviceCode)
+			if code == http.StatusBadRequest && body["error"] != codeAuthorizationPending {
+				t.Fatalf("hang after GitHub %v: poll answered %v, want authorization_pending (nothing approved)", after, body)
+			}
+			return code == http.StatusBadRequest
+		})
+	}
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(req *http.Request) (*http.Response, error) { return f(req) }
