@@ -103,43 +103,12 @@ func pkceChallenge(verifier string) string {
 // handleGitHubStart: POST /oauth/device/github/start with user_code and state → {"url": GitHub's authorization URL}. Only
 // the /device page starts a sign-in, after the person confirmed the code (the state is the nonce of its device_sso_state
 // cookie, as for SSO): GitHub signs a person who already authorized the app in without a click, so a link must not lead one
-// click from "Authorize this device?". Checks in order: the page's state, the start limit per address, the failed-lookup
-// budget, the code.
+// click from "Authorize this device?". The checks are startFromPage's, with the GitHub-start limit.
 func (s *Server) handleGitHubStart(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
-	p, apiErr := decodeBody(w, r)
-	if apiErr != nil {
-		return apiErr
-	}
-	raw, apiErr := p.str("user_code")
-	if apiErr != nil {
-		return apiErr
-	}
-	pageState, apiErr := p.str("state")
-	if apiErr != nil {
-		return apiErr
-	}
-	if apiErr := s.checkStartState(r, pageState); apiErr != nil {
-		return apiErr
-	}
-	if err := s.allow(ctx, w, limitGitHubStart, s.clientBucket(r)); err != nil {
+	userCode, err := s.startFromPage(w, r, limitGitHubStart)
+	if err != nil {
 		return err
-	}
-	if err := s.checkGuesses(ctx, w, r); err != nil {
-		return err
-	}
-	userCode, ok := normalizeUserCode(raw)
-	if !ok {
-		if err := s.chargeGuess(ctx, r); err != nil {
-			return err
-		}
-		return errorf(http.StatusBadRequest, codeInvalidUserCode, "user_code is missing or malformed")
-	}
-	if _, err := s.state.LookupPending(ctx, userCode, s.now()); err != nil {
-		if errors.Is(err, ErrUnknownCode) {
-			return s.unknownCode(ctx, r)
-		}
-		return pendingCodeError(err)
 	}
 	state, verifier := newOAuthSecret(), newOAuthSecret()
 	record, err := json.Marshal(githubStart{UserCode: userCode, Verifier: verifier})
@@ -317,10 +286,7 @@ type githubContextJSON struct {
 	UserCode     string `json:"user_code"`
 	CSRFToken    string `json:"csrf_token"`
 	ExpiresAt    string `json:"expires_at"`
-	ClientID     string `json:"client_id"`
-	DeviceLabel  string `json:"device_label"`
-	CreatedAt    string `json:"created_at"`
-	CreatorIP    string `json:"creator_ip"`
+	deviceContext
 }
 
 // handleGitHubContext: GET /oauth/device/github/context. The code comes from the signed session, not from the caller, so an
@@ -348,8 +314,7 @@ func (s *Server) handleGitHubContext(w http.ResponseWriter, r *http.Request) err
 	}
 	writeJSON(w, http.StatusOK, githubContextJSON{
 		AccountEmail: acct.Email, AccountName: acct.Name, GitHubLogin: sess.GitHubLogin, UserCode: sess.UserCode,
-		CSRFToken: sess.CSRFToken, ExpiresAt: sess.expiry().UTC().Format(time.RFC3339),
-		ClientID: a.ClientID, DeviceLabel: a.DeviceLabel, CreatedAt: a.CreatedAt.UTC().Format(time.RFC3339), CreatorIP: a.CreatorIP,
+		CSRFToken: sess.CSRFToken, ExpiresAt: sess.expiry().UTC().Format(time.RFC3339), deviceContext: contextOf(a),
 	})
 	return nil
 }

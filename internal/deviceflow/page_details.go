@@ -13,13 +13,25 @@ func (s *Server) pageSignedIn(r *http.Request) bool {
 	return apiErr == nil
 }
 
+// deviceContext is what every authorize view (console session, GitHub sign-in, SSO) shows of the login it would approve
+// (RFC 8628 §5.4): its client and device label, and when and from which address it started, so a person can tell a login
+// someone else started.
+type deviceContext struct {
+	ClientID    string `json:"client_id"`
+	DeviceLabel string `json:"device_label"`
+	CreatedAt   string `json:"created_at"`
+	CreatorIP   string `json:"creator_ip"`
+}
+
+func contextOf(a Authorization) deviceContext {
+	return deviceContext{ClientID: a.ClientID, DeviceLabel: a.DeviceLabel, CreatedAt: a.CreatedAt.UTC().Format(time.RFC3339),
+		CreatorIP: a.CreatorIP}
+}
+
 type deviceDetails struct {
-	UserCode           string `json:"user_code"`
-	ClientID           string `json:"client_id"`
-	DeviceLabel        string `json:"device_label"`
-	CreatedAt          string `json:"created_at"`
-	CreatorIP          string `json:"creator_ip"`
-	ExpiresInRemaining int    `json:"expires_in_remaining"`
+	UserCode string `json:"user_code"`
+	deviceContext
+	ExpiresInRemaining int `json:"expires_in_remaining"`
 }
 
 // handleDeviceDetails: GET /device/details?user_code=. The authorize view shows when and from which address the request
@@ -53,10 +65,7 @@ func (s *Server) handleDeviceDetails(w http.ResponseWriter, r *http.Request) err
 	}
 	writeJSON(w, http.StatusOK, deviceDetails{
 		UserCode:           a.UserCode,
-		ClientID:           a.ClientID,
-		DeviceLabel:        a.DeviceLabel,
-		CreatedAt:          a.CreatedAt.UTC().Format(time.RFC3339),
-		CreatorIP:          a.CreatorIP,
+		deviceContext:      contextOf(a),
 		ExpiresInRemaining: int(math.Ceil(a.ExpiresAt.Sub(now).Seconds())),
 	})
 	return nil

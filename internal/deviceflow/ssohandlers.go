@@ -60,39 +60,9 @@ func (s *Server) handleSSOInitiateLink(w http.ResponseWriter, r *http.Request) e
 // from being redirected to another origin.
 func (s *Server) handleSSOInitiate(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
-	p, apiErr := decodeBody(w, r)
-	if apiErr != nil {
-		return apiErr
-	}
-	raw, apiErr := p.str("user_code")
-	if apiErr != nil {
-		return apiErr
-	}
-	state, apiErr := p.str("state")
-	if apiErr != nil {
-		return apiErr
-	}
-	if apiErr := s.checkStartState(r, state); apiErr != nil {
-		return apiErr
-	}
-	if err := s.allow(ctx, w, limitSSOInitiate, s.clientBucket(r)); err != nil {
+	userCode, err := s.startFromPage(w, r, limitSSOInitiate)
+	if err != nil {
 		return err
-	}
-	if err := s.checkGuesses(ctx, w, r); err != nil {
-		return err
-	}
-	userCode, ok := normalizeUserCode(raw)
-	if !ok {
-		if err := s.chargeGuess(ctx, r); err != nil {
-			return err
-		}
-		return errorf(http.StatusBadRequest, codeInvalidUserCode, "user_code is missing or malformed")
-	}
-	if _, err := s.state.LookupPending(ctx, userCode, s.now()); err != nil {
-		if errors.Is(err, ErrUnknownCode) {
-			return s.unknownCode(ctx, r)
-		}
-		return pendingCodeError(err)
 	}
 	signed, err := s.envelopes().signState(userCode, newSSONonce(), s.cfg.ConsoleAPIURL+ssoCompletePath)
 	if err != nil {
@@ -136,6 +106,49 @@ func (s *Server) startStateFor(w http.ResponseWriter, r *http.Request) (string, 
 	}
 	http.SetCookie(w, s.deviceCookie(ssoStartStateCookieName, signed, int(ssoStartStateTTL/time.Second)))
 	return nonce, nil
+}
+
+// startFromPage is what starting a sign-in from the /device page (SSO, GitHub) checks before it starts one, in this order;
+// the first failure answers. The body's user_code and state; state the nonce of the page's device_sso_state cookie
+// (checkStartState); the start limit l per address; the failed-lookup budget; the code well-formed (else charged, 400
+// invalid_user_code) and pending (an unknown one charged, 404; one resolved already, 409). It returns the normalised code.
+func (s *Server) startFromPage(w http.ResponseWriter, r *http.Request, l limit) (string, error) {
+	ctx := r.Context()
+	p, apiErr := decodeBody(w, r)
+	if apiErr != nil {
+		return "", apiErr
+	}
+	raw, apiErr := p.str("user_code")
+	if apiErr != nil {
+		return "", apiErr
+	}
+	state, apiErr := p.str("state")
+	if apiErr != nil {
+		return "", apiErr
+	}
+	if apiErr := s.checkStartState(r, state); apiErr != nil {
+		return "", apiErr
+	}
+	if err := s.allow(ctx, w, l, s.clientBucket(r)); err != nil {
+		return "", err
+	}
+	if err := s.checkGuesses(ctx, w, r); err != nil {
+		return "", err
+	}
+	userCode, ok := normalizeUserCode(raw)
+	if !ok {
+		if err := s.chargeGuess(ctx, r); err != nil {
+			return "", err
+		}
+		return "", errorf(http.StatusBadRequest, codeInvalidUserCode, "user_code is missing or malformed")
+	}
+	if _, err := s.state.LookupPending(ctx, userCode, s.now()); err != nil {
+		if errors.Is(err, ErrUnknownCode) {
+			return "", s.unknownCode(ctx, r)
+		}
+		return "", pendingCodeError(err)
+	}
+	return userCode, nil
 }
 
 // checkStartState requires the state field to be the nonce of a valid device_sso_state cookie: only the /device page starts
@@ -252,10 +265,7 @@ type approvalContext struct {
 	UserCode      string `json:"user_code"`
 	CSRFToken     string `json:"csrf_token"`
 	ExpiresAt     string `json:"expires_at"`
-	ClientID      string `json:"client_id"`
-	DeviceLabel   string `json:"device_label"`
-	CreatedAt     string `json:"created_at"`
-	CreatorIP     string `json:"creator_ip"`
+	deviceContext
 }
 
 // handleApprovalContext: GET /oauth/device/approval-context. Reading the context does not use up the grant. The code comes
@@ -272,8 +282,7 @@ func (s *Server) handleApprovalContext(w http.ResponseWriter, r *http.Request) e
 	}
 	writeJSON(w, http.StatusOK, approvalContext{
 		SubjectEmail: g.SubjectEmail, SubjectIssuer: g.SubjectIssuer, UserCode: g.UserCode, CSRFToken: g.CSRFToken,
-		ExpiresAt: g.expiry().UTC().Format(time.RFC3339),
-		ClientID:  a.ClientID, DeviceLabel: a.DeviceLabel, CreatedAt: a.CreatedAt.UTC().Format(time.RFC3339), CreatorIP: a.CreatorIP,
+		ExpiresAt: g.expiry().UTC().Format(time.RFC3339), deviceContext: contextOf(a),
 	})
 	return nil
 }

@@ -7,6 +7,7 @@
   var API = "/openapi/v1/oauth/device";
   var STASH = "authgate.device.user_code";
   var CODE_ALPHABET = /^[BCDFGHJKLMNPQRSTVWXZ]{8}$/;
+  var GITHUB_EXPIRED = "Your GitHub sign-in has expired. Enter the code again to retry.";
 
   var root = document.getElementById("device");
   var cfg = {
@@ -87,14 +88,24 @@
     window.location.assign(cfg.signinURL);
   }
 
-  // Errors an approval can end in, by the server's error code.
-  function approvalFailed(res) {
+  // How each authorize view approves or denies: the endpoint after API + "/" + action, and the CSRF token of its session
+  // (the console's cookie, or the token the GitHub or SSO context answered).
+  var approvals = {
+    account: { suffix: "", csrf: function () { return readCookie(cfg.csrfCookie); } },
+    github: { suffix: "", csrf: function () { return githubCSRF; } },
+    sso: { suffix: "-external", csrf: function () { return ssoCSRF; } }
+  };
+  var SIGN_IN_AGAIN = { github: "Sign in with GitHub again.", sso: "Sign in with SSO again." };
+
+  // Errors an approval from view can end in, by the server's error code.
+  function approvalFailed(res, view) {
     var code = res.body.error;
     if (res.status === 429) return show("rate-limited");
     if (code === "expired_or_unknown") return show("expired");
     if (code === "already_resolved" || code === "user_code_not_pending") {
       return flash("This code was already approved or denied. Start the sign-in again on your device.");
     }
+    if (view === "github" && res.status === 401) return githubFailed(GITHUB_EXPIRED);
     if (code === "login_required") return goSignIn();
     if (code === "csrf_invalid") return flash("Your session could not be verified. Reload the page and try again.");
     if (code === "account_inactive") return flash("Your Dify account is not active.");
@@ -104,7 +115,9 @@
     if (code === "email_belongs_to_dify_account") {
       return flash("This email belongs to a Dify account. Sign in with your Dify account instead.");
     }
-    if (code === "user_code_mismatch") return flash("The code does not match your SSO session. Sign in with SSO again.");
+    if (code === "user_code_mismatch") {
+      return flash("The code does not match the one you signed in for. " + (SIGN_IN_AGAIN[view] || "Sign in again."));
+    }
     flash("Something went wrong. Please try again.");
   }
 
@@ -132,6 +145,15 @@
     return d.toLocaleString() + " (" + ago + ")";
   }
 
+  // showContext fills an authorize view's device context (RFC 8628 §5.4) from an answer that carries it, and shows the view.
+  function showContext(view, body) {
+    setText(view + "-client-id", body.client_id || "");
+    setText(view + "-device-label", body.device_label || "");
+    setText(view + "-started", formatStarted(body.created_at));
+    setText(view + "-ip", body.creator_ip || "unknown");
+    show("authorize-" + view);
+  }
+
   function authorizeAccount(lookupBody) {
     setText("account-client-id", lookupBody.client_id || "");
     setText("account-device-label", lookupBody.device_label || "");
@@ -142,30 +164,29 @@
       if (res.status === 429) return show("rate-limited");
       if (res.status === 404) return show("expired");
       if (res.status !== 200) return show("lookup-failed");
-      setText("account-client-id", res.body.client_id);
-      setText("account-device-label", res.body.device_label);
-      setText("account-started", formatStarted(res.body.created_at));
-      setText("account-ip", res.body.creator_ip || "unknown");
-      show("authorize-account");
+      showContext("account", res.body);
     });
   }
 
-  function resolveAccount(action) {
-    var ids = ["account-approve", "account-deny"];
+  // resolve approves or denies (action) from an authorize view, with that view's session.
+  function resolve(view, action) {
+    var ids = [view + "-approve", view + "-deny"];
+    var how = approvals[view];
     busy(ids, true);
-    call("POST", API + "/" + action, { user_code: userCode }, readCookie(cfg.csrfCookie)).then(function (res) {
+    call("POST", API + "/" + action + how.suffix, { user_code: userCode }, how.csrf()).then(function (res) {
       busy(ids, false);
       if (res.status === 200) return show(action === "approve" ? "success" : "denied");
-      approvalFailed(res);
+      approvalFailed(res, view);
     });
   }
 
-  // startSSO is reached only from the chooser, after the person confirmed the code: the server starts SSO for a POST that
-  // carries the page's state, never for a link, and answers with the identity provider's URL to go to.
-  function startSSO() {
-    busy(["choose-sso"], true);
-    call("POST", API + "/sso-initiate", { user_code: userCode, state: cfg.ssoState }).then(function (res) {
-      busy(["choose-sso"], false);
+  // startSignIn is reached only from the chooser, after the person confirmed the code: the server starts SSO or a GitHub
+  // sign-in (path) for a POST that carries the page's state, never for a link, and answers with the URL to go to (the
+  // identity provider's, or GitHub's), which returns the browser here.
+  function startSignIn(button, path) {
+    busy([button], true);
+    call("POST", API + path, { user_code: userCode, state: cfg.ssoState }).then(function (res) {
+      busy([button], false);
       if (res.status === 200 && /^https?:\/\//.test(res.body.url || "")) return window.location.assign(res.body.url);
       if (res.status === 429) return show("rate-limited");
       if (res.body.error === "expired_or_unknown") return show("expired");
@@ -174,23 +195,6 @@
       }
       if (res.body.error === "csrf_invalid") return flash("This page has expired. Reload it and enter the code again.");
       if (res.body.error === "sso_initiate_failed") return flash("The SSO provider could not be reached. Try again later.");
-      show("lookup-failed");
-    });
-  }
-
-  // startGitHub, like startSSO, is reached only from the chooser: the server answers with GitHub's authorization URL for a
-  // POST that carries the page's state, and GitHub sends the browser back to the callback, which returns it here.
-  function startGitHub() {
-    busy(["choose-github"], true);
-    call("POST", API + "/github/start", { user_code: userCode, state: cfg.ssoState }).then(function (res) {
-      busy(["choose-github"], false);
-      if (res.status === 200 && /^https?:\/\//.test(res.body.url || "")) return window.location.assign(res.body.url);
-      if (res.status === 429) return show("rate-limited");
-      if (res.body.error === "expired_or_unknown") return show("expired");
-      if (res.body.error === "user_code_not_pending") {
-        return flash("This code was already approved or denied. Start the sign-in again on your device.");
-      }
-      if (res.body.error === "csrf_invalid") return flash("This page has expired. Reload it and enter the code again.");
       show("lookup-failed");
     });
   }
@@ -204,29 +208,13 @@
     call("GET", API + "/github/context").then(function (res) {
       if (res.status === 409) return show("expired");
       if (res.status === 403) return githubFailed("The Dify account for this GitHub account is not active.");
-      if (res.status !== 200) return githubFailed("Your GitHub sign-in has expired. Enter the code again to retry.");
+      if (res.status !== 200) return githubFailed(GITHUB_EXPIRED);
       userCode = res.body.user_code;
       githubCSRF = res.body.csrf_token;
       showCode(userCode);
       setText("github-account", res.body.account_email);
       setText("github-login", res.body.github_login ? "@" + res.body.github_login : "");
-      setText("github-client-id", res.body.client_id || "");
-      setText("github-device-label", res.body.device_label || "");
-      setText("github-started", formatStarted(res.body.created_at));
-      setText("github-ip", res.body.creator_ip || "unknown");
-      show("authorize-github");
-    });
-  }
-
-  // resolveGitHub approves or denies through the account branch's endpoints, with the GitHub session's CSRF token.
-  function resolveGitHub(action) {
-    var ids = ["github-approve", "github-deny"];
-    busy(ids, true);
-    call("POST", API + "/" + action, { user_code: userCode }, githubCSRF).then(function (res) {
-      busy(ids, false);
-      if (res.status === 200) return show(action === "approve" ? "success" : "denied");
-      if (res.status === 401) return githubFailed("Your GitHub sign-in has expired. Enter the code again to retry.");
-      approvalFailed(res);
+      showContext("github", res.body);
     });
   }
 
@@ -242,21 +230,7 @@
       showCode(userCode);
       setText("sso-email", res.body.subject_email);
       setText("sso-issuer", res.body.subject_issuer);
-      setText("sso-client-id", res.body.client_id || "");
-      setText("sso-device-label", res.body.device_label || "");
-      setText("sso-started", formatStarted(res.body.created_at));
-      setText("sso-ip", res.body.creator_ip || "unknown");
-      show("authorize-sso");
-    });
-  }
-
-  function resolveSSO(action) {
-    var ids = ["sso-approve", "sso-deny"];
-    busy(ids, true);
-    call("POST", API + "/" + action + "-external", { user_code: userCode }, ssoCSRF).then(function (res) {
-      busy(ids, false);
-      if (res.status === 200) return show(action === "approve" ? "success" : "denied");
-      approvalFailed(res);
+      showContext("sso", res.body);
     });
   }
 
@@ -280,14 +254,15 @@
       show(res.status === 429 ? "rate-limited" : "expired");
     });
   });
-  if ($("choose-sso")) $("choose-sso").addEventListener("click", startSSO);
-  if ($("choose-github")) $("choose-github").addEventListener("click", startGitHub);
-  $("github-approve").addEventListener("click", function () { resolveGitHub("approve"); });
-  $("github-deny").addEventListener("click", function () { resolveGitHub("deny"); });
-  $("account-approve").addEventListener("click", function () { resolveAccount("approve"); });
-  $("account-deny").addEventListener("click", function () { resolveAccount("deny"); });
-  $("sso-approve").addEventListener("click", function () { resolveSSO("approve"); });
-  $("sso-deny").addEventListener("click", function () { resolveSSO("deny"); });
+  if ($("choose-sso")) $("choose-sso").addEventListener("click", function () { startSignIn("choose-sso", "/sso-initiate"); });
+  if ($("choose-github")) {
+    $("choose-github").addEventListener("click", function () { startSignIn("choose-github", "/github/start"); });
+  }
+  Object.keys(approvals).forEach(function (view) {
+    ["approve", "deny"].forEach(function (action) {
+      $(view + "-" + action).addEventListener("click", function () { resolve(view, action); });
+    });
+  });
   var restarts = document.querySelectorAll(".js-restart");
   for (var i = 0; i < restarts.length; i++) restarts[i].addEventListener("click", restart);
 
