@@ -229,6 +229,7 @@ func TestMatchingEmail(t *testing.T) {
 			[]github.Email{unverified("pub@example.com"), primary(v("p@example.com"))}, "p@example.com"},
 		{"only unverified", "", []github.Email{primary(unverified("p@example.com")), unverified("q@example.com")}, ""},
 		{"unverified public profile email", "pub@example.com", []github.Email{unverified("pub@example.com")}, ""},
+		{"a profile email GitHub does not list at all is not used", "pub@example.com", nil, ""},
 		{"noreply only", "", []github.Email{primary(v("1+me@users.noreply.github.com"))}, ""},
 		{"noreply as the profile email", "1+me@users.noreply.github.com",
 			[]github.Email{v("1+me@users.noreply.github.com"), v("real@example.com")}, "real@example.com"},
