@@ -42,16 +42,22 @@ func (c *calls) get(name string) int {
 	return c.n[name]
 }
 
-type coldLimiter struct{}
+type coldLimiter struct{ calls *calls }
 
-func (coldLimiter) Allow(context.Context, string, int, time.Duration) (RateDecision, error) {
+func (l coldLimiter) Allow(context.Context, string, int, time.Duration) (RateDecision, error) {
+	l.calls.add("limiter.Allow")
 	return RateDecision{Allowed: true, Limit: 60, Remaining: 59}, nil
 }
 
-func (coldLimiter) Exceeded(context.Context, string, int, time.Duration) (RateDecision, error) {
+func (l coldLimiter) Exceeded(context.Context, string, int, time.Duration) (RateDecision, error) {
+	l.calls.add("limiter.Exceeded")
 	return RateDecision{Allowed: true}, nil
 }
-func (coldLimiter) Add(context.Context, string, time.Duration) error { return nil }
+
+func (l coldLimiter) Add(context.Context, string, time.Duration) error {
+	l.calls.add("limiter.Add")
+	return nil
+}
 
 // coldCache is a token cache in a map; fills and verdicts are recorded.
 type coldCache struct {
@@ -157,7 +163,7 @@ func newColdWorld(t *testing.T, oneQuery bool) *coldWorld {
 	c := &calls{}
 	w := &coldWorld{calls: c, cache: &coldCache{calls: c, entries: map[string]TokenEntry{}},
 		store: coldStore{calls: c, rows: map[string]tokens.Token{}}}
-	deps := Deps{Limiter: coldLimiter{}, Cache: w.cache, Tokens: w.store, Directory: w.store}
+	deps := Deps{Limiter: coldLimiter{calls: c}, Cache: w.cache, Tokens: w.store, Directory: w.store}
 	if oneQuery {
 		deps.Tokens = coldAccountStore{w.store}
 	}
@@ -202,7 +208,7 @@ func (w *coldWorld) delta(f func(), names ...string) map[string]int {
 }
 
 var coldCalls = []string{"tokens.LookupByHash", "tokens.LookupByHashWithAccount", "dir.Account", "dir.IsActiveMember",
-	"dir.AppWithTenant", "cache.Fill", "cache.RecordVerdict"}
+	"dir.AppWithTenant", "cache.Fill", "cache.RecordVerdict", "limiter.Exceeded", "limiter.Add"}
 
 func TestColdCheckReadsPostgresOnceAndFillsOnce(t *testing.T) {
 	for _, tc := range []struct {
@@ -213,16 +219,19 @@ func TestColdCheckReadsPostgresOnceAndFillsOnce(t *testing.T) {
 		verdict            map[string]bool
 	}{
 		{"app route, one query", "GET", "/openapi/v1/apps/" + coldApp + "/info", true,
-			map[string]int{"tokens.LookupByHashWithAccount": 1, "cache.Fill": 1}, true, map[string]bool{coldTenant: true}},
-		{"workspace route, one query", "GET", "/openapi/v1/workspaces/" + coldTenant, true,
-			map[string]int{"tokens.LookupByHashWithAccount": 1, "cache.Fill": 1}, true, map[string]bool{coldTenant: true}},
-		{"workspace in the query, not a member, one query", "GET", "/openapi/v1/apps?workspace_id=" + otherTenant, true,
-			map[string]int{"tokens.LookupByHashWithAccount": 1, "cache.Fill": 1}, false, map[string]bool{otherTenant: false}},
-		{"no membership step, one query", "GET", "/openapi/v1/me", true,
-			map[string]int{"tokens.LookupByHashWithAccount": 1, "cache.Fill": 1}, true, nil},
-		{"a store without the one-query lookup", "GET", "/openapi/v1/apps/" + coldApp + "/info", false,
-			map[string]int{"tokens.LookupByHash": 1, "dir.Account": 1, "dir.IsActiveMember": 1, "cache.Fill": 1}, true,
+			map[string]int{"tokens.LookupByHashWithAccount": 1, "cache.Fill": 1, "limiter.Exceeded": 1}, true,
 			map[string]bool{coldTenant: true}},
+		{"workspace route, one query", "GET", "/openapi/v1/workspaces/" + coldTenant, true,
+			map[string]int{"tokens.LookupByHashWithAccount": 1, "cache.Fill": 1, "limiter.Exceeded": 1}, true,
+			map[string]bool{coldTenant: true}},
+		{"workspace in the query, not a member, one query", "GET", "/openapi/v1/apps?workspace_id=" + otherTenant, true,
+			map[string]int{"tokens.LookupByHashWithAccount": 1, "cache.Fill": 1, "limiter.Exceeded": 1}, false,
+			map[string]bool{otherTenant: false}},
+		{"no membership step, one query", "GET", "/openapi/v1/me", true,
+			map[string]int{"tokens.LookupByHashWithAccount": 1, "cache.Fill": 1, "limiter.Exceeded": 1}, true, nil},
+		{"a store without the one-query lookup", "GET", "/openapi/v1/apps/" + coldApp + "/info", false,
+			map[string]int{"tokens.LookupByHash": 1, "dir.Account": 1, "dir.IsActiveMember": 1, "cache.Fill": 1,
+				"limiter.Exceeded": 1}, true, map[string]bool{coldTenant: true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			w := newColdWorld(t, tc.oneQuery)
@@ -246,12 +255,43 @@ func TestColdCheckReadsPostgresOnceAndFillsOnce(t *testing.T) {
 				t.Fatalf("filled %+v, want the token with verdicts %v", fill, tc.verdict)
 			}
 
-			// Warm now: no Postgres, no fill; a verdict not in the entry yet is read and merged into it.
+			// Warm now: no Postgres, no fill, no budget read (the hash was found valid); a verdict not in the entry yet is
+			// read and merged into it.
 			got = w.delta(func() { d = w.check("GET", "/openapi/v1/workspaces/"+thirdTenant, plain) }, coldCalls...)
 			if got["dir.IsActiveMember"] != 1 || got["cache.RecordVerdict"] != 1 || got["cache.Fill"] != 0 ||
-				got["tokens.LookupByHash"]+got["tokens.LookupByHashWithAccount"] != 0 || d.Allow {
+				got["tokens.LookupByHash"]+got["tokens.LookupByHashWithAccount"] != 0 || got["limiter.Exceeded"] != 0 ||
+				d.Allow {
 				t.Fatalf("warm Check of another workspace: calls %v, decision %+v", got, d)
 			}
 		})
+	}
+}
+
+// An unknown bearer costs one budget read, made beside the cache read, and is charged once; a hash refused lately costs
+// nothing; an address this replica already counts as over its budget gets no Redis read at all.
+func TestColdCheckBudgetReads(t *testing.T) {
+	w := newColdWorld(t, true)
+	unknown := func() string {
+		plain, err := tokens.Generate(tokens.Account)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return plain
+	}
+	got := w.delta(func() {
+		if d := w.check("GET", "/openapi/v1/me", unknown()); d.Code != CodeInvalidBearer {
+			t.Fatalf("unknown bearer: %+v", d)
+		}
+	}, coldCalls...)
+	if got["limiter.Exceeded"] != 1 || got["limiter.Add"] != 1 || got["tokens.LookupByHashWithAccount"] != 1 {
+		t.Fatalf("unknown bearer: calls %v, want one budget read, one charge, one lookup", got)
+	}
+	// The replica's own count fills up; past it no budget read is sent (the lookups go through the suspect lane).
+	for range 70 {
+		w.check("GET", "/openapi/v1/me", unknown())
+	}
+	got = w.delta(func() { w.check("GET", "/openapi/v1/me", unknown()) }, coldCalls...)
+	if got["limiter.Exceeded"] != 0 {
+		t.Fatalf("an address over this replica's count: calls %v, want no budget read", got)
 	}
 }

@@ -92,6 +92,14 @@ func (b *localBudget) reserve(key string) (budgetHold, bool) {
 	return budgetHold{key: key, start: w.start}, true
 }
 
+// spent reports whether reserve would refuse key a slot now, without taking one.
+func (b *localBudget) spent(key string) bool {
+	now := b.now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.current(key, now).n >= b.limit
+}
+
 // release gives a slot back: the lookup found a valid token, or could not be made.
 func (b *localBudget) release(h budgetHold) {
 	if h.key == "" {

@@ -38,6 +38,8 @@ type caller struct {
 	// fill: entry was read from Postgres by this Check and is written to the token cache when the Check ends; until then
 	// entry and its VerifiedTenants are this Check's own.
 	fill bool
+	// budgetAhead is the invalid-bearer budget's read, started beside the token cache read (readBudgetAhead), or nil.
+	budgetAhead *budgetRead
 	// route, params and workspaceQuery are the request's, for the membership step and its tenant.
 	route          *Route
 	params         map[string]string

@@ -31,6 +31,7 @@ func (p *Pipeline) resolveToken(ctx context.Context, req *Request, c *caller) (D
 	} else if c.redisDown {
 		err = errRedisDown
 	} else {
+		c.budgetAhead = p.readBudgetAhead(ctx, req, c)
 		rctx, cancel := p.redisCtx(ctx)
 		entry, status, err = p.deps.Cache.Get(rctx, c.hash)
 		cancel()
@@ -213,9 +214,7 @@ func (p *Pipeline) admitLookup(ctx context.Context, req *Request, c *caller) (ad
 	if ok && c.redisDown {
 		p.metrics.rateLimitSkipped.Add(ctx, 1, skippedIPBudget)
 	} else if ok {
-		rctx, cancel := p.redisCtx(ctx)
-		rd, err := p.deps.Limiter.Exceeded(rctx, a.key, p.opts.InvalidBearerPerIPPerMin, invalidBearerWindow)
-		cancel()
+		rd, err := p.readBudget(ctx, a.key, c)
 		switch {
 		case err != nil && ctx.Err() != nil:
 			p.budget.release(hold)
@@ -241,6 +240,51 @@ func (p *Pipeline) admitLookup(ctx context.Context, req *Request, c *caller) (ad
 	}
 	p.metrics.suspectLookups.Add(ctx, 1, suspectAdmitted)
 	return a, Decision{}, true
+}
+
+// budgetRead is the invalid-bearer budget's Redis read (Limiter.Exceeded), started beside the token cache read.
+type budgetRead struct {
+	key  string
+	done chan struct{} // closed once rd and err are set
+	rd   RateDecision
+	err  error
+}
+
+// readBudgetAhead starts the budget read a lookup of c.hash would make, beside the token cache read, when the hash may well
+// be looked up: the two round trips of a cold Check then overlap instead of following each other. It starts nothing when
+// no read would be made: the budget is off, the hash was found valid lately, or this replica's own count already refuses
+// the address (then no Redis call is made at all, as before).
+func (p *Pipeline) readBudgetAhead(ctx context.Context, req *Request, c *caller) *budgetRead {
+	if p.opts.InvalidBearerPerIPPerMin <= 0 || p.budget.isVouched(c.hash) {
+		return nil
+	}
+	key := p.ipBudgetKey(req)
+	if p.budget.spent(key) {
+		return nil
+	}
+	r := &budgetRead{key: key, done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		rctx, cancel := p.redisCtx(ctx)
+		r.rd, r.err = p.deps.Limiter.Exceeded(rctx, key, p.opts.InvalidBearerPerIPPerMin, invalidBearerWindow)
+		cancel()
+	}()
+	return r
+}
+
+// readBudget is the budget's Redis read for key: the one started ahead for this Check, or a new one.
+func (p *Pipeline) readBudget(ctx context.Context, key string, c *caller) (RateDecision, error) {
+	if r := c.budgetAhead; r != nil && r.key == key {
+		select {
+		case <-r.done:
+			return r.rd, r.err
+		case <-ctx.Done():
+			return RateDecision{}, ctx.Err()
+		}
+	}
+	rctx, cancel := p.redisCtx(ctx)
+	defer cancel()
+	return p.deps.Limiter.Exceeded(rctx, key, p.opts.InvalidBearerPerIPPerMin, invalidBearerWindow)
 }
 
 // refuseLookedUp answers a lookup that found no live token: the hash is refused from memory for a few seconds (in this
