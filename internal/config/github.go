@@ -1,6 +1,10 @@
 package config
 
-import "strings"
+import (
+	"net/netip"
+	"net/url"
+	"strings"
+)
 
 // Defaults of GitHub's endpoints; GitHub Enterprise Server serves them at https://HOST and https://HOST/api/v3.
 const (
@@ -33,6 +37,12 @@ func readGitHub(r *reader) GitHub {
 		OAuthURL:     r.URL("GITHUB_OAUTH_URL", DefaultGitHubOAuthURL),
 		APIURL:       r.URL("GITHUB_API_URL", DefaultGitHubAPIURL),
 	}
+	for _, u := range [...]struct{ name, value string }{{"GITHUB_OAUTH_URL", g.OAuthURL}, {"GITHUB_API_URL", g.APIURL}} {
+		if !httpsOrLoopback(u.value) {
+			r.fail(u.name, "must be https: the client secret, GitHub's one-time code and its access token travel over it "+
+				"(plain http only to a loopback address, for tests): %s", u.value)
+		}
+	}
 	switch {
 	case g.ClientID != "" && g.ClientSecret == "":
 		r.fail("GITHUB_CLIENT_SECRET", "required when GITHUB_CLIENT_ID is set (GitHub sign-in on the /device page)")
@@ -50,3 +60,18 @@ func readGitHub(r *reader) GitHub {
 // notTokenChar is a character no GitHub client id or secret holds: whitespace, a control character, or anything outside
 // printable ASCII. Such a value is a copy-and-paste mistake that GitHub would only answer with a failed sign-in.
 func notTokenChar(c rune) bool { return c <= ' ' || c > '~' }
+
+// httpsOrLoopback: an https URL, or an http one whose host is a loopback address or localhost. A URL that does not parse is
+// left to the URL reader, which has already named it.
+func httpsOrLoopback(raw string) bool {
+	u, err := url.Parse(raw)
+	if err != nil || !strings.EqualFold(u.Scheme, "http") {
+		return true
+	}
+	host := u.Hostname()
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}

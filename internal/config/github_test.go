@@ -74,6 +74,8 @@ func TestGitHubSignInBadValuesNameTheirVariable(t *testing.T) {
 		{map[string]string{"GITHUB_CLIENT_ID": "Ov23li", "GITHUB_CLIENT_SECRET": "s3cret tail"}, "GITHUB_CLIENT_SECRET"},
 		{map[string]string{"GITHUB_OAUTH_URL": "github.com"}, "GITHUB_OAUTH_URL"},
 		{map[string]string{"GITHUB_API_URL": "ftp://api.github.com"}, "GITHUB_API_URL"},
+		{map[string]string{"GITHUB_OAUTH_URL": "http://github.example.com"}, "GITHUB_OAUTH_URL"},
+		{map[string]string{"GITHUB_API_URL": "http://10.0.0.7/api/v3"}, "GITHUB_API_URL"},
 	}
 	for _, c := range cases {
 		_, _, err := config.LoadDeviceflow(env(c.vars))
@@ -86,6 +88,12 @@ func TestGitHubSignInBadValuesNameTheirVariable(t *testing.T) {
 			if strings.Contains(err.Error(), v) {
 				t.Errorf("%v: the error quotes the client secret: %v", c.vars, err)
 			}
+		}
+	}
+	// Plain http is for a GitHub standing in on this host (tests, a local fake): the secret never leaves the machine.
+	for _, u := range []string{"http://127.0.0.1:8123", "http://[::1]:8123/api/v3", "http://localhost:8123"} {
+		if _, _, err := config.LoadDeviceflow(env(map[string]string{"GITHUB_OAUTH_URL": u, "GITHUB_API_URL": u})); err != nil {
+			t.Errorf("loopback %s refused: %v", u, err)
 		}
 	}
 	// extauthz has no GitHub sign-in and does not read these.
