@@ -7,20 +7,31 @@ import (
 	"testing"
 	"time"
 
+	"github.com/authgate/authgate/internal/coalesce"
 	"github.com/authgate/authgate/internal/testenv"
 )
 
-// runBatch sends calls as one batch, as the sender does, and returns their results in order.
+type result struct {
+	r   reply
+	err error
+}
+
+// newCall is one decision as a call of its own, outside the batcher's queue.
+func (b *batcher) newCall(ctx context.Context, key string, m mode, limit int, windowSec int64, pending int, sentAt time.Time) *call {
+	return coalesce.NewCall[*decision, reply](ctx, b.decision(key, m, limit, windowSec, pending, sentAt))
+}
+
+// runBatch sends calls as one batch, as the batcher does, and returns their results in order.
 func runBatch(t *testing.T, b *batcher, calls []*call) []result {
 	t.Helper()
-	b.roundTrip(calls)
+	b.roundTrip(context.Background(), calls)
 	out := make([]result, len(calls))
 	for i, c := range calls {
-		select {
-		case out[i] = <-c.done:
-		default:
+		r, err := c.Answered()
+		if errors.Is(err, coalesce.ErrNotAnswered) {
 			t.Fatalf("call %d got no answer from its round trip", i)
 		}
+		out[i] = result{r, err}
 	}
 	return out
 }
@@ -59,7 +70,7 @@ func TestOneRunDecidesTheWholeBatch(t *testing.T) {
 		t.Fatalf("check on b at its limit of 3: %+v, %v; want not allowed", r.r, r.err)
 	}
 	for i, r := range res {
-		if r.err == nil && (r.r.nowSec != res[0].r.nowSec || r.r.limit != calls[i].r.limit || r.r.sentAt != now) {
+		if r.err == nil && (r.r.nowSec != res[0].r.nowSec || r.r.limit != calls[i].Req.r.limit || r.r.sentAt != now) {
 			t.Fatalf("decision %d: %+v; want the run's one clock and its own limit and send time", i, r.r)
 		}
 	}

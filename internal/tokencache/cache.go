@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/authgate/authgate/internal/coalesce"
 )
 
 const (
@@ -67,6 +69,15 @@ type Cache struct {
 	// denied holds the hashes a Reconciler learned from Postgres were revoked recently: refused without asking Redis. Replaced
 	// as a whole by the reconciler, read without a lock on every lookup.
 	denied atomic.Pointer[map[string]struct{}]
+	// reads sends the Redis reads of concurrent lookups together: a flood of bearers no memory knows (guessed or random
+	// ones) costs one round trip per batch, not one per bearer.
+	reads *coalesce.Batcher[string, entryRead]
+}
+
+// entryRead is a Redis read of one hash's entry.
+type entryRead struct {
+	v   []byte
+	ttl time.Duration // 0 when unknown or unbounded
 }
 
 // New returns a cache over rdb. With opts.Local, Run must be running for the local layer to serve anything.
@@ -82,6 +93,7 @@ func New(rdb redis.UniversalClient, opts Options) *Cache {
 		}
 		c.local = newLocal(n, c.ttl)
 	}
+	c.reads = coalesce.New(c.readEntries, coalesce.Options{})
 	return c
 }
 
@@ -151,18 +163,37 @@ func (c *Cache) Get(ctx context.Context, hash string) (Entry, Status, error) {
 // readEntry GETs hash's entry and, when the local layer may keep it, its remaining TTL in the same round trip: a copy must not
 // outlive the Redis entry it was read from. ttl is 0 when unknown or unbounded.
 func (c *Cache) readEntry(ctx context.Context, hash string) (v []byte, ttl time.Duration, err error) {
-	if c.local == nil {
-		v, err = c.rdb.Get(ctx, redisKey(hash)).Bytes()
-		return v, 0, err
-	}
+	r, err := c.reads.Do(ctx, hash)
+	return r.v, r.ttl, err
+}
+
+// readEntries is one round trip for a batch of reads: GET (and PTTL) per hash, pipelined.
+func (c *Cache) readEntries(ctx context.Context, calls []*coalesce.Call[string, entryRead]) {
 	pipe := c.rdb.Pipeline()
-	get := pipe.Get(ctx, redisKey(hash))
-	pttl := pipe.PTTL(ctx, redisKey(hash))
-	_, _ = pipe.Exec(ctx) // errors are per command
-	if v, err = get.Bytes(); err != nil {
-		return nil, 0, err
+	gets := make([]*redis.StringCmd, len(calls))
+	var pttls []*redis.DurationCmd
+	if c.local != nil {
+		pttls = make([]*redis.DurationCmd, len(calls))
 	}
-	return v, max(pttl.Val(), 0), nil
+	for i, call := range calls {
+		gets[i] = pipe.Get(ctx, redisKey(call.Req))
+		if pttls != nil {
+			pttls[i] = pipe.PTTL(ctx, redisKey(call.Req))
+		}
+	}
+	_, _ = pipe.Exec(ctx) // errors are per command
+	for i, call := range calls {
+		v, err := gets[i].Bytes()
+		if err != nil {
+			call.Answer(entryRead{}, err)
+			continue
+		}
+		r := entryRead{v: v}
+		if pttls != nil {
+			r.ttl = max(pttls[i].Val(), 0)
+		}
+		call.Answer(r, nil)
+	}
 }
 
 // Fill caches e for hash for the cache TTL (less if the token expires sooner) unless anything is cached there already, a

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"maps"
 	"slices"
+	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -309,5 +311,59 @@ func TestRedisDownIsAnError(t *testing.T) {
 	}
 	if err := NewRevoker(srv.Client(), 0).Revoke(ctx, newHash()); err == nil {
 		t.Fatal("Revoke with Redis down: no error")
+	}
+}
+
+// Concurrent lookups share round trips (one pipelined read per batch); each still gets its own entry, miss or tombstone,
+// and the local layer keeps a copy only as long as its own Redis entry lives.
+func TestConcurrentGetsEachReadTheirOwnEntry(t *testing.T) {
+	ctx := context.Background()
+	rdb := testenv.Redis(t)
+	c := New(rdb, Options{Local: true})
+	runLocal(t, c)
+	type want struct {
+		hash  string
+		st    Status
+		token string
+	}
+	var wants []want
+	for i := range 60 {
+		w := want{hash: newHash()}
+		switch i % 3 {
+		case 0:
+			e := accountEntry()
+			e.TokenID = "token-" + strconv.Itoa(i)
+			if err := c.Fill(ctx, w.hash, e); err != nil {
+				t.Fatal(err)
+			}
+			c.local.evict(w.hash) // read from Redis, not from the fill's local copy
+			w.st, w.token = Hit, e.TokenID
+		case 1:
+			if err := NewRevoker(rdb, time.Minute).Revoke(ctx, w.hash); err != nil {
+				t.Fatal(err)
+			}
+			w.st = Invalid
+		default:
+			w.st = Miss
+		}
+		wants = append(wants, w)
+	}
+	var wg sync.WaitGroup
+	for _, w := range wants {
+		wg.Go(func() {
+			e, st, err := c.Get(ctx, w.hash)
+			if err != nil || st != w.st || (st == Hit && e.TokenID != w.token) {
+				t.Errorf("Get %s: %v %q, %v; want %v %q", w.hash[:8], st, e.TokenID, err, w.st, w.token)
+			}
+		})
+	}
+	wg.Wait()
+	for _, w := range wants {
+		if w.st != Hit {
+			continue
+		}
+		if _, ok := c.local.get(w.hash, time.Now()); !ok {
+			t.Fatalf("hit %s not kept in the local layer", w.hash[:8])
+		}
 	}
 }

@@ -1,0 +1,196 @@
+// Package coalesce sends the calls that arrive while a round trip is in flight together, in the next round trip: for
+// many concurrent callers what a pipeline is for one. A round trip's fixed cost (system calls on both ends, a wake-up of
+// each process, the server's parsing) is then paid once per batch instead of once per call; under load batches grow by
+// themselves, and an idle caller pays no delay, since a lone call goes out at once. Callers wait for their own answer,
+// their own context or their own bound, never for each other.
+package coalesce
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+)
+
+// Options configure New.
+type Options struct {
+	// CallTimeout bounds each call when its context allows longer (0: the context alone), so a caller need not build a
+	// context per call: it waits with a pooled timer.
+	CallTimeout time.Duration
+	// MaxBatch bounds one round trip (default 128), so a burst cannot build a request or a reply large enough to stall
+	// every caller in it.
+	MaxBatch int
+	// MaxSenders bounds round trips in flight (default 4); a second one starts only when a full batch is already waiting.
+	MaxSenders int
+}
+
+// Call is one caller's request in a batch.
+type Call[Req, Resp any] struct {
+	Req      Req
+	ctx      context.Context
+	deadline time.Time         // the earlier of ctx's and CallTimeout's; zero: none
+	done     chan answer[Resp] // buffered: a round trip never blocks on a caller that gave up
+	answered bool              // touched only by the round trip's goroutine
+}
+
+type answer[Resp any] struct {
+	resp Resp
+	err  error
+}
+
+// NewCall is a call outside any Batcher, for a round trip run directly (tests); its answer is read with Answered.
+func NewCall[Req, Resp any](ctx context.Context, req Req) *Call[Req, Resp] {
+	return &Call[Req, Resp]{Req: req, ctx: ctx, done: make(chan answer[Resp], 1)}
+}
+
+// Answer gives the call its outcome. A round trip answers each of its calls once; later answers are dropped.
+func (c *Call[Req, Resp]) Answer(resp Resp, err error) {
+	if c.answered {
+		return
+	}
+	c.answered = true
+	c.done <- answer[Resp]{resp, err}
+}
+
+// Answered returns the call's outcome without waiting: ErrNotAnswered if it has none yet.
+func (c *Call[Req, Resp]) Answered() (Resp, error) {
+	select {
+	case a := <-c.done:
+		return a.resp, a.err
+	default:
+		var zero Resp
+		return zero, ErrNotAnswered
+	}
+}
+
+// ErrNotAnswered is the outcome of a call its round trip did not answer (a bug in the round trip), and what Answered
+// returns before the answer.
+var ErrNotAnswered = errors.New("coalesce: the round trip gave no answer for this call")
+
+// Batcher coalesces calls into round trips. It needs no Close: a round trip is sent by a goroutine that exits when the
+// queue is empty.
+type Batcher[Req, Resp any] struct {
+	roundTrip            func(ctx context.Context, calls []*Call[Req, Resp])
+	callTimeout          time.Duration
+	maxBatch, maxSenders int
+
+	mu      sync.Mutex
+	queue   []*Call[Req, Resp]
+	senders int
+}
+
+// New returns a Batcher whose round trips are roundTrip: it must Answer every call it is given, and its ctx lives as
+// long as the most patient caller in the batch (one caller's cancellation must not fail the others).
+func New[Req, Resp any](roundTrip func(ctx context.Context, calls []*Call[Req, Resp]), o Options) *Batcher[Req, Resp] {
+	if o.MaxBatch <= 0 {
+		o.MaxBatch = 128
+	}
+	if o.MaxSenders <= 0 {
+		o.MaxSenders = 4
+	}
+	return &Batcher[Req, Resp]{roundTrip: roundTrip, callTimeout: o.CallTimeout, maxBatch: o.MaxBatch,
+		maxSenders: o.MaxSenders}
+}
+
+// Do sends req in the next round trip and waits for its answer, ctx or the call timeout, whichever comes first.
+func (b *Batcher[Req, Resp]) Do(ctx context.Context, req Req) (Resp, error) {
+	var zero Resp
+	if err := ctx.Err(); err != nil {
+		return zero, err
+	}
+	c := NewCall[Req, Resp](ctx, req)
+	var expired <-chan time.Time
+	if b.callTimeout > 0 {
+		c.deadline = time.Now().Add(b.callTimeout)
+		if dl, ok := ctx.Deadline(); !ok || c.deadline.Before(dl) {
+			wait := timers.Get().(*time.Timer)
+			wait.Reset(b.callTimeout)
+			defer func() {
+				wait.Stop()
+				timers.Put(wait)
+			}()
+			expired = wait.C
+		} else {
+			c.deadline = dl
+		}
+	} else if dl, ok := ctx.Deadline(); ok {
+		c.deadline = dl
+	}
+	b.mu.Lock()
+	b.queue = append(b.queue, c)
+	if b.senders == 0 || (len(b.queue) >= b.maxBatch && b.senders < b.maxSenders) {
+		b.senders++
+		go b.send()
+	}
+	b.mu.Unlock()
+	select {
+	case a := <-c.done:
+		return a.resp, a.err
+	case <-ctx.Done():
+		return zero, ctx.Err()
+	case <-expired:
+		return zero, context.DeadlineExceeded
+	}
+}
+
+// timers are stopped timers for callers' waits: a context per call (its timer, its registration with the parent, its
+// cancellation) was a measurable share of a Check.
+var timers = sync.Pool{New: func() any {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return t
+}}
+
+// send drains the queue one round trip at a time and exits when it is empty.
+func (b *Batcher[Req, Resp]) send() {
+	for {
+		b.mu.Lock()
+		if len(b.queue) == 0 {
+			b.senders--
+			b.mu.Unlock()
+			return
+		}
+		n := min(len(b.queue), b.maxBatch)
+		batch := make([]*Call[Req, Resp], 0, n)
+		now := time.Now()
+		for _, c := range b.queue[:n] {
+			// A caller that has gone (cancelled, or past its deadline) is left out: nobody would read its answer, and a
+			// request whose caller has given up must not take effect (a limiter hit nobody was admitted for).
+			if c.ctx.Err() == nil && (c.deadline.IsZero() || now.Before(c.deadline)) {
+				batch = append(batch, c)
+			}
+		}
+		rest := copy(b.queue, b.queue[n:])
+		clear(b.queue[rest:])
+		b.queue = b.queue[:rest]
+		b.mu.Unlock()
+		if len(batch) > 0 {
+			b.run(batch)
+		}
+	}
+}
+
+func (b *Batcher[Req, Resp]) run(batch []*Call[Req, Resp]) {
+	ctx, cancel := batchContext(batch)
+	defer cancel()
+	b.roundTrip(ctx, batch)
+	var zero Resp
+	for _, c := range batch {
+		c.Answer(zero, ErrNotAnswered)
+	}
+}
+
+// batchContext lives as long as the most patient caller in the batch: one caller's cancellation must not fail the others,
+// and once every caller has a deadline there is no point in waiting past the last one.
+func batchContext[Req, Resp any](batch []*Call[Req, Resp]) (context.Context, context.CancelFunc) {
+	var latest time.Time
+	for _, c := range batch {
+		if c.deadline.IsZero() {
+			return context.WithCancel(context.Background())
+		}
+		if c.deadline.After(latest) {
+			latest = c.deadline
+		}
+	}
+	return context.WithDeadline(context.Background(), latest)
+}

@@ -1,0 +1,141 @@
+package coalesce
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/authgate/authgate/internal/testenv"
+)
+
+// gate is a round trip that records each batch and, for the first one, waits until released.
+type gate struct {
+	mu      sync.Mutex
+	batches [][]int
+	ctxs    []context.Context
+	entered chan struct{}
+	release chan struct{}
+	skip    int // a request left unanswered (0: none)
+}
+
+func newGate() *gate { return &gate{entered: make(chan struct{}, 16), release: make(chan struct{})} }
+
+func (g *gate) roundTrip(ctx context.Context, calls []*Call[int, int]) {
+	g.mu.Lock()
+	first := len(g.batches) == 0
+	reqs := make([]int, len(calls))
+	for i, c := range calls {
+		reqs[i] = c.Req
+	}
+	g.batches = append(g.batches, reqs)
+	g.ctxs = append(g.ctxs, ctx)
+	g.mu.Unlock()
+	g.entered <- struct{}{}
+	if first {
+		<-g.release
+	}
+	for _, c := range calls {
+		if c.Req != g.skip {
+			c.Answer(c.Req*10, nil)
+		}
+	}
+}
+
+func queued[Req, Resp any](b *Batcher[Req, Resp]) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.queue)
+}
+
+// Calls that arrive while a round trip is in flight go out together in the next one, each answered with its own reply.
+func TestCallsWaitingForARoundTripGoOutTogether(t *testing.T) {
+	g := newGate()
+	b := New(g.roundTrip, Options{})
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	answers := make([]int, 11)
+	errs := make([]error, 11)
+	wg.Go(func() { answers[0], errs[0] = b.Do(ctx, 1) })
+	<-g.entered // the first round trip is in flight
+	for i := 1; i <= 10; i++ {
+		wg.Go(func() { answers[i], errs[i] = b.Do(ctx, i+1) })
+	}
+	testenv.Eventually(t, 5*time.Second, "ten calls queued", func() bool { return queued(b) == 10 })
+	close(g.release)
+	wg.Wait()
+	for i := range answers {
+		if errs[i] != nil || answers[i] != (i+1)*10 {
+			t.Fatalf("call %d: %d, %v; want %d", i, answers[i], errs[i], (i+1)*10)
+		}
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(g.batches) != 2 || len(g.batches[0]) != 1 || len(g.batches[1]) != 10 {
+		t.Fatalf("batches %v; want the first call alone, then the ten together", g.batches)
+	}
+}
+
+// A caller that gives up before its round trip is sent is left out of it; the others are sent and answered.
+func TestAGoneCallerIsNotSent(t *testing.T) {
+	g := newGate()
+	b := New(g.roundTrip, Options{})
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	wg.Go(func() { _, _ = b.Do(ctx, 1) })
+	<-g.entered
+	gone, cancel := context.WithCancel(ctx)
+	var goneErr, keptErr error
+	var kept int
+	wg.Go(func() { _, goneErr = b.Do(gone, 2) })
+	wg.Go(func() { kept, keptErr = b.Do(ctx, 3) })
+	testenv.Eventually(t, 5*time.Second, "two calls queued", func() bool { return queued(b) == 2 })
+	cancel()
+	close(g.release)
+	wg.Wait()
+	if !errors.Is(goneErr, context.Canceled) || keptErr != nil || kept != 30 {
+		t.Fatalf("gone caller: %v; kept caller: %d, %v", goneErr, kept, keptErr)
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(g.batches) != 2 || len(g.batches[1]) != 1 || g.batches[1][0] != 3 {
+		t.Fatalf("batches %v; want the cancelled call left out of the second", g.batches)
+	}
+}
+
+// A hung round trip costs each caller at most its call timeout; the batch's context outlives a caller that gave up,
+// and lasts until the most patient caller's deadline.
+func TestCallTimeoutAndTheBatchContext(t *testing.T) {
+	g := newGate()
+	b := New(g.roundTrip, Options{CallTimeout: 50 * time.Millisecond})
+	_, err := b.Do(context.Background(), 1)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("call in a hung round trip: %v, want DeadlineExceeded", err)
+	}
+	g.mu.Lock()
+	ctx := g.ctxs[0]
+	g.mu.Unlock()
+	dl, ok := ctx.Deadline()
+	if !ok || dl.After(time.Now().Add(time.Second)) {
+		t.Fatalf("the round trip's deadline %v (%v); want the caller's call timeout", dl, ok)
+	}
+	close(g.release)
+	testenv.Eventually(t, 5*time.Second, "the round trip's context done past the deadline", func() bool {
+		return ctx.Err() != nil
+	})
+}
+
+// A round trip that leaves a call unanswered fails that call instead of leaving its caller waiting.
+func TestAnUnansweredCallFails(t *testing.T) {
+	g := newGate()
+	close(g.release)
+	g.skip = 1
+	b := New(g.roundTrip, Options{})
+	if _, err := b.Do(context.Background(), 1); !errors.Is(err, ErrNotAnswered) {
+		t.Fatalf("unanswered call: %v, want ErrNotAnswered", err)
+	}
+	if v, err := b.Do(context.Background(), 2); err != nil || v != 20 {
+		t.Fatalf("next call: %d, %v", v, err)
+	}
+}
