@@ -216,7 +216,12 @@ func TestBatchedRedisDown(t *testing.T) {
 	ctx := context.Background()
 	srv := testenv.StartRedisServer(t)
 	rdb := srv.Client()
-	rl := newLimiter(t, rdb, Options{Mode: Batched, BatchInterval: 20 * time.Millisecond, Allowance: 5})
+	// The limiter's client is tuned as the services' (internal/redisclient): no retries, every call bounded by its
+	// context. go-redis's defaults retry a failed call and may send it once the server is back, after its caller was told
+	// it failed: a hit counted for a request that got an error.
+	limiterRDB := redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1, ContextTimeoutEnabled: true})
+	t.Cleanup(func() { _ = limiterRDB.Close() })
+	rl := newLimiter(t, limiterRDB, Options{Mode: Batched, BatchInterval: 20 * time.Millisecond, Allowance: 5})
 	if d, err := rl.Allow(ctx, "down", 100, time.Minute); err != nil || !d.Allowed {
 		t.Fatalf("%+v, %v", d, err)
 	}
