@@ -8,6 +8,7 @@ package coalesce
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 )
@@ -170,14 +171,22 @@ func (b *Batcher[Req, Resp]) send() {
 	}
 }
 
+// run sends one batch. A round trip that panics fails its calls with the panic as their error instead of taking the
+// process down or leaving this sender dead with every later call queued behind it.
 func (b *Batcher[Req, Resp]) run(batch []*Call[Req, Resp]) {
 	ctx, cancel := batchContext(batch)
 	defer cancel()
-	b.roundTrip(ctx, batch)
 	var zero Resp
-	for _, c := range batch {
-		c.Answer(zero, ErrNotAnswered)
-	}
+	defer func() {
+		err := ErrNotAnswered
+		if r := recover(); r != nil {
+			err = fmt.Errorf("coalesce: the round trip panicked: %v", r)
+		}
+		for _, c := range batch {
+			c.Answer(zero, err)
+		}
+	}()
+	b.roundTrip(ctx, batch)
 }
 
 // batchContext lives as long as the most patient caller in the batch: one caller's cancellation must not fail the others,

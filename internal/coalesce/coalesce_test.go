@@ -3,6 +3,7 @@ package coalesce
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -134,6 +135,24 @@ func TestAnUnansweredCallFails(t *testing.T) {
 	b := New(g.roundTrip, Options{})
 	if _, err := b.Do(context.Background(), 1); !errors.Is(err, ErrNotAnswered) {
 		t.Fatalf("unanswered call: %v, want ErrNotAnswered", err)
+	}
+	if v, err := b.Do(context.Background(), 2); err != nil || v != 20 {
+		t.Fatalf("next call: %d, %v", v, err)
+	}
+}
+
+// A round trip that panics fails its own calls with an error; the Batcher goes on sending the next ones.
+func TestAPanickingRoundTripFailsItsCallsOnly(t *testing.T) {
+	b := New(func(_ context.Context, calls []*Call[int, int]) {
+		for _, c := range calls {
+			if c.Req < 0 {
+				panic("negative")
+			}
+			c.Answer(c.Req*10, nil)
+		}
+	}, Options{})
+	if _, err := b.Do(context.Background(), -1); err == nil || !strings.Contains(err.Error(), "panicked: negative") {
+		t.Fatalf("call in a panicking round trip: %v, want the panic as an error", err)
 	}
 	if v, err := b.Do(context.Background(), 2); err != nil || v != 20 {
 		t.Fatalf("next call: %d, %v", v, err)
