@@ -188,9 +188,12 @@ func (w *coldWorld) token(t *testing.T) string {
 	return plain
 }
 
+// check runs one Check and waits for the cache fill it started, if any (fills are written after the answer).
 func (w *coldWorld) check(method, path, plain string) Decision {
-	return w.p.Check(context.Background(), Request{Method: method, Path: path,
+	d := w.p.Check(context.Background(), Request{Method: method, Path: path,
 		Headers: map[string]string{"authorization": "Bearer " + plain}})
+	w.p.fills.Wait()
+	return d
 }
 
 // delta runs f and returns how many times each named call was made during it.

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/golang-lru/v2/expirable"
@@ -70,6 +71,8 @@ type Pipeline struct {
 	lane       *suspectLane
 	admissions admissions
 	flights    flights
+
+	fills sync.WaitGroup // cache fills still being written after their Checks answered
 
 	localLimiter   LocalRateLimiter  // deps.Limiter, when it can decide from memory
 	tokenAccounts  TokenAccountStore // deps.Tokens, when it reads a row with its account

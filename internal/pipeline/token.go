@@ -135,19 +135,24 @@ func (p *Pipeline) lookupToken(ctx context.Context, req *Request, c *caller, now
 }
 
 // fillCache writes the entry of a token this Check looked up, with the membership verdicts it learned, in one round
-// trip at the end of the Check, whatever its decision (the token is valid either way). SET NX: a tombstone written by a
-// concurrent revocation wins over this fill.
+// trip, whatever the Check's decision (the token is valid either way). SET NX: a tombstone written by a concurrent
+// revocation wins over this fill. The write goes out as the Check answers, not before: it only saves later Checks a
+// Postgres read, so the client need not wait for it (until it lands, a Check of the same token reads Postgres again).
 func (p *Pipeline) fillCache(ctx context.Context, c *caller) {
 	if c.redisDown || ctx.Err() != nil {
 		return
 	}
-	rctx, cancel := p.redisCtx(ctx)
-	err := p.deps.Cache.Fill(rctx, c.hash, c.entry)
-	cancel()
-	if err != nil {
-		c.redisDown = true
-		p.logFailure(ctx, slog.LevelDebug, "redis:token cache fill", "token cache fill failed", "error", err)
-	}
+	hash, entry := c.hash, c.entry // the Check is over: nothing changes them any more
+	p.fills.Add(1)
+	go func() {
+		defer p.fills.Done()
+		rctx, cancel := p.redisCtx(context.WithoutCancel(ctx))
+		err := p.deps.Cache.Fill(rctx, hash, entry)
+		cancel()
+		if err != nil {
+			p.logFailure(ctx, slog.LevelDebug, "redis:token cache fill", "token cache fill failed", "error", err)
+		}
+	}()
 }
 
 // admission is how a lookup went ahead: holding a slot of its address's budget, through the suspect lane, or riding on
