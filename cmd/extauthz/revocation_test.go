@@ -94,7 +94,8 @@ func TestRevocationDuringRedisHangReachesEveryReplica(t *testing.T) {
 	rotating, _ := w.accountToken(accountActive, "ada@example.com")
 	for _, s := range []*server{first, second} {
 		for _, tok := range []string{doomed, rotating, keep} {
-			// Twice: the first Check fills Redis and the replica's in-process layer, the second is served by that layer.
+			// Twice: the first Check fills Redis and the replica's in-process layer as it answers, so the second is mostly
+			// served by that layer (it reads Postgres again should it come before the fill lands).
 			for range 2 {
 				if s.check(t, "GET", "/openapi/v1/me", bearer(tok)).GetOkResponse() == nil {
 					t.Fatal("a live token was refused before the hang")

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"sync"
 	"time"
 )
@@ -171,8 +172,8 @@ func (b *Batcher[Req, Resp]) send() {
 	}
 }
 
-// run sends one batch. A round trip that panics fails its calls with the panic as their error instead of taking the
-// process down or leaving this sender dead with every later call queued behind it.
+// run sends one batch. A round trip that panics fails its calls with the panic and its stack as their error (which the
+// callers log) instead of taking the process down or leaving this sender dead with every later call queued behind it.
 func (b *Batcher[Req, Resp]) run(batch []*Call[Req, Resp]) {
 	ctx, cancel := batchContext(batch)
 	defer cancel()
@@ -180,7 +181,7 @@ func (b *Batcher[Req, Resp]) run(batch []*Call[Req, Resp]) {
 	defer func() {
 		err := ErrNotAnswered
 		if r := recover(); r != nil {
-			err = fmt.Errorf("coalesce: the round trip panicked: %v", r)
+			err = fmt.Errorf("coalesce: the round trip panicked: %v\n%s", r, debug.Stack())
 		}
 		for _, c := range batch {
 			c.Answer(zero, err)

@@ -78,6 +78,7 @@ type Service struct {
 	background     sync.WaitGroup
 	lastUsed       *lastused.Recorder
 	limiter        *ratelimit.SlidingWindow
+	pipeline       *pipeline.Pipeline
 }
 
 // Start builds the pipeline over deps and serves ext_authz on grpcLn and /healthz, /readyz, /metrics on adminLn. It owns
@@ -122,7 +123,8 @@ func Start(ctx context.Context, cfg config.Extauthz, deps Deps, grpcLn, adminLn 
 		return nil, fmt.Errorf("pipeline: %w", err)
 	}
 
-	s := &Service{logger: tel.Logger, grpcLn: grpcLn, adminLn: adminLn, drainDelay: cfg.ShutdownDrainDelay, limiter: limiter}
+	s := &Service{logger: tel.Logger, grpcLn: grpcLn, adminLn: adminLn, drainDelay: cfg.ShutdownDrainDelay, limiter: limiter,
+		pipeline: pl}
 	s.grpc = NewGRPCServer(serverOptions(cfg, keepaliveEnforcement)...)
 	checks := NewServer(pl, tel.Logger, cfg.TrustedProxyHops)
 	checks.tracer = tel.Tracer
@@ -227,6 +229,7 @@ func (s *Service) Shutdown(ctx context.Context) error {
 	if aerr := s.admin.Shutdown(ctx); aerr != nil && err == nil {
 		err = aerr
 	}
+	s.pipeline.WaitFills(ctx)                      // the cache fills of the last Checks, sent as they answered, before the stores close
 	if lerr := s.limiter.Close(ctx); lerr != nil { // the Checks have drained: write the hits a batched limiter holds
 		s.logger.Warn("rate-limit hits not written at shutdown", "error", lerr)
 	}

@@ -155,6 +155,19 @@ func (p *Pipeline) fillCache(ctx context.Context, c *caller) {
 	}()
 }
 
+// WaitFills waits, up to ctx, for the cache fills of Checks that have answered; call it once no Check is running.
+func (p *Pipeline) WaitFills(ctx context.Context) {
+	done := make(chan struct{})
+	go func() {
+		p.fills.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+}
+
 // admission is how a lookup went ahead: holding a slot of its address's budget, through the suspect lane, or riding on
 // the admission of a concurrent lookup of the same hash (shared: it costs Postgres nothing more, so it is charged nothing).
 type admission struct {

@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/authgate/authgate/internal/coalesce"
+	"github.com/authgate/authgate/internal/redisclient"
 )
 
 // batcher sends limiter decisions that arrive while a round trip is in flight together, as one run of the script.
@@ -38,8 +39,7 @@ type call = coalesce.Call[*decision, reply]
 func newBatcher(rdb redis.UniversalClient, callTimeout time.Duration) *batcher {
 	var buf [8]byte
 	_, _ = rand.Read(buf[:]) // crypto/rand.Read never fails (Go 1.24+)
-	_, cluster := rdb.(*redis.ClusterClient)
-	b := &batcher{rdb: rdb, cluster: cluster, instance: hex.EncodeToString(buf[:])}
+	b := &batcher{rdb: rdb, cluster: redisclient.IsCluster(rdb), instance: hex.EncodeToString(buf[:])}
 	b.calls = coalesce.New(b.roundTrip, coalesce.Options{CallTimeout: callTimeout})
 	return b
 }

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/authgate/authgate/internal/coalesce"
+	"github.com/authgate/authgate/internal/config"
+	"github.com/authgate/authgate/internal/redisclient"
 	"github.com/authgate/authgate/internal/testenv"
 )
 
@@ -104,12 +106,18 @@ func TestBatchReloadsTheScriptOnce(t *testing.T) {
 	}
 }
 
-// On a Cluster a script's keys must share a slot: a batch over buckets of every node is decided call by call, each counted.
+// On a Cluster a script's keys must share a slot: a batch over buckets of every node is decided call by call, each counted,
+// with the client the services use (redisclient's, which wraps go-redis's cluster client).
 func TestBatchOnACluster(t *testing.T) {
 	ctx := context.Background()
 	cl := testenv.StartRedisCluster(t)
+	c, err := redisclient.Open(redisclient.Options{Redis: config.Redis{Mode: config.RedisCluster, Addrs: cl.Addrs()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
 	rdb := cl.Client()
-	b := newBatcher(rdb, 0)
+	b := newBatcher(c, 0)
 	var calls []*call
 	for i := range 30 {
 		calls = append(calls, b.newCall(ctx, tokenKey(strconv.Itoa(i)), modeAllow, 10, 60, 1, time.Now()))

@@ -42,6 +42,16 @@ type Client struct {
 	Breaker *Breaker
 }
 
+// IsCluster reports whether rdb talks to a Redis Cluster, where the keys of one command or script must share a slot; rdb
+// may be a Client or the go-redis client itself.
+func IsCluster(rdb redis.UniversalClient) bool {
+	if c, ok := rdb.(*Client); ok {
+		rdb = c.UniversalClient
+	}
+	_, ok := rdb.(*redis.ClusterClient)
+	return ok
+}
+
 // ErrBadURL is the error for a URL go-redis cannot parse. Its text is fixed: go-redis passes on net/url's error, which
 // quotes the whole URL, password included.
 type ErrBadURL struct{}

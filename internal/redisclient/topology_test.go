@@ -53,6 +53,9 @@ func TestClusterRunsScriptsAndSpreadsKeys(t *testing.T) {
 	if _, ok := c.UniversalClient.(*redis.ClusterClient); !ok {
 		t.Fatalf("client is %T, want a cluster client", c.UniversalClient)
 	}
+	if !redisclient.IsCluster(c) || !redisclient.IsCluster(c.UniversalClient) || redisclient.IsCluster(testenv.Redis(t)) {
+		t.Fatal("IsCluster: want true for the cluster's Client and its go-redis client, false for a single server")
+	}
 	ctx := context.Background()
 	incr := redis.NewScript(`return redis.call('INCRBY', KEYS[1], ARGV[1])`)
 	for i, want := range []int64{5, 10} {
