@@ -158,3 +158,26 @@ func TestAPanickingRoundTripFailsItsCallsOnly(t *testing.T) {
 		t.Fatalf("next call: %d, %v", v, err)
 	}
 }
+
+// A sender with nothing to send stays, waiting, and the next call wakes it instead of starting another goroutine.
+func TestAnIdleSenderIsWokenNotStarted(t *testing.T) {
+	b := New(func(_ context.Context, calls []*Call[int, int]) {
+		for _, c := range calls {
+			c.Answer(c.Req, nil)
+		}
+	}, Options{})
+	counts := func() (senders, idle int) {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return b.senders, b.idle
+	}
+	for i := range 5 {
+		if v, err := b.Do(context.Background(), i); err != nil || v != i {
+			t.Fatalf("call %d: %d, %v", i, v, err)
+		}
+		testenv.Eventually(t, 5*time.Second, "the sender idle", func() bool {
+			s, idle := counts()
+			return s == 1 && idle == 1
+		})
+	}
+}
