@@ -65,6 +65,7 @@ type coldCache struct {
 	mu      sync.Mutex
 	entries map[string]TokenEntry
 	fills   []TokenEntry
+	hold    chan struct{} // when set, a fill waits until it is closed
 }
 
 func (c *coldCache) Get(_ context.Context, hash string) (TokenEntry, CacheStatus, error) {
@@ -80,6 +81,9 @@ func (c *coldCache) Get(_ context.Context, hash string) (TokenEntry, CacheStatus
 func (c *coldCache) Local(string) (TokenEntry, bool) { return TokenEntry{}, false }
 
 func (c *coldCache) Fill(_ context.Context, hash string, e TokenEntry) error {
+	if c.hold != nil {
+		<-c.hold
+	}
 	c.calls.add("cache.Fill")
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -296,5 +300,28 @@ func TestColdCheckBudgetReads(t *testing.T) {
 	got = w.delta(func() { w.check("GET", "/openapi/v1/me", unknown()) }, coldCalls...)
 	if got["limiter.Exceeded"] != 0 {
 		t.Fatalf("an address over this replica's count: calls %v, want no budget read", got)
+	}
+}
+
+// A cold Check answers without waiting for its cache fill; WaitFills (extauthz's shutdown) waits for it, up to its ctx.
+func TestColdCheckAnswersBeforeItsFill(t *testing.T) {
+	w := newColdWorld(t, true)
+	w.cache.hold = make(chan struct{})
+	plain := w.token(t)
+	d := w.p.Check(context.Background(), Request{Method: "GET", Path: "/openapi/v1/me",
+		Headers: map[string]string{"authorization": "Bearer " + plain}})
+	if !d.Allow || w.calls.get("cache.Fill") != 0 {
+		t.Fatalf("decision %+v with %d fills done; want an allow while the fill is still held", d, w.calls.get("cache.Fill"))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	w.p.WaitFills(ctx) // returns at its deadline: the fill is still held
+	cancel()
+	if w.calls.get("cache.Fill") != 0 {
+		t.Fatal("the held fill completed")
+	}
+	close(w.cache.hold)
+	w.p.WaitFills(context.Background())
+	if w.calls.get("cache.Fill") != 1 {
+		t.Fatalf("%d fills after WaitFills, want 1", w.calls.get("cache.Fill"))
 	}
 }
