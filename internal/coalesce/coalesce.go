@@ -3,12 +3,19 @@
 // each process, the server's parsing) is then paid once per batch instead of once per call; under load batches grow by
 // themselves, and an idle caller pays no delay, since a lone call goes out at once. Callers wait for their own answer,
 // their own context or their own bound, never for each other.
+//
+// Before a sender takes its batch it lets other goroutines run for as long as that brings new calls (a few times at
+// most): callers that are already runnable, a moment away from calling, then join this round trip instead of starting
+// the next. On an idle processor a yield returns at once, so a lone call is not delayed; on a busy one it turns several
+// round trips of a few calls into one of many. A timer would not do: waiting while no caller is runnable only leaves
+// the processor idle (docs/benchmarks.md).
 package coalesce
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"time"
@@ -69,6 +76,10 @@ func (c *Call[Req, Resp]) Answered() (Resp, error) {
 // returns before the answer.
 var ErrNotAnswered = errors.New("coalesce: the round trip gave no answer for this call")
 
+// maxYields bounds how often a sender yields before it takes a batch, so a stream of callers cannot hold a round trip
+// back for long.
+const maxYields = 4
+
 // senderIdle is how long a sender with nothing to send waits for more before it exits. A sender that stays is woken
 // instead of started: a new goroutine per round trip grew its stack anew each time (runtime.newstack was a sixth of a
 // cold Check's CPU at 1,000 Checks/s).
@@ -81,6 +92,7 @@ type Batcher[Req, Resp any] struct {
 	callTimeout          time.Duration
 	maxBatch, maxSenders int
 	wake                 chan struct{} // a token for an idle sender: there is work
+	yield                func()        // runtime.Gosched; tests replace it
 
 	mu      sync.Mutex
 	queue   []*Call[Req, Resp]
@@ -98,7 +110,7 @@ func New[Req, Resp any](roundTrip func(ctx context.Context, calls []*Call[Req, R
 		o.MaxSenders = 4
 	}
 	return &Batcher[Req, Resp]{roundTrip: roundTrip, callTimeout: o.CallTimeout, maxBatch: o.MaxBatch,
-		maxSenders: o.MaxSenders, wake: make(chan struct{}, 1)}
+		maxSenders: o.MaxSenders, wake: make(chan struct{}, 1), yield: runtime.Gosched}
 }
 
 // Do sends req in the next round trip and waits for its answer, ctx or the call timeout, whichever comes first.
@@ -185,6 +197,18 @@ func (b *Batcher[Req, Resp]) send() {
 			}
 			b.mu.Unlock()
 			continue
+		}
+		for range maxYields {
+			waiting := len(b.queue)
+			if waiting >= b.maxBatch {
+				break
+			}
+			b.mu.Unlock()
+			b.yield()
+			b.mu.Lock()
+			if len(b.queue) <= waiting { // nobody joined (or another sender took the queue)
+				break
+			}
 		}
 		n := min(len(b.queue), b.maxBatch)
 		batch := make([]*Call[Req, Resp], 0, n)

@@ -181,3 +181,54 @@ func TestAnIdleSenderIsWokenNotStarted(t *testing.T) {
 		})
 	}
 }
+
+// Before taking its batch the sender yields while that brings new calls, so callers that were about to call join the
+// round trip; it stops at the first yield that brings none, and after maxYields however many keep coming.
+func TestTheSenderYieldsWhileCallersJoin(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		joining    int // calls that arrive during the sender's yields, one per yield
+		wantYields int
+	}{
+		{"two join, then none", 2, 3},
+		{"callers keep coming", 100, maxYields},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var mu sync.Mutex
+			var batches []int
+			b := New(func(_ context.Context, calls []*Call[int, int]) {
+				mu.Lock()
+				batches = append(batches, len(calls))
+				mu.Unlock()
+				for _, c := range calls {
+					c.Answer(c.Req, nil)
+				}
+			}, Options{})
+			var wg sync.WaitGroup
+			yields := 0
+			b.yield = func() { // runs on the sender, with the queue unlocked: a caller arrives during the yield
+				yields++
+				if yields > tc.joining {
+					return
+				}
+				before := queued(b)
+				wg.Go(func() { _, _ = b.Do(context.Background(), yields) })
+				// not testenv.Eventually: this is the sender's goroutine, not the test's; a call that never queues fails below
+				for deadline := time.Now().Add(5 * time.Second); queued(b) == before && time.Now().Before(deadline); {
+					time.Sleep(time.Millisecond)
+				}
+			}
+			if _, err := b.Do(context.Background(), 0); err != nil {
+				t.Fatal(err)
+			}
+			wg.Wait()
+			mu.Lock()
+			defer mu.Unlock()
+			joined := min(tc.joining, maxYields)
+			if yields != tc.wantYields || batches[0] != 1+joined {
+				t.Fatalf("yields %d, batches %v; want %d yields before the first round trip and %d calls in it",
+					yields, batches, tc.wantYields, 1+joined)
+			}
+		})
+	}
+}
