@@ -4,11 +4,12 @@
 // themselves, and an idle caller pays no delay, since a lone call goes out at once. Callers wait for their own answer,
 // their own context or their own bound, never for each other.
 //
-// Before a sender takes its batch it lets other goroutines run for as long as that brings new calls (a few times at
-// most): callers that are already runnable, a moment away from calling, then join this round trip instead of starting
-// the next. On an idle processor a yield returns at once, so a lone call is not delayed; on a busy one it turns several
-// round trips of a few calls into one of many. A timer would not do: waiting while no caller is runnable only leaves
-// the processor idle (docs/benchmarks.md).
+// A sender whose round trip returns with calls already waiting (the process is busy) first lets other goroutines run,
+// for as long as that brings new calls and a few times at most: callers that are runnable, a moment away from calling,
+// then join this round trip instead of starting the next, which turns several round trips of a few calls into one of
+// many. The price is the wait: behind goroutines that run without blocking a yield can last a scheduler time slice, so
+// the yields are bounded by a count and never made by an idle or new sender, whose lone call goes out at once. A timer
+// would not do: waiting while no caller is runnable only leaves the processor idle (docs/benchmarks.md).
 package coalesce
 
 import (
@@ -76,8 +77,8 @@ func (c *Call[Req, Resp]) Answered() (Resp, error) {
 // returns before the answer.
 var ErrNotAnswered = errors.New("coalesce: the round trip gave no answer for this call")
 
-// maxYields bounds how often a sender yields before it takes a batch, so a stream of callers cannot hold a round trip
-// back for long.
+// maxYields bounds the yields before one batch: a count, not a time, since each lasts as long as the goroutines that run
+// in the meantime.
 const maxYields = 4
 
 // senderIdle is how long a sender with nothing to send waits for more before it exits. A sender that stays is woken
@@ -172,9 +173,11 @@ var timers = sync.Pool{New: func() any {
 // without any.
 func (b *Batcher[Req, Resp]) send() {
 	var idle *time.Timer
+	busy := false // the last round trip returned with calls waiting
 	for {
 		b.mu.Lock()
 		if len(b.queue) == 0 {
+			busy = false
 			b.idle++
 			b.mu.Unlock()
 			if idle == nil {
@@ -198,7 +201,7 @@ func (b *Batcher[Req, Resp]) send() {
 			b.mu.Unlock()
 			continue
 		}
-		for range maxYields {
+		for i := 0; busy && i < maxYields; i++ {
 			waiting := len(b.queue)
 			if waiting >= b.maxBatch {
 				break
@@ -210,6 +213,7 @@ func (b *Batcher[Req, Resp]) send() {
 				break
 			}
 		}
+		busy = true
 		n := min(len(b.queue), b.maxBatch)
 		batch := make([]*Call[Req, Resp], 0, n)
 		now := time.Now()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -182,52 +183,54 @@ func TestAnIdleSenderIsWokenNotStarted(t *testing.T) {
 	}
 }
 
-// Before taking its batch the sender yields while that brings new calls, so callers that were about to call join the
-// round trip; it stops at the first yield that brings none, and after maxYields however many keep coming.
+// A sender whose round trip returns with calls waiting yields while that brings new calls, so callers that were about to
+// call join the next round trip; it stops at the first yield that brings none, after maxYields however many keep coming,
+// and at once when the batch is full. A lone call on an idle or new sender goes out without a yield.
 func TestTheSenderYieldsWhileCallersJoin(t *testing.T) {
 	for _, tc := range []struct {
 		name       string
+		maxBatch   int
 		joining    int // calls that arrive during the sender's yields, one per yield
 		wantYields int
+		wantSecond int // calls in the second round trip
 	}{
-		{"two join, then none", 2, 3},
-		{"callers keep coming", 100, maxYields},
+		{"two join, then none", 0, 2, 3, 3},
+		{"callers keep coming", 0, 100, maxYields, 1 + maxYields},
+		{"the batch is already full", 1, 2, 0, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var mu sync.Mutex
-			var batches []int
-			b := New(func(_ context.Context, calls []*Call[int, int]) {
-				mu.Lock()
-				batches = append(batches, len(calls))
-				mu.Unlock()
-				for _, c := range calls {
-					c.Answer(c.Req, nil)
-				}
-			}, Options{})
+			g := newGate()
+			b := New(g.roundTrip, Options{MaxBatch: tc.maxBatch, MaxSenders: 1})
+			ctx := context.Background()
 			var wg sync.WaitGroup
-			yields := 0
+			var yields atomic.Int32
 			b.yield = func() { // runs on the sender, with the queue unlocked: a caller arrives during the yield
-				yields++
-				if yields > tc.joining {
+				n := int(yields.Add(1))
+				if n > tc.joining {
 					return
 				}
 				before := queued(b)
-				wg.Go(func() { _, _ = b.Do(context.Background(), yields) })
+				wg.Go(func() { _, _ = b.Do(ctx, 100+n) })
 				// not testenv.Eventually: this is the sender's goroutine, not the test's; a call that never queues fails below
 				for deadline := time.Now().Add(5 * time.Second); queued(b) == before && time.Now().Before(deadline); {
 					time.Sleep(time.Millisecond)
 				}
 			}
-			if _, err := b.Do(context.Background(), 0); err != nil {
-				t.Fatal(err)
+			wg.Go(func() { _, _ = b.Do(ctx, 1) })
+			<-g.entered // the first round trip is in flight: the sender was new, so it did not yield
+			if n := yields.Load(); n != 0 {
+				t.Fatalf("a new sender yielded %d times before a lone call", n)
 			}
+			wg.Go(func() { _, _ = b.Do(ctx, 2) })
+			testenv.Eventually(t, 5*time.Second, "a call waiting behind the round trip", func() bool { return queued(b) == 1 })
+			close(g.release)
+			<-g.entered // the second round trip, after the yields
 			wg.Wait()
-			mu.Lock()
-			defer mu.Unlock()
-			joined := min(tc.joining, maxYields)
-			if yields != tc.wantYields || batches[0] != 1+joined {
-				t.Fatalf("yields %d, batches %v; want %d yields before the first round trip and %d calls in it",
-					yields, batches, tc.wantYields, 1+joined)
+			g.mu.Lock()
+			defer g.mu.Unlock()
+			if n := int(yields.Load()); n != tc.wantYields || len(g.batches) < 2 || len(g.batches[1]) != tc.wantSecond {
+				t.Fatalf("yields %d, batches %v; want %d yields and %d calls in the second round trip",
+					n, g.batches, tc.wantYields, tc.wantSecond)
 			}
 		})
 	}
