@@ -307,6 +307,9 @@ func extras(before, after map[string]map[string]float64) map[string]string {
 		mem, red := d("authgate_extauthz_ratelimit_decisions_total", `source="memory"`),
 			d("authgate_extauthz_ratelimit_decisions_total", `source="redis"`)
 		s := fmt.Sprintf("limiter memory %.0f / redis %.0f", mem, red)
+		if trips := d("authgate_extauthz_ratelimit_round_trips_total", `kind="script"`); trips > 0 {
+			s += fmt.Sprintf(" in %.0f round trips (%.1f per round trip)", trips, red/trips)
+		}
 		if miss := d("authgate_extauthz_token_cache_total", `result="miss"`); miss > 0 {
 			refused := d("authgate_extauthz_suspect_lookups_total", `result="refused"`)
 			s += fmt.Sprintf("; token lookups %.0f (cache misses %.0f, refused by the suspect lane %.0f)", miss-refused, miss, refused)

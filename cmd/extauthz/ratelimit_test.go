@@ -86,6 +86,11 @@ func TestKnownDenialAcrossReplicas(t *testing.T) {
 		t.Fatalf("60th request: RateLimit headers %v, want 0 remaining", rl)
 	}
 	scripts, memory := scriptCalls(t, rdb), rateDecisions(t, a, "memory")
+	// a's round trips ran the script on this private Redis, and only a's ran it so far.
+	if trips := metricValue(t, a, `authgate_extauthz_ratelimit_round_trips_total\{[^}]*kind="script"[^}]*\}`); trips < 1 ||
+		trips > float64(scripts) {
+		t.Fatalf("%v script round trips counted by a; Redis ran the script %d times", trips, scripts)
+	}
 	start := time.Now()
 	first := retryAfter(t, a, ada)
 	for range 20 {

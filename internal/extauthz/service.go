@@ -92,7 +92,8 @@ func Start(ctx context.Context, cfg config.Extauthz, deps Deps, grpcLn, adminLn 
 	cache := tokencache.New(deps.Redis, tokencache.Options{TTL: cfg.TokenCacheTTL, Local: true, LocalMaxEntries: localCacheEntries})
 	// Each limiter call is bounded like the pipeline's other Redis calls (half the Check deadline), by the limiter itself.
 	limiter, err := ratelimit.New(deps.Redis, ratelimit.Options{Mode: ratelimit.Mode(cfg.RateLimitMode),
-		BatchInterval: cfg.RateLimitBatchInterval, Allowance: cfg.RateLimitBatchAllowance, CallTimeout: cfg.CheckTimeout / 2})
+		BatchInterval: cfg.RateLimitBatchInterval, Allowance: cfg.RateLimitBatchAllowance, CallTimeout: cfg.CheckTimeout / 2,
+		Meter: tel.Meter, MetricPrefix: "authgate_extauthz"})
 	if err != nil {
 		return nil, &config.Error{Var: "RATE_LIMIT_MODE", Reason: err.Error()}
 	}

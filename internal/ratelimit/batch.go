@@ -23,6 +23,7 @@ type batcher struct {
 	instance string        // random per process (64 bits), so members from different replicas or restarts never collide
 	seq      atomic.Uint64 // per request, so members of one process never collide
 	calls    *coalesce.Batcher[*decision, reply]
+	sent     func(roundTrips int) // counts the round trips that ran the script
 }
 
 // decision is one call's part of a run: its bucket and its arguments in the script's order.
@@ -36,10 +37,13 @@ type call = coalesce.Call[*decision, reply]
 
 // newBatcher returns a batcher over rdb; callTimeout bounds each call when its context allows longer (0: the context
 // alone).
-func newBatcher(rdb redis.UniversalClient, callTimeout time.Duration) *batcher {
+func newBatcher(rdb redis.UniversalClient, callTimeout time.Duration, sent func(roundTrips int)) *batcher {
 	var buf [8]byte
 	_, _ = rand.Read(buf[:]) // crypto/rand.Read never fails (Go 1.24+)
-	b := &batcher{rdb: rdb, cluster: redisclient.IsCluster(rdb), instance: hex.EncodeToString(buf[:])}
+	if sent == nil {
+		sent = func(int) {}
+	}
+	b := &batcher{rdb: rdb, cluster: redisclient.IsCluster(rdb), instance: hex.EncodeToString(buf[:]), sent: sent}
 	b.calls = coalesce.New(b.roundTrip, coalesce.Options{CallTimeout: callTimeout})
 	return b
 }
@@ -87,6 +91,7 @@ func (b *batcher) roundTrip(ctx context.Context, batch []*call) {
 		cmds[i] = scriptCmd(ctx, false, calls)
 	}
 	b.exec(ctx, cmds)
+	b.sent(1)
 	var reload []*redis.IntSliceCmd
 	for i, cmd := range cmds {
 		if redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
@@ -96,6 +101,7 @@ func (b *batcher) roundTrip(ctx context.Context, batch []*call) {
 	}
 	if len(reload) > 0 {
 		b.exec(ctx, reload)
+		b.sent(1)
 	}
 	for i, calls := range runs {
 		vals, err := cmds[i].Result()

@@ -46,7 +46,7 @@ func TestOneRunDecidesTheWholeBatch(t *testing.T) {
 	if err := rdb.Set(ctx, "not-a-bucket", "x", time.Minute).Err(); err != nil {
 		t.Fatal(err)
 	}
-	b := newBatcher(rdb, 0)
+	b := newBatcher(rdb, 0, nil)
 	now := time.Now()
 	calls := []*call{
 		b.newCall(ctx, "a", modeAllow, 1, 60, 0, now),
@@ -94,7 +94,7 @@ func TestBatchReloadsTheScriptOnce(t *testing.T) {
 	if err := rdb.ScriptFlush(ctx).Err(); err != nil {
 		t.Fatal(err)
 	}
-	b := newBatcher(rdb, 0)
+	b := newBatcher(rdb, 0, nil)
 	calls := []*call{b.newCall(ctx, "k", modeAllow, 5, 60, 0, time.Now()), b.newCall(ctx, "k", modeAllow, 5, 60, 0, time.Now())}
 	for i, r := range runBatch(t, b, calls) {
 		if r.err != nil || !r.r.allowed || r.r.count != int64(i+1) {
@@ -117,7 +117,7 @@ func TestBatchOnACluster(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = c.Close() })
 	rdb := cl.Client()
-	b := newBatcher(c, 0)
+	b := newBatcher(c, 0, nil)
 	var calls []*call
 	for i := range 30 {
 		calls = append(calls, b.newCall(ctx, tokenKey(strconv.Itoa(i)), modeAllow, 10, 60, 1, time.Now()))

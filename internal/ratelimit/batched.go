@@ -336,7 +336,9 @@ func (b *batched) flush(ctx context.Context) error {
 func (b *batched) write(ctx context.Context, work []flushing) error {
 	sentAt := b.now()
 	t, err := b.rdb.Time(ctx).Result()
+	trips := int64(1)
 	if err == nil {
+		trips++ // the write follows the clock read
 		nowSec := t.Unix()
 		pipe := b.rdb.Pipeline()
 		for i := range work {
@@ -360,6 +362,7 @@ func (b *batched) write(ctx context.Context, work []flushing) error {
 		_, err = pipe.Exec(ctx)
 	}
 	b.sw.stats.flushes.Add(1)
+	b.sw.trips.Add(context.WithoutCancel(ctx), trips, tripWrite)
 	if err != nil {
 		b.sw.stats.flushErrors.Add(1)
 	}

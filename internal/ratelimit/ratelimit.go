@@ -20,6 +20,9 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/metric/noop"
 )
 
 // Decision is the outcome of one limiter check.
@@ -87,6 +90,10 @@ type Options struct {
 	CallTimeout time.Duration
 	// Now is the local clock (default time.Now); Redis's TIME stays the clock of every count.
 	Now func() time.Time
+	// Meter and MetricPrefix name the counter of Redis round trips MetricPrefix + "_ratelimit_round_trips" (e.g.
+	// authgate_extauthz_ratelimit_round_trips_total); no Meter: no metric.
+	Meter        metric.Meter
+	MetricPrefix string
 }
 
 // SlidingWindow counts requests per key. It is safe for concurrent use; concurrent calls share Redis round trips.
@@ -97,7 +104,14 @@ type SlidingWindow struct {
 	local   *batched // nil unless Mode is Batched
 	bounded bool     // Options.CallTimeout is set
 	stats   counters
+	trips   metric.Int64Counter
 }
+
+// Round-trip kinds of the round-trips metric.
+var (
+	tripScript = metric.WithAttributeSet(attribute.NewSet(attribute.String("kind", "script")))
+	tripWrite  = metric.WithAttributeSet(attribute.NewSet(attribute.String("kind", "write")))
+)
 
 // BoundsCalls reports whether the limiter bounds each Redis call itself (Options.CallTimeout).
 func (s *SlidingWindow) BoundsCalls() bool { return s.bounded }
@@ -105,7 +119,10 @@ func (s *SlidingWindow) BoundsCalls() bool { return s.bounded }
 // NewSlidingWindow returns an exact limiter over rdb that asks Redis for every decision. It needs no Close: batches are
 // sent by goroutines that exit when idle.
 func NewSlidingWindow(rdb redis.UniversalClient) *SlidingWindow {
-	return &SlidingWindow{batch: newBatcher(rdb, 0), now: time.Now}
+	s := &SlidingWindow{now: time.Now}
+	s.trips, _ = noop.NewMeterProvider().Meter("ratelimit").Int64Counter("round_trips") // the noop meter never fails
+	s.batch = newBatcher(rdb, 0, s.scriptSent)
+	return s
 }
 
 // New returns a limiter over rdb that remembers known denials and, in batched mode, admits locally. Close writes what a
@@ -126,7 +143,22 @@ func New(rdb redis.UniversalClient, o Options) (*SlidingWindow, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	s := &SlidingWindow{batch: newBatcher(rdb, o.CallTimeout), now: o.Now, denials: newDenials(), bounded: o.CallTimeout > 0}
+	s := &SlidingWindow{now: o.Now, denials: newDenials(), bounded: o.CallTimeout > 0}
+	meter, prefix := o.Meter, o.MetricPrefix
+	if meter == nil {
+		meter = noop.NewMeterProvider().Meter("ratelimit")
+	}
+	if prefix == "" {
+		prefix = "authgate"
+	}
+	var err error
+	if s.trips, err = meter.Int64Counter(prefix+"_ratelimit_round_trips", metric.WithDescription("Redis round trips of "+
+		"the per-token limiter, by kind: script (one run of the limiter's script for every decision that was waiting, "+
+		"or, on a Cluster, a pipeline of one run per decision), write (batched mode: the TIME read and the pipelined "+
+		"write of held hits).")); err != nil {
+		return nil, fmt.Errorf("ratelimit: metrics: %w", err)
+	}
+	s.batch = newBatcher(rdb, o.CallTimeout, s.scriptSent)
 	if o.Mode == Batched {
 		s.local = newBatched(s, rdb, o)
 	}
@@ -190,8 +222,9 @@ func (s *SlidingWindow) Close(ctx context.Context) error {
 
 // Stats are counts of how decisions were made since the limiter started.
 type Stats struct {
-	// RedisDecisions are scripts run for Allow, Exceeded and Add (one Redis command each).
-	RedisDecisions int64
+	// RedisDecisions are decisions made by the script for Allow, Exceeded and Add; ScriptRoundTrips the round trips that
+	// carried them (a round trip carries every decision that was waiting, and a reload after NOSCRIPT is one more).
+	RedisDecisions, ScriptRoundTrips int64
 	// LocalDenials are denials answered from memory; LocalAdmissions are admissions made without Redis (batched mode).
 	LocalDenials, LocalAdmissions int64
 	// Flushes are the batched writes sent, FlushedHits the hits they carried, FlushErrors the writes that failed (their hits
@@ -200,15 +233,21 @@ type Stats struct {
 }
 
 type counters struct {
-	redisDecisions, localDenials, localAdmissions, flushes, flushedHits, flushErrors atomic.Int64
+	redisDecisions, scriptRoundTrips, localDenials, localAdmissions, flushes, flushedHits, flushErrors atomic.Int64
 }
 
 // Stats returns the counters.
 func (s *SlidingWindow) Stats() Stats {
 	c := &s.stats
-	return Stats{RedisDecisions: c.redisDecisions.Load(), LocalDenials: c.localDenials.Load(),
+	return Stats{RedisDecisions: c.redisDecisions.Load(), ScriptRoundTrips: c.scriptRoundTrips.Load(), LocalDenials: c.localDenials.Load(),
 		LocalAdmissions: c.localAdmissions.Load(), Flushes: c.flushes.Load(), FlushedHits: c.flushedHits.Load(),
 		FlushErrors: c.flushErrors.Load()}
+}
+
+// scriptSent counts round trips that ran the script.
+func (s *SlidingWindow) scriptSent(n int) {
+	s.stats.scriptRoundTrips.Add(int64(n))
+	s.trips.Add(context.Background(), int64(n), tripScript)
 }
 
 // do runs the script for one decision (with pending hits of this replica to write first, batched mode) and remembers a

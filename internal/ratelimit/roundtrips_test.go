@@ -1,0 +1,86 @@
+package ratelimit
+
+import (
+	"context"
+	"regexp"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+
+	"github.com/authgate/authgate/internal/testenv"
+)
+
+// roundTrips reads the round-trips counter of kind from reader.
+func roundTrips(t *testing.T, reader *sdkmetric.ManualReader, kind string) int64 {
+	t.Helper()
+	var rm metricdata.ResourceMetrics
+	if err := reader.Collect(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			sum, ok := m.Data.(metricdata.Sum[int64])
+			if m.Name != "test_ratelimit_round_trips" || !ok {
+				continue
+			}
+			for _, dp := range sum.DataPoints {
+				if v, _ := dp.Attributes.Value("kind"); v.AsString() == kind {
+					n += dp.Value
+				}
+			}
+		}
+	}
+	return n
+}
+
+// The round trips the limiter counts are the script runs Redis counts (a private server runs only this test's), and
+// concurrent decisions share them.
+func TestRoundTripsAreCounted(t *testing.T) {
+	ctx := context.Background()
+	srv := testenv.StartRedisServer(t)
+	rdb := srv.Client()
+	reader := sdkmetric.NewManualReader()
+	meter := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader)).Meter("test")
+	rl := newLimiter(t, rdb, Options{Meter: meter, MetricPrefix: "test"})
+	var wg sync.WaitGroup
+	for i := range 200 {
+		wg.Go(func() {
+			if _, err := rl.Allow(ctx, "k"+strconv.Itoa(i%20), 1000, time.Minute); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	info := rdb.Info(ctx, "commandstats").Val()
+	var scripts int64
+	for _, cmd := range []string{"evalsha", "eval"} {
+		if m := regexp.MustCompile(`cmdstat_` + cmd + `:calls=(\d+)`).FindStringSubmatch(info); m != nil {
+			n, _ := strconv.ParseInt(m[1], 10, 64)
+			scripts += n
+		}
+	}
+	st := rl.Stats()
+	if st.RedisDecisions != 200 || st.ScriptRoundTrips != scripts || st.ScriptRoundTrips < 1 {
+		t.Fatalf("stats %+v; Redis ran the script %d times; want 200 decisions in as many round trips as runs", st, scripts)
+	}
+	if n := roundTrips(t, reader, "script"); n != st.ScriptRoundTrips {
+		t.Fatalf("metric: %d script round trips, stats %d", n, st.ScriptRoundTrips)
+	}
+
+	// A batched limiter's writes: each a clock read and a pipeline.
+	rb := newLimiter(t, rdb, Options{Mode: Batched, Allowance: 100, BatchInterval: 10 * time.Millisecond, Meter: meter,
+		MetricPrefix: "test"})
+	if d, err := rb.Allow(ctx, "w", 1000, time.Minute); err != nil || !d.Local {
+		t.Fatalf("%+v, %v; want a local admission", d, err)
+	}
+	testenv.Eventually(t, 5*time.Second, "the hit written", func() bool { return rdb.ZCard(ctx, "w").Val() == 1 })
+	testenv.Eventually(t, 5*time.Second, "the write counted", func() bool { return roundTrips(t, reader, "write") >= 2 })
+	if n := roundTrips(t, reader, "write"); n%2 != 0 || n/2 != rb.Stats().Flushes {
+		t.Fatalf("%d write round trips for %d writes; want two each", n, rb.Stats().Flushes)
+	}
+}
