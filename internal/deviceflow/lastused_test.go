@@ -7,7 +7,6 @@ import (
 	"time"
 
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/authgate/authgate/internal/lastused"
 	"github.com/authgate/authgate/internal/testenv"
@@ -85,21 +84,7 @@ func TestBearerEndpointsRecordLastUse(t *testing.T) {
 		t.Fatalf("the desktop token was never used, yet last_used_at = %v", got)
 	}
 	// Every use that reached the store was written: the refused bearer was never noted.
-	var rm metricdata.ResourceMetrics
-	if err := reader.Collect(context.Background(), &rm); err != nil {
-		t.Fatal(err)
-	}
-	results := map[string]int64{}
-	for _, sm := range rm.ScopeMetrics {
-		for _, m := range sm.Metrics {
-			if sum, ok := m.Data.(metricdata.Sum[int64]); ok && m.Name == "test_last_used" {
-				for _, dp := range sum.DataPoints {
-					v, _ := dp.Attributes.Value("result")
-					results[v.AsString()] += dp.Value
-				}
-			}
-		}
-	}
+	results := testenv.CounterByAttribute(t, reader, "test_last_used", "result")
 	if len(results) != 1 || results["written"] != 2 {
 		t.Fatalf("uses by result %v, want only the laptop's 2 written", results)
 	}

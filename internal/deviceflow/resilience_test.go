@@ -14,7 +14,6 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/authgate/authgate/internal/enterprise"
 	"github.com/authgate/authgate/internal/enterprise/enterprisetest"
@@ -115,25 +114,10 @@ func (e *faultEnv) warmUp() {
 // counter reads the sum of a counter (all attribute sets) or of the attribute set whose dependency label is dep.
 func (e *faultEnv) counter(name, dep string) int64 {
 	e.t.Helper()
-	var rm metricdata.ResourceMetrics
-	if err := e.metrics.Collect(context.Background(), &rm); err != nil {
-		e.t.Fatal(err)
+	if dep == "" {
+		return testenv.CounterSum(e.t, e.metrics, name)
 	}
-	var n int64
-	for _, sm := range rm.ScopeMetrics {
-		for _, m := range sm.Metrics {
-			sum, ok := m.Data.(metricdata.Sum[int64])
-			if m.Name != name || !ok {
-				continue
-			}
-			for _, dp := range sum.DataPoints {
-				if v, _ := dp.Attributes.Value("dependency"); dep == "" || v.AsString() == dep {
-					n += dp.Value
-				}
-			}
-		}
-	}
-	return n
+	return testenv.CounterByAttribute(e.t, e.metrics, name, "dependency")[dep]
 }
 
 // wantUnavailable asserts the 503 every dependency failure is answered with.

@@ -11,7 +11,6 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/authgate/authgate/internal/lastused"
 	"github.com/authgate/authgate/internal/store/postgres"
@@ -156,25 +155,7 @@ func (e *env) waitLastUsed(id string, want time.Time) {
 // counter sums the recorder's counter for one result.
 func (e *env) counter(result string) int64 {
 	e.t.Helper()
-	var rm metricdata.ResourceMetrics
-	if err := e.reader.Collect(context.Background(), &rm); err != nil {
-		e.t.Fatal(err)
-	}
-	var n int64
-	for _, sm := range rm.ScopeMetrics {
-		for _, m := range sm.Metrics {
-			sum, ok := m.Data.(metricdata.Sum[int64])
-			if m.Name != "test_last_used" || !ok {
-				continue
-			}
-			for _, dp := range sum.DataPoints {
-				if v, _ := dp.Attributes.Value("result"); v.AsString() == result {
-					n += dp.Value
-				}
-			}
-		}
-	}
-	return n
+	return testenv.CounterByAttribute(e.t, e.reader, "test_last_used", "result")[result]
 }
 
 func TestDisabled(t *testing.T) {

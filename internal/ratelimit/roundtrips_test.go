@@ -9,7 +9,6 @@ import (
 	"time"
 
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/authgate/authgate/internal/testenv"
 )
@@ -17,25 +16,7 @@ import (
 // roundTrips reads the round-trips counter of kind from reader.
 func roundTrips(t *testing.T, reader *sdkmetric.ManualReader, kind string) int64 {
 	t.Helper()
-	var rm metricdata.ResourceMetrics
-	if err := reader.Collect(context.Background(), &rm); err != nil {
-		t.Fatal(err)
-	}
-	var n int64
-	for _, sm := range rm.ScopeMetrics {
-		for _, m := range sm.Metrics {
-			sum, ok := m.Data.(metricdata.Sum[int64])
-			if m.Name != "test_ratelimit_round_trips" || !ok {
-				continue
-			}
-			for _, dp := range sum.DataPoints {
-				if v, _ := dp.Attributes.Value("kind"); v.AsString() == kind {
-					n += dp.Value
-				}
-			}
-		}
-	}
-	return n
+	return testenv.CounterByAttribute(t, reader, "test_ratelimit_round_trips", "kind")[kind]
 }
 
 // The round trips the limiter counts are the script runs Redis counts (a private server runs only this test's), and
