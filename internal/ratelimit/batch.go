@@ -91,7 +91,7 @@ func (b *batcher) roundTrip(ctx context.Context, batch []*call) {
 		cmds[i] = scriptCmd(ctx, false, calls)
 	}
 	b.exec(ctx, cmds)
-	b.sent(1)
+	b.countSent(cmds)
 	var reload []*redis.IntSliceCmd
 	for i, cmd := range cmds {
 		if redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
@@ -101,7 +101,7 @@ func (b *batcher) roundTrip(ctx context.Context, batch []*call) {
 	}
 	if len(reload) > 0 {
 		b.exec(ctx, reload)
-		b.sent(1)
+		b.countSent(reload)
 	}
 	for i, calls := range runs {
 		vals, err := cmds[i].Result()
@@ -123,6 +123,13 @@ func (b *batcher) roundTrip(ctx context.Context, batch []*call) {
 			r.nowSec, r.nowUsec = vals[len(vals)-2], vals[len(vals)-1]
 			c.Answer(r, nil)
 		}
+	}
+}
+
+// countSent counts a round trip of cmds unless the health breaker kept it from Redis.
+func (b *batcher) countSent(cmds []*redis.IntSliceCmd) {
+	if !errors.Is(cmds[0].Err(), redisclient.ErrUnavailable) {
+		b.sent(1)
 	}
 }
 

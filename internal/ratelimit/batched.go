@@ -2,12 +2,15 @@ package ratelimit
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/authgate/authgate/internal/redisclient"
 )
 
 // The batched mode (Options.Mode = Batched).
@@ -336,7 +339,10 @@ func (b *batched) flush(ctx context.Context) error {
 func (b *batched) write(ctx context.Context, work []flushing) error {
 	sentAt := b.now()
 	t, err := b.rdb.Time(ctx).Result()
-	trips := int64(1)
+	var trips int64
+	if !errors.Is(err, redisclient.ErrUnavailable) { // the breaker kept nothing from Redis
+		trips++
+	}
 	if err == nil {
 		trips++ // the write follows the clock read
 		nowSec := t.Unix()
@@ -362,7 +368,9 @@ func (b *batched) write(ctx context.Context, work []flushing) error {
 		_, err = pipe.Exec(ctx)
 	}
 	b.sw.stats.flushes.Add(1)
-	b.sw.trips.Add(context.WithoutCancel(ctx), trips, tripWrite)
+	if trips > 0 {
+		b.sw.trips.Add(context.WithoutCancel(ctx), trips, tripWrite)
+	}
 	if err != nil {
 		b.sw.stats.flushErrors.Add(1)
 	}

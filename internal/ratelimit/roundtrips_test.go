@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"context"
+	"errors"
 	"regexp"
 	"strconv"
 	"sync"
@@ -10,6 +11,7 @@ import (
 
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 
+	"github.com/authgate/authgate/internal/redisclient"
 	"github.com/authgate/authgate/internal/testenv"
 )
 
@@ -63,5 +65,35 @@ func TestRoundTripsAreCounted(t *testing.T) {
 	testenv.Eventually(t, 5*time.Second, "the write counted", func() bool { return roundTrips(t, reader, "write") >= 2 })
 	if n := roundTrips(t, reader, "write"); n%2 != 0 || n/2 != rb.Stats().Flushes {
 		t.Fatalf("%d write round trips for %d writes; want two each", n, rb.Stats().Flushes)
+	}
+}
+
+// A call the health breaker refuses never reaches Redis, so it is not a round trip.
+func TestRefusedCallsAreNotRoundTrips(t *testing.T) {
+	ctx := context.Background()
+	srv := testenv.StartRedisServer(t)
+	client, err := redisclient.Open(redisclient.Options{URL: srv.URL(), CallTimeout: 200 * time.Millisecond,
+		DialTimeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = client.Close() })
+	rl := newLimiter(t, client, Options{})
+	if _, err := rl.Allow(ctx, "k", 10, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	srv.Stop()
+	testenv.Eventually(t, 10*time.Second, "the breaker open", func() bool {
+		_, _ = rl.Allow(ctx, "k", 10, time.Minute)
+		return client.Breaker.Open()
+	})
+	trips := rl.Stats().ScriptRoundTrips
+	for range 5 {
+		if _, err := rl.Allow(ctx, "k", 10, time.Minute); !errors.Is(err, redisclient.ErrUnavailable) {
+			t.Fatalf("with the breaker open: %v, want ErrUnavailable", err)
+		}
+	}
+	if n := rl.Stats().ScriptRoundTrips; n != trips {
+		t.Fatalf("%d round trips counted for 5 calls the breaker refused", n-trips)
 	}
 }
