@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"maps"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -42,7 +43,12 @@ func (c *calls) get(name string) int {
 	return c.n[name]
 }
 
-type coldLimiter struct{ calls *calls }
+// coldLimiter allows every token; spent: the invalid-bearer budget's shared count says the address is over (other replicas
+// spent it).
+type coldLimiter struct {
+	calls *calls
+	spent bool
+}
 
 func (l coldLimiter) Allow(context.Context, string, int, time.Duration) (RateDecision, error) {
 	l.calls.add("limiter.Allow")
@@ -51,7 +57,7 @@ func (l coldLimiter) Allow(context.Context, string, int, time.Duration) (RateDec
 
 func (l coldLimiter) Exceeded(context.Context, string, int, time.Duration) (RateDecision, error) {
 	l.calls.add("limiter.Exceeded")
-	return RateDecision{Allowed: true}, nil
+	return RateDecision{Allowed: !l.spent}, nil
 }
 
 func (l coldLimiter) Add(context.Context, string, time.Duration) error {
@@ -160,6 +166,13 @@ type coldWorld struct {
 
 func newColdWorld(t *testing.T, oneQuery bool) *coldWorld {
 	t.Helper()
+	return newColdWorldWith(t, oneQuery, false, 0)
+}
+
+// newColdWorldWith: budgetSpent makes the shared budget count every address as over; suspectPerSecond sets the suspect
+// lane's rate (0: the default) and stops the pipeline's clock, so the lane does not refill during the test.
+func newColdWorldWith(t *testing.T, oneQuery, budgetSpent bool, suspectPerSecond int) *coldWorld {
+	t.Helper()
 	policy, err := LoadPolicy("")
 	if err != nil {
 		t.Fatal(err)
@@ -167,12 +180,17 @@ func newColdWorld(t *testing.T, oneQuery bool) *coldWorld {
 	c := &calls{}
 	w := &coldWorld{calls: c, cache: &coldCache{calls: c, entries: map[string]TokenEntry{}},
 		store: coldStore{calls: c, rows: map[string]tokens.Token{}}}
-	deps := Deps{Limiter: coldLimiter{calls: c}, Cache: w.cache, Tokens: w.store, Directory: w.store}
+	deps := Deps{Limiter: coldLimiter{calls: c, spent: budgetSpent}, Cache: w.cache, Tokens: w.store, Directory: w.store}
 	if oneQuery {
 		deps.Tokens = coldAccountStore{w.store}
 	}
+	if suspectPerSecond > 0 {
+		stopped := time.Now()
+		deps.Now = func() time.Time { return stopped }
+	}
 	w.p, err = New(policy, Options{EnableOAuthBearer: true, RateLimitPerToken: 60, RateLimitFailOpen: true,
-		InvalidBearerPerIPPerMin: 60, CheckTimeout: 5 * time.Second, ForwardAuthorization: true}, deps)
+		InvalidBearerPerIPPerMin: 60, SuspectLookupsPerSecond: suspectPerSecond, CheckTimeout: 5 * time.Second,
+		ForwardAuthorization: true}, deps)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -226,19 +244,19 @@ func TestColdCheckReadsPostgresOnceAndFillsOnce(t *testing.T) {
 		verdict            map[string]bool
 	}{
 		{"app route, one query", "GET", "/openapi/v1/apps/" + coldApp + "/info", true,
-			map[string]int{"tokens.LookupByHashWithAccount": 1, "cache.Fill": 1, "limiter.Exceeded": 1}, true,
+			map[string]int{"tokens.LookupByHashWithAccount": 1, "cache.Fill": 1}, true,
 			map[string]bool{coldTenant: true}},
 		{"workspace route, one query", "GET", "/openapi/v1/workspaces/" + coldTenant, true,
-			map[string]int{"tokens.LookupByHashWithAccount": 1, "cache.Fill": 1, "limiter.Exceeded": 1}, true,
+			map[string]int{"tokens.LookupByHashWithAccount": 1, "cache.Fill": 1}, true,
 			map[string]bool{coldTenant: true}},
 		{"workspace in the query, not a member, one query", "GET", "/openapi/v1/apps?workspace_id=" + otherTenant, true,
-			map[string]int{"tokens.LookupByHashWithAccount": 1, "cache.Fill": 1, "limiter.Exceeded": 1}, false,
+			map[string]int{"tokens.LookupByHashWithAccount": 1, "cache.Fill": 1}, false,
 			map[string]bool{otherTenant: false}},
 		{"no membership step, one query", "GET", "/openapi/v1/me", true,
-			map[string]int{"tokens.LookupByHashWithAccount": 1, "cache.Fill": 1, "limiter.Exceeded": 1}, true, nil},
+			map[string]int{"tokens.LookupByHashWithAccount": 1, "cache.Fill": 1}, true, nil},
 		{"a store without the one-query lookup", "GET", "/openapi/v1/apps/" + coldApp + "/info", false,
-			map[string]int{"tokens.LookupByHash": 1, "dir.Account": 1, "dir.IsActiveMember": 1, "cache.Fill": 1,
-				"limiter.Exceeded": 1}, true, map[string]bool{coldTenant: true}},
+			map[string]int{"tokens.LookupByHash": 1, "dir.Account": 1, "dir.IsActiveMember": 1, "cache.Fill": 1}, true,
+			map[string]bool{coldTenant: true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			w := newColdWorld(t, tc.oneQuery)
@@ -274,8 +292,10 @@ func TestColdCheckReadsPostgresOnceAndFillsOnce(t *testing.T) {
 	}
 }
 
-// An unknown bearer costs one budget read, made beside the cache read, and is charged once; a hash refused lately costs
-// nothing; an address this replica already counts as over its budget gets no Redis read at all.
+// The invalid-bearer budget's shared count is read, beside the cache read, only for an address this replica already
+// counts something for: the first unknown bearer from a clean address is looked up on the local slot alone and charged;
+// the next one reads the shared count; a valid token from the suspected address reads it too; a hash refused lately costs
+// nothing; past this replica's own count no Redis read is made at all.
 func TestColdCheckBudgetReads(t *testing.T) {
 	w := newColdWorld(t, true)
 	unknown := func() string {
@@ -285,13 +305,30 @@ func TestColdCheckBudgetReads(t *testing.T) {
 		}
 		return plain
 	}
+	refused := func(want map[string]int, what string) {
+		t.Helper()
+		plain := unknown()
+		got := w.delta(func() {
+			if d := w.check("GET", "/openapi/v1/me", plain); d.Code != CodeInvalidBearer {
+				t.Fatalf("%s: %+v", what, d)
+			}
+		}, coldCalls...)
+		for _, name := range coldCalls {
+			if got[name] != want[name] {
+				t.Fatalf("%s: calls %v, want %v", what, got, want)
+			}
+		}
+	}
+	refused(map[string]int{"tokens.LookupByHashWithAccount": 1, "limiter.Add": 1}, "first unknown bearer of a clean address")
+	refused(map[string]int{"tokens.LookupByHashWithAccount": 1, "limiter.Exceeded": 1, "limiter.Add": 1},
+		"second unknown bearer")
 	got := w.delta(func() {
-		if d := w.check("GET", "/openapi/v1/me", unknown()); d.Code != CodeInvalidBearer {
-			t.Fatalf("unknown bearer: %+v", d)
+		if d := w.check("GET", "/openapi/v1/me", w.token(t)); !d.Allow {
+			t.Fatalf("valid token from the suspected address: %+v", d)
 		}
 	}, coldCalls...)
-	if got["limiter.Exceeded"] != 1 || got["limiter.Add"] != 1 || got["tokens.LookupByHashWithAccount"] != 1 {
-		t.Fatalf("unknown bearer: calls %v, want one budget read, one charge, one lookup", got)
+	if got["limiter.Exceeded"] != 1 || got["limiter.Add"] != 0 || got["tokens.LookupByHashWithAccount"] != 1 {
+		t.Fatalf("valid token from the suspected address: calls %v, want one budget read, no charge, one lookup", got)
 	}
 	// The replica's own count fills up; past it no budget read is sent (the lookups go through the suspect lane).
 	for range 70 {
@@ -300,6 +337,27 @@ func TestColdCheckBudgetReads(t *testing.T) {
 	got = w.delta(func() { w.check("GET", "/openapi/v1/me", unknown()) }, coldCalls...)
 	if got["limiter.Exceeded"] != 0 {
 		t.Fatalf("an address over this replica's count: calls %v, want no budget read", got)
+	}
+}
+
+// An address other replicas have spent the budget of costs this replica one lookup before it reads the shared count: the
+// next lookup goes through the suspect lane (here one a second), and the one after that is refused with a 429.
+func TestAnAddressSpentElsewhereCostsOneLookupHere(t *testing.T) {
+	w := newColdWorldWith(t, true, true, 1)
+	var codes []Code
+	for range 3 {
+		plain, err := tokens.Generate(tokens.Account)
+		if err != nil {
+			t.Fatal(err)
+		}
+		codes = append(codes, w.check("GET", "/openapi/v1/me", plain).Code)
+	}
+	want := []Code{CodeInvalidBearer, CodeInvalidBearer, CodeRateLimited}
+	if !slices.Equal(codes, want) {
+		t.Fatalf("answers %v, want %v", codes, want)
+	}
+	if n := w.calls.get("tokens.LookupByHashWithAccount"); n != 2 {
+		t.Fatalf("%d lookups, want 2: the first on the local slot, the second through the lane", n)
 	}
 }
 

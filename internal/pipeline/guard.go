@@ -61,6 +61,9 @@ type budgetWindow struct {
 type budgetHold struct {
 	key   string
 	start time.Time // of the window the slot was taken in
+	// first: nothing else was counted for key in this window when the slot was taken (no lookup in flight, no invalid
+	// outcome), so this replica has no reason to suspect the address (admitLookup).
+	first bool
 }
 
 func newLocalBudget(limit int, window time.Duration, now func() time.Time) *localBudget {
@@ -89,15 +92,16 @@ func (b *localBudget) reserve(key string) (budgetHold, bool) {
 	}
 	w.n++
 	b.windows.Add(key, w)
-	return budgetHold{key: key, start: w.start}, true
+	return budgetHold{key: key, start: w.start, first: w.n == 1}, true
 }
 
-// spent reports whether reserve would refuse key a slot now, without taking one.
-func (b *localBudget) spent(key string) bool {
+// counted is what key has counted in this window: slots held and invalid outcomes (reserve refuses a slot once it reaches
+// the limit).
+func (b *localBudget) counted(key string) int {
 	now := b.now()
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.current(key, now).n >= b.limit
+	return b.current(key, now).n
 }
 
 // release gives a slot back: the lookup found a valid token, or could not be made.

@@ -58,6 +58,9 @@ func TestLocalBudgetHoldsSlotsForLookupsInFlight(t *testing.T) {
 		if !ok {
 			t.Fatalf("slot %d refused within the budget", i+1)
 		}
+		if h.first != (i == 0) {
+			t.Fatalf("slot %d: first = %v; only the slot of an address with nothing counted is first", i+1, h.first)
+		}
 		holds = append(holds, h)
 	}
 	if _, ok := b.reserve("a"); ok {
@@ -71,14 +74,17 @@ func TestLocalBudgetHoldsSlotsForLookupsInFlight(t *testing.T) {
 	if _, ok := b.reserve("a"); !ok {
 		t.Fatal("a released slot was not given out again")
 	}
-	if !b.spent("a") {
-		t.Fatal("budget not spent after three charges")
+	if n := b.counted("a"); n != 3 {
+		t.Fatalf("%d counted after three charges, want 3", n)
 	}
 	// Invalid outcomes through the suspect lane keep the address over.
 	b.add("a")
 	c.advance(time.Minute)
-	if b.spent("a") {
-		t.Fatal("budget still spent a window later")
+	if n := b.counted("a"); n != 0 {
+		t.Fatalf("%d counted a window later, want 0", n)
+	}
+	if h, _ := b.reserve("a"); !h.first {
+		t.Fatal("the first slot of a new window is not first")
 	}
 	// A slot held across the window's end is not returned to the new window.
 	h, _ := b.reserve("c")

@@ -223,6 +223,13 @@ func (p *Pipeline) admitShared(ctx context.Context, req *Request, c *caller) (ad
 // admitLookup decides whether this Check may cost a lookup: with a slot of its address's invalid-bearer budget while that
 // lasts, by the count all replicas share in Redis or by this replica's own (the only one while Redis cannot answer);
 // beyond it through the suspect lane, and only when that is empty is the answer 429 (retry in a second).
+//
+// The shared count is read only for an address this replica already counts something for in its current window (a lookup
+// in flight, or one that found no live token). The first lookup from an address with a clean record here goes ahead on
+// the local slot alone: that is nearly every cold Check of a valid token (a restart, a new client), which would otherwise
+// pay a Redis round trip to learn that nobody is guessing from its address. It costs the budget at most one lookup per
+// replica per address and window beyond the shared count (docs/security.md, "Brute force"): once that lookup finds no
+// live token, the address is counted here and its next lookups read the shared count.
 func (p *Pipeline) admitLookup(ctx context.Context, req *Request, c *caller) (admission, Decision, bool) {
 	a := admission{key: p.ipBudgetKey(req)}
 	if p.opts.InvalidBearerPerIPPerMin <= 0 || p.budget.isVouched(c.hash) {
@@ -231,7 +238,7 @@ func (p *Pipeline) admitLookup(ctx context.Context, req *Request, c *caller) (ad
 	hold, ok := p.budget.reserve(a.key)
 	if ok && c.redisDown {
 		p.metrics.rateLimitSkipped.Add(ctx, 1, skippedIPBudget)
-	} else if ok {
+	} else if ok && !hold.first {
 		rd, err := p.readBudget(ctx, a.key, c)
 		switch {
 		case err != nil && ctx.Err() != nil:
@@ -270,14 +277,14 @@ type budgetRead struct {
 
 // readBudgetAhead starts the budget read a lookup of c.hash would make, beside the token cache read, when the hash may well
 // be looked up: the two round trips of a cold Check then overlap instead of following each other. It starts nothing when
-// no read would be made: the budget is off, the hash was found valid lately, or this replica's own count already refuses
-// the address (then no Redis call is made at all, as before).
+// no read would be made: the budget is off, the hash was found valid lately, this replica counts nothing for the address
+// (admitLookup), or its own count already refuses the address (then no Redis call is made at all).
 func (p *Pipeline) readBudgetAhead(ctx context.Context, req *Request, c *caller) *budgetRead {
 	if p.opts.InvalidBearerPerIPPerMin <= 0 || p.budget.isVouched(c.hash) {
 		return nil
 	}
 	key := p.ipBudgetKey(req)
-	if p.budget.spent(key) {
+	if n := p.budget.counted(key); n == 0 || n >= p.opts.InvalidBearerPerIPPerMin {
 		return nil
 	}
 	r := &budgetRead{key: key, done: make(chan struct{})}
