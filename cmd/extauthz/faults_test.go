@@ -237,6 +237,10 @@ func TestPostgresOutage(t *testing.T) {
 	other, _ := w.accountToken(accountActive, "ada@example.com")
 	adaH := accountHeaders(accountActive, "ada@example.com", adaID)
 	expectAllow(t, healthy.check(t, "GET", "/openapi/v1/me", bearer(ada)), adaH)
+	cached := testenv.RedisClient(t, w.redisURL)
+	testenv.Eventually(t, 5*time.Second, "the healthy replica's cache fill", func() bool { // written after the answer
+		return cached.Exists(context.Background(), "auth:token:"+tokens.Hash(ada)).Val() == 1
+	})
 
 	cut := w.start(map[string]string{"DATABASE_URL": "postgres://postgres@127.0.0.1:1/none?sslmode=disable&connect_timeout=1"})
 	expectAllow(t, cut.check(t, "GET", "/openapi/v1/me", bearer(ada)), adaH)

@@ -10,6 +10,10 @@
 // many. The price is the wait: behind goroutines that run without blocking a yield can last a scheduler time slice, so
 // the yields are bounded by a count and never made by an idle or new sender, whose lone call goes out at once. A timer
 // would not do: waiting while no caller is runnable only leaves the processor idle (docs/benchmarks.md).
+//
+// A call that need not go out at once (a write nobody waits for, such as a cache fill) is made with DoWithin: it rides the
+// next round trip another call starts and goes out on its own only if none starts within its wait, so under load it costs
+// no round trip of its own.
 package coalesce
 
 import (
@@ -41,6 +45,7 @@ type Call[Req, Resp any] struct {
 	deadline time.Time         // the earlier of ctx's and CallTimeout's; zero: none
 	done     chan answer[Resp] // buffered: a round trip never blocks on a caller that gave up
 	answered bool              // touched only by the round trip's goroutine
+	rider    bool              // made with DoWithin: does not start a round trip by itself until its wait is over
 }
 
 type answer[Resp any] struct {
@@ -99,6 +104,12 @@ type Batcher[Req, Resp any] struct {
 	queue   []*Call[Req, Resp]
 	senders int // sending or idle
 	idle    int // waiting for work
+	// eager counts the queued calls that want a round trip now (made with Do); with none, the queue goes out only once
+	// riderDue: the wait of a rider queued then has passed (riderTimer fired), and until the queue is empty.
+	eager      int
+	riderDue   bool
+	riderTimer *time.Timer // armed while riders wait and no earlier wait is pending
+	timerArmed bool
 }
 
 // New returns a Batcher whose round trips are roundTrip: it must Answer every call it is given, and its ctx lives as
@@ -116,6 +127,18 @@ func New[Req, Resp any](roundTrip func(ctx context.Context, calls []*Call[Req, R
 
 // Do sends req in the next round trip and waits for its answer, ctx or the call timeout, whichever comes first.
 func (b *Batcher[Req, Resp]) Do(ctx context.Context, req Req) (Resp, error) {
+	return b.do(ctx, req, 0)
+}
+
+// DoWithin is Do for a call that may wait up to wait for company: it goes out with the next round trip a call made with
+// Do starts, or in one of its own once wait has passed (the wait is counted from the first rider queued while none was
+// pending, so no rider waits longer). It waits for its answer as Do does.
+func (b *Batcher[Req, Resp]) DoWithin(ctx context.Context, req Req, wait time.Duration) (Resp, error) {
+	return b.do(ctx, req, max(wait, time.Nanosecond))
+}
+
+// do queues req, a rider when wait > 0, and waits for its answer.
+func (b *Batcher[Req, Resp]) do(ctx context.Context, req Req, wait time.Duration) (Resp, error) {
 	var zero Resp
 	if err := ctx.Err(); err != nil {
 		return zero, err
@@ -138,17 +161,24 @@ func (b *Batcher[Req, Resp]) Do(ctx context.Context, req Req) (Resp, error) {
 	} else if dl, ok := ctx.Deadline(); ok {
 		c.deadline = dl
 	}
+	c.rider = wait > 0
 	b.mu.Lock()
 	b.queue = append(b.queue, c)
 	switch {
-	case b.idle > 0:
-		select {
-		case b.wake <- struct{}{}:
-		default: // a token is already waiting
+	case c.rider && !b.riderDue && len(b.queue) < b.maxBatch:
+		if !b.timerArmed {
+			b.timerArmed = true
+			if b.riderTimer == nil {
+				b.riderTimer = time.AfterFunc(wait, b.ridersDue)
+			} else {
+				b.riderTimer.Reset(wait)
+			}
 		}
-	case b.senders == 0 || (len(b.queue) >= b.maxBatch && b.senders < b.maxSenders):
-		b.senders++
-		go b.send()
+	default:
+		if !c.rider {
+			b.eager++
+		}
+		b.kick()
 	}
 	b.mu.Unlock()
 	select {
@@ -159,6 +189,45 @@ func (b *Batcher[Req, Resp]) Do(ctx context.Context, req Req) (Resp, error) {
 	case <-expired:
 		return zero, context.DeadlineExceeded
 	}
+}
+
+// Waiting is how many calls wait for a round trip.
+func (b *Batcher[Req, Resp]) Waiting() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.queue)
+}
+
+// kick gets a sender to the queue: an idle one woken, or a new one started when there is none (or a full batch is waiting
+// and fewer than maxSenders are sending). The caller holds mu.
+func (b *Batcher[Req, Resp]) kick() {
+	switch {
+	case b.idle > 0:
+		select {
+		case b.wake <- struct{}{}:
+		default: // a token is already waiting
+		}
+	case b.senders == 0 || (len(b.queue) >= b.maxBatch && b.senders < b.maxSenders):
+		b.senders++
+		go b.send()
+	}
+}
+
+// ridersDue runs when the wait of the riders queued has passed: whatever is queued goes out now.
+func (b *Batcher[Req, Resp]) ridersDue() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.timerArmed = false
+	if len(b.queue) > 0 {
+		b.riderDue = true
+		b.kick()
+	}
+}
+
+// ready reports whether the queue should go out now: an eager call, riders whose wait has passed, or a full batch. The
+// caller holds mu.
+func (b *Batcher[Req, Resp]) ready() bool {
+	return len(b.queue) > 0 && (b.eager > 0 || b.riderDue || len(b.queue) >= b.maxBatch)
 }
 
 // timers are stopped timers for callers' waits: a context per call (its timer, its registration with the parent, its
@@ -176,7 +245,7 @@ func (b *Batcher[Req, Resp]) send() {
 	busy := false // the last round trip returned with calls waiting
 	for {
 		b.mu.Lock()
-		if len(b.queue) == 0 {
+		if !b.ready() {
 			busy = false
 			b.idle++
 			b.mu.Unlock()
@@ -193,7 +262,7 @@ func (b *Batcher[Req, Resp]) send() {
 			}
 			b.mu.Lock()
 			b.idle--
-			if expired && len(b.queue) == 0 {
+			if expired && !b.ready() {
 				b.senders--
 				b.mu.Unlock()
 				return
@@ -218,6 +287,9 @@ func (b *Batcher[Req, Resp]) send() {
 		batch := make([]*Call[Req, Resp], 0, n)
 		now := time.Now()
 		for _, c := range b.queue[:n] {
+			if !c.rider {
+				b.eager--
+			}
 			// A caller that has gone (cancelled, or past its deadline) is left out: nobody would read its answer, and a
 			// request whose caller has given up must not take effect (a limiter hit nobody was admitted for).
 			if c.ctx.Err() == nil && (c.deadline.IsZero() || now.Before(c.deadline)) {
@@ -227,6 +299,9 @@ func (b *Batcher[Req, Resp]) send() {
 		rest := copy(b.queue, b.queue[n:])
 		clear(b.queue[rest:])
 		b.queue = b.queue[:rest]
+		if rest == 0 {
+			b.riderDue = false
+		}
 		b.mu.Unlock()
 		if len(batch) > 0 {
 			b.run(batch)

@@ -45,11 +45,6 @@ func (g *gate) roundTrip(ctx context.Context, calls []*Call[int, int]) {
 	}
 }
 
-func queued[Req, Resp any](b *Batcher[Req, Resp]) int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return len(b.queue)
-}
 
 // Calls that arrive while a round trip is in flight go out together in the next one, each answered with its own reply.
 func TestCallsWaitingForARoundTripGoOutTogether(t *testing.T) {
@@ -64,7 +59,7 @@ func TestCallsWaitingForARoundTripGoOutTogether(t *testing.T) {
 	for i := 1; i <= 10; i++ {
 		wg.Go(func() { answers[i], errs[i] = b.Do(ctx, i+1) })
 	}
-	testenv.Eventually(t, 5*time.Second, "ten calls queued", func() bool { return queued(b) == 10 })
+	testenv.Eventually(t, 5*time.Second, "ten calls queued", func() bool { return b.Waiting() == 10 })
 	close(g.release)
 	wg.Wait()
 	for i := range answers {
@@ -92,7 +87,7 @@ func TestAGoneCallerIsNotSent(t *testing.T) {
 	var kept int
 	wg.Go(func() { _, goneErr = b.Do(gone, 2) })
 	wg.Go(func() { kept, keptErr = b.Do(ctx, 3) })
-	testenv.Eventually(t, 5*time.Second, "two calls queued", func() bool { return queued(b) == 2 })
+	testenv.Eventually(t, 5*time.Second, "two calls queued", func() bool { return b.Waiting() == 2 })
 	cancel()
 	close(g.release)
 	wg.Wait()
@@ -209,10 +204,10 @@ func TestTheSenderYieldsWhileCallersJoin(t *testing.T) {
 				if n > tc.joining {
 					return
 				}
-				before := queued(b)
+				before := b.Waiting()
 				wg.Go(func() { _, _ = b.Do(ctx, 100+n) })
 				// not testenv.Eventually: this is the sender's goroutine, not the test's; a call that never queues fails below
-				for deadline := time.Now().Add(5 * time.Second); queued(b) == before && time.Now().Before(deadline); {
+				for deadline := time.Now().Add(5 * time.Second); b.Waiting() == before && time.Now().Before(deadline); {
 					time.Sleep(time.Millisecond)
 				}
 			}
@@ -222,7 +217,7 @@ func TestTheSenderYieldsWhileCallersJoin(t *testing.T) {
 				t.Fatalf("a new sender yielded %d times before a lone call", n)
 			}
 			wg.Go(func() { _, _ = b.Do(ctx, 2) })
-			testenv.Eventually(t, 5*time.Second, "a call waiting behind the round trip", func() bool { return queued(b) == 1 })
+			testenv.Eventually(t, 5*time.Second, "a call waiting behind the round trip", func() bool { return b.Waiting() == 1 })
 			close(g.release)
 			<-g.entered // the second round trip, after the yields
 			wg.Wait()
@@ -233,5 +228,80 @@ func TestTheSenderYieldsWhileCallersJoin(t *testing.T) {
 					n, g.batches, tc.wantYields, tc.wantSecond)
 			}
 		})
+	}
+}
+
+// A rider (DoWithin) starts no round trip while its wait lasts, even with an idle sender there: it goes out with the next
+// call made with Do, in the same round trip; riders queued with a full batch go out at once.
+func TestARiderGoesOutWithTheNextCall(t *testing.T) {
+	var mu sync.Mutex
+	var batches [][]int
+	b := New(func(_ context.Context, calls []*Call[int, int]) {
+		reqs := make([]int, len(calls))
+		for i, c := range calls {
+			reqs[i] = c.Req
+			c.Answer(c.Req*10, nil)
+		}
+		mu.Lock()
+		batches = append(batches, reqs)
+		mu.Unlock()
+	}, Options{MaxBatch: 3})
+	ctx := context.Background()
+	if _, err := b.Do(ctx, 1); err != nil { // leaves an idle sender behind
+		t.Fatal(err)
+	}
+	rider := make(chan int, 1)
+	go func() {
+		v, _ := b.DoWithin(ctx, 2, time.Hour)
+		rider <- v
+	}()
+	testenv.Eventually(t, 5*time.Second, "the rider queued", func() bool { return b.Waiting() == 1 })
+	if v, err := b.Do(ctx, 3); err != nil || v != 30 {
+		t.Fatalf("eager call: %d, %v", v, err)
+	}
+	if v := <-rider; v != 20 {
+		t.Fatalf("rider answered %d, want 20", v)
+	}
+	// A full batch of riders does not wait.
+	var wg sync.WaitGroup
+	for i := 4; i <= 6; i++ {
+		wg.Go(func() {
+			if v, err := b.DoWithin(ctx, i, time.Hour); err != nil || v != i*10 {
+				t.Errorf("rider %d: %d, %v", i, v, err)
+			}
+		})
+	}
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(batches) != 3 || len(batches[1]) != 2 || batches[1][0] != 2 || batches[1][1] != 3 || len(batches[2]) != 3 {
+		t.Fatalf("round trips %v, want [1] [2 3] and the three riders together", batches)
+	}
+}
+
+// A rider no call comes for goes out on its own once its wait has passed, and so do riders queued meanwhile.
+func TestARiderGoesOutAloneAfterItsWait(t *testing.T) {
+	var trips atomic.Int32
+	b := New(func(_ context.Context, calls []*Call[int, int]) {
+		trips.Add(1)
+		for _, c := range calls {
+			c.Answer(c.Req*10, nil)
+		}
+	}, Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for round := range 2 { // the second round re-arms the timer the first one fired
+		var wg sync.WaitGroup
+		for i := 1; i <= 3; i++ {
+			wg.Go(func() {
+				if v, err := b.DoWithin(ctx, i, 20*time.Millisecond); err != nil || v != i*10 {
+					t.Errorf("round %d, rider %d: %d, %v", round, i, v, err)
+				}
+			})
+		}
+		wg.Wait()
+	}
+	if n := trips.Load(); n < 2 || n > 6 {
+		t.Fatalf("%d round trips for two rounds of riders", n)
 	}
 }

@@ -134,10 +134,10 @@ func (p *Pipeline) lookupToken(ctx context.Context, req *Request, c *caller, now
 	return Decision{}, true
 }
 
-// fillCache writes the entry of a token this Check looked up, with the membership verdicts it learned, in one round
-// trip, whatever the Check's decision (the token is valid either way). SET NX: a tombstone written by a concurrent
-// revocation wins over this fill. The write goes out as the Check answers, not before: it only saves later Checks a
-// Postgres read, so the client need not wait for it (until it lands, a Check of the same token reads Postgres again).
+// fillCache writes the entry of a token this Check looked up, with the membership verdicts it learned, whatever the
+// Check's decision (the token is valid either way). SET NX: a tombstone written by a concurrent revocation wins over this
+// fill. The write is made after the Check answers: it only saves later Checks a Postgres read, so the client need not wait
+// for it (the cache sends it with its next round trip of reads, so under load it costs no round trip of its own).
 func (p *Pipeline) fillCache(ctx context.Context, c *caller) {
 	if c.redisDown || ctx.Err() != nil {
 		return

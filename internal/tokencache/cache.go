@@ -69,20 +69,40 @@ type Cache struct {
 	// denied holds the hashes a Reconciler learned from Postgres were revoked recently: refused without asking Redis. Replaced
 	// as a whole by the reconciler, read without a lock on every lookup.
 	denied atomic.Pointer[map[string]struct{}]
-	// reads sends the Redis reads of concurrent lookups together: a flood of bearers no memory knows (guessed or random
-	// ones) costs one round trip per batch, not one per bearer.
-	reads *coalesce.Batcher[string, entryRead]
+	// trips sends the Redis reads of concurrent lookups together: a flood of bearers no memory knows (guessed or random
+	// ones) costs one round trip per batch, not one per bearer. Fills ride the same round trips (Fill).
+	trips    *coalesce.Batcher[op, opResult]
+	fillWait time.Duration // defaultFillWait; tests lengthen it
 }
 
-// entryRead is a Redis read of one hash's entry.
-type entryRead struct {
-	v   []byte
-	ttl time.Duration // 0 when unknown or unbounded
+// op is one call of the cache's round trips: a read of hash's entry, or, with fill set, a fill of it.
+type op struct {
+	hash string
+	fill *fill
 }
+
+// fill is a positive entry to store with SET NX.
+type fill struct {
+	value  []byte
+	ttl    time.Duration // the entry's lifetime as of queued
+	queued time.Time
+}
+
+// opResult is a read's entry (v, and its remaining ttl: 0 when unknown or unbounded) or whether a fill stored its entry.
+type opResult struct {
+	v      []byte
+	ttl    time.Duration
+	stored bool
+}
+
+// defaultFillWait is how long a fill waits for a round trip of reads to ride before it goes out on its own. Under load one
+// comes within it nearly always, so a cold Check's fill costs no round trip of its own; a fill that waits only delays
+// the entry for other replicas (this one's reads carry it: fills are written before the reads of their round trip).
+const defaultFillWait = 5 * time.Millisecond
 
 // New returns a cache over rdb. With opts.Local, Run must be running for the local layer to serve anything.
 func New(rdb redis.UniversalClient, opts Options) *Cache {
-	c := &Cache{rdb: rdb, ttl: opts.TTL}
+	c := &Cache{rdb: rdb, ttl: opts.TTL, fillWait: defaultFillWait}
 	if c.ttl <= 0 {
 		c.ttl = defaultTTL
 	}
@@ -93,7 +113,7 @@ func New(rdb redis.UniversalClient, opts Options) *Cache {
 		}
 		c.local = newLocal(n, c.ttl)
 	}
-	c.reads = coalesce.New(c.readEntries, coalesce.Options{})
+	c.trips = coalesce.New(c.roundTrip, coalesce.Options{})
 	return c
 }
 
@@ -163,43 +183,66 @@ func (c *Cache) Get(ctx context.Context, hash string) (Entry, Status, error) {
 // readEntry GETs hash's entry and, when the local layer may keep it, its remaining TTL in the same round trip: a copy must not
 // outlive the Redis entry it was read from. ttl is 0 when unknown or unbounded.
 func (c *Cache) readEntry(ctx context.Context, hash string) (v []byte, ttl time.Duration, err error) {
-	r, err := c.reads.Do(ctx, hash)
+	r, err := c.trips.Do(ctx, op{hash: hash})
 	return r.v, r.ttl, err
 }
 
-// readEntries is one round trip for a batch of reads: GET (and PTTL) per hash, pipelined.
-func (c *Cache) readEntries(ctx context.Context, calls []*coalesce.Call[string, entryRead]) {
+// roundTrip is one round trip for a batch of calls, pipelined: SET NX per fill, then GET (and PTTL) per read, so a read
+// of a hash whose fill rides the same round trip finds the entry.
+func (c *Cache) roundTrip(ctx context.Context, calls []*coalesce.Call[op, opResult]) {
 	pipe := c.rdb.Pipeline()
+	sets := make([]*redis.BoolCmd, len(calls))
 	gets := make([]*redis.StringCmd, len(calls))
-	var pttls []*redis.DurationCmd
-	if c.local != nil {
-		pttls = make([]*redis.DurationCmd, len(calls))
+	pttls := make([]*redis.DurationCmd, len(calls))
+	now := time.Now()
+	for i, call := range calls {
+		if f := call.Req.fill; f != nil {
+			if ttl := f.ttl - now.Sub(f.queued); ttl >= time.Millisecond { // else expired meanwhile: nothing to store
+				sets[i] = pipe.SetNX(ctx, redisKey(call.Req.hash), f.value, ttl)
+			}
+		}
 	}
 	for i, call := range calls {
-		gets[i] = pipe.Get(ctx, redisKey(call.Req))
-		if pttls != nil {
-			pttls[i] = pipe.PTTL(ctx, redisKey(call.Req))
+		if call.Req.fill == nil {
+			gets[i] = pipe.Get(ctx, redisKey(call.Req.hash))
+			if c.local != nil {
+				pttls[i] = pipe.PTTL(ctx, redisKey(call.Req.hash))
+			}
 		}
 	}
-	_, _ = pipe.Exec(ctx) // errors are per command
+	if len(pipe.Cmds()) > 0 {
+		_, _ = pipe.Exec(ctx) // errors are per command
+	}
 	for i, call := range calls {
-		v, err := gets[i].Bytes()
-		if err != nil {
-			call.Answer(entryRead{}, err)
-			continue
+		switch {
+		case call.Req.fill != nil && sets[i] == nil:
+			call.Answer(opResult{}, errFillExpired)
+		case call.Req.fill != nil:
+			stored, err := sets[i].Result()
+			call.Answer(opResult{stored: stored}, err)
+		default:
+			v, err := gets[i].Bytes()
+			if err != nil {
+				call.Answer(opResult{}, err)
+				continue
+			}
+			r := opResult{v: v}
+			if pttls[i] != nil {
+				r.ttl = max(pttls[i].Val(), 0)
+			}
+			call.Answer(r, nil)
 		}
-		r := entryRead{v: v}
-		if pttls != nil {
-			r.ttl = max(pttls[i].Val(), 0)
-		}
-		call.Answer(r, nil)
 	}
 }
+
+// errFillExpired answers a fill whose entry's lifetime ran out while it waited: there is nothing to store.
+var errFillExpired = errors.New("tokencache: the entry expired before its fill went out")
 
 // Fill caches e for hash for the cache TTL (less if the token expires sooner) unless anything is cached there already, a
 // tombstone in particular: a fill computed from a Postgres read that raced a revocation must not bring the token back.
 // e's membership verdicts go in with it, so a caller that has both writes them in one round trip; should a live entry
-// be there already (another replica filled it meanwhile), they are merged into it as RecordVerdict merges them.
+// be there already (another replica filled it meanwhile), they are merged into it as RecordVerdict merges them. The write
+// rides the next round trip of reads, waiting for one up to defaultFillWait.
 func (c *Cache) Fill(ctx context.Context, hash string, e Entry) error {
 	var seen uint64
 	if c.local != nil {
@@ -213,13 +256,16 @@ func (c *Cache) Fill(ctx context.Context, hash string, e Entry) error {
 	if err != nil {
 		return err
 	}
-	stored, err := c.rdb.SetNX(ctx, redisKey(hash), b, ttl).Result()
-	if err != nil {
+	queued := time.Now()
+	r, err := c.trips.DoWithin(ctx, op{hash: hash, fill: &fill{value: b, ttl: ttl, queued: queued}}, c.fillWait)
+	switch {
+	case errors.Is(err, errFillExpired):
+		return nil
+	case err != nil:
 		return err
-	}
-	if stored {
+	case r.stored:
 		if c.local != nil {
-			c.local.put(hash, e, seen, time.Now(), time.Time{})
+			c.local.put(hash, e, seen, time.Now(), queued.Add(ttl)) // the Redis entry's end: its TTL is counted from queued
 		}
 		return nil
 	}

@@ -369,3 +369,34 @@ func TestConcurrentGetsEachReadTheirOwnEntry(t *testing.T) {
 		}
 	}
 }
+
+// A fill waits for a round trip of reads and rides it, written before the reads: a Get of the same hash made while the
+// fill waits finds the entry, and the fill is stored (its local copy too).
+func TestAFillRidesTheNextRead(t *testing.T) {
+	ctx := context.Background()
+	rdb := testenv.Redis(t)
+	c := New(rdb, Options{TTL: time.Minute, Local: true})
+	runLocal(t, c)
+	c.fillWait = time.Hour // only a read can take the fill out
+	h, e := newHash(), accountEntry()
+	filled := make(chan error, 1)
+	go func() { filled <- c.Fill(ctx, h, e) }()
+	testenv.Eventually(t, 5*time.Second, "the fill queued", func() bool { return c.trips.Waiting() == 1 })
+	if n, err := rdb.Exists(ctx, redisKey(h)).Result(); err != nil || n != 0 {
+		t.Fatalf("entry written before any read: %d, %v", n, err)
+	}
+	got, st, err := c.Get(ctx, h)
+	if err != nil || st != Hit || got.TokenID != e.TokenID {
+		t.Fatalf("Get while the fill waits: %v %+v, %v; want the filled entry", st, got, err)
+	}
+	if err := <-filled; err != nil {
+		t.Fatalf("Fill: %v", err)
+	}
+	ttl, err := rdb.PTTL(ctx, redisKey(h)).Result()
+	if err != nil || ttl <= 0 || ttl > time.Minute {
+		t.Fatalf("filled entry's TTL %v, %v; want within the cache TTL", ttl, err)
+	}
+	if _, ok := c.local.get(h, time.Now()); !ok {
+		t.Fatal("the stored fill is not in the local layer")
+	}
+}
