@@ -45,7 +45,6 @@ func (g *gate) roundTrip(ctx context.Context, calls []*Call[int, int]) {
 	}
 }
 
-
 // Calls that arrive while a round trip is in flight go out together in the next one, each answered with its own reply.
 func TestCallsWaitingForARoundTripGoOutTogether(t *testing.T) {
 	g := newGate()
