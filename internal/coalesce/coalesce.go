@@ -105,11 +105,13 @@ type Batcher[Req, Resp any] struct {
 	senders int // sending or idle
 	idle    int // waiting for work
 	// eager counts the queued calls that want a round trip now (made with Do); with none, the queue goes out only once
-	// riderDue: the wait of a rider queued then has passed (riderTimer fired), and until the queue is empty.
+	// riderDue: the wait of a rider queued then has passed (riderTimer fired), or calls were left behind a full batch;
+	// it holds until the queue is empty.
 	eager      int
 	riderDue   bool
-	riderTimer *time.Timer // armed while riders wait and no earlier wait is pending
+	riderTimer *time.Timer // armed for the earliest end of a queued rider's wait
 	timerArmed bool
+	timerAt    time.Time // when riderTimer fires, while armed
 }
 
 // New returns a Batcher whose round trips are roundTrip: it must Answer every call it is given, and its ctx lives as
@@ -131,8 +133,8 @@ func (b *Batcher[Req, Resp]) Do(ctx context.Context, req Req) (Resp, error) {
 }
 
 // DoWithin is Do for a call that may wait up to wait for company: it goes out with the next round trip a call made with
-// Do starts, or in one of its own once wait has passed (the wait is counted from the first rider queued while none was
-// pending, so no rider waits longer). It waits for its answer as Do does.
+// Do starts, or in one of its own once wait has passed (or sooner, with a rider whose wait ends earlier). It waits for
+// its answer as Do does.
 func (b *Batcher[Req, Resp]) DoWithin(ctx context.Context, req Req, wait time.Duration) (Resp, error) {
 	return b.do(ctx, req, max(wait, time.Nanosecond))
 }
@@ -148,13 +150,13 @@ func (b *Batcher[Req, Resp]) do(ctx context.Context, req Req, wait time.Duration
 	if b.callTimeout > 0 {
 		c.deadline = time.Now().Add(b.callTimeout)
 		if dl, ok := ctx.Deadline(); !ok || c.deadline.Before(dl) {
-			wait := timers.Get().(*time.Timer)
-			wait.Reset(b.callTimeout)
+			bound := timers.Get().(*time.Timer)
+			bound.Reset(b.callTimeout)
 			defer func() {
-				wait.Stop()
-				timers.Put(wait)
+				bound.Stop()
+				timers.Put(bound)
 			}()
-			expired = wait.C
+			expired = bound.C
 		} else {
 			c.deadline = dl
 		}
@@ -166,8 +168,8 @@ func (b *Batcher[Req, Resp]) do(ctx context.Context, req Req, wait time.Duration
 	b.queue = append(b.queue, c)
 	switch {
 	case c.rider && !b.riderDue && len(b.queue) < b.maxBatch:
-		if !b.timerArmed {
-			b.timerArmed = true
+		if at := time.Now().Add(wait); !b.timerArmed || at.Before(b.timerAt) {
+			b.timerArmed, b.timerAt = true, at
 			if b.riderTimer == nil {
 				b.riderTimer = time.AfterFunc(wait, b.ridersDue)
 			} else {
@@ -299,9 +301,8 @@ func (b *Batcher[Req, Resp]) send() {
 		rest := copy(b.queue, b.queue[n:])
 		clear(b.queue[rest:])
 		b.queue = b.queue[:rest]
-		if rest == 0 {
-			b.riderDue = false
-		}
+		// Calls left behind a full batch go out next, riders among them: they were ready to go with this one.
+		b.riderDue = rest > 0
 		b.mu.Unlock()
 		if len(batch) > 0 {
 			b.run(batch)

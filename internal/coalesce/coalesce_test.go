@@ -304,3 +304,61 @@ func TestARiderGoesOutAloneAfterItsWait(t *testing.T) {
 		t.Fatalf("%d round trips for two rounds of riders", n)
 	}
 }
+
+// A rider queued behind a full batch, with every sender busy, goes out in the round trip after that batch, not at the end
+// of its wait: the sender takes what was left behind next.
+func TestARiderLeftBehindAFullBatchGoesNext(t *testing.T) {
+	g := newGate()
+	b := New(g.roundTrip, Options{MaxBatch: 2, MaxSenders: 1})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Go(func() { _, _ = b.Do(ctx, 1) })
+	<-g.entered // the only sender is busy with 1
+	for i := 2; i <= 3; i++ {
+		wg.Go(func() { _, _ = b.Do(ctx, i) })
+		testenv.Eventually(t, 5*time.Second, "the call queued", func() bool { return b.Waiting() == i-1 })
+	}
+	rider := make(chan error, 1)
+	go func() {
+		v, err := b.DoWithin(ctx, 4, time.Hour)
+		if err == nil && v != 40 {
+			err = errors.New("wrong answer")
+		}
+		rider <- err
+	}()
+	testenv.Eventually(t, 5*time.Second, "the rider queued", func() bool { return b.Waiting() == 3 })
+	close(g.release)
+	if err := <-rider; err != nil {
+		t.Fatalf("rider behind a full batch: %v", err)
+	}
+	wg.Wait()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(g.batches) != 3 || len(g.batches[1]) != 2 || len(g.batches[2]) != 1 || g.batches[2][0] != 4 {
+		t.Fatalf("round trips %v, want [1] [2 3] [4]", g.batches)
+	}
+}
+
+// A rider whose wait ends before that of the riders queued ahead of it brings their round trip forward.
+func TestTheEarliestRiderWaitCounts(t *testing.T) {
+	b := New(func(_ context.Context, calls []*Call[int, int]) {
+		for _, c := range calls {
+			c.Answer(c.Req*10, nil)
+		}
+	}, Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	patient := make(chan error, 1)
+	go func() {
+		_, err := b.DoWithin(ctx, 1, time.Hour)
+		patient <- err
+	}()
+	testenv.Eventually(t, 5*time.Second, "the patient rider queued", func() bool { return b.Waiting() == 1 })
+	if v, err := b.DoWithin(ctx, 2, 10*time.Millisecond); err != nil || v != 20 {
+		t.Fatalf("hurried rider: %d, %v", v, err)
+	}
+	if err := <-patient; err != nil {
+		t.Fatalf("patient rider: %v", err)
+	}
+}
