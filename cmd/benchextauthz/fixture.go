@@ -29,6 +29,8 @@ const (
 // database is a fresh database on the benchmark's Postgres server, dropped at the end.
 type database struct {
 	adminURL, name, url string
+	// postmaster is the Postgres server's process when it runs on this machine (0 when not), for its CPU figure.
+	postmaster int
 }
 
 func createDatabase(ctx context.Context, adminURL string) (*database, error) {
@@ -48,7 +50,11 @@ func createDatabase(ctx context.Context, adminURL string) (*database, error) {
 		return nil, err
 	}
 	u.Path = "/" + name
-	return &database{adminURL: adminURL, name: name, url: u.String()}, nil
+	var backend int
+	if err := admin.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&backend); err != nil {
+		return nil, fmt.Errorf("postgres backend pid: %w", err)
+	}
+	return &database{adminURL: adminURL, name: name, url: u.String(), postmaster: localPostmaster(backend)}, nil
 }
 
 // drop runs on a fresh context: it must happen even when the run was interrupted.

@@ -17,8 +17,9 @@ const checkMethod = "/envoy.service.auth.v3.Authorization/Check"
 
 // bench drives the servers with the same requests.
 type bench struct {
-	opts     options
-	redisURL string // for the Redis CPU probe (the server, whichever database)
+	opts       options
+	redisURL   string // for the Redis CPU probe (the server, whichever database)
+	postmaster int    // for the Postgres CPU probe; 0 when Postgres runs elsewhere
 }
 
 // target is one server as the load generator sees it.
@@ -84,7 +85,7 @@ type roundResult struct {
 	elapsed time.Duration
 	answers
 	// CPU used during the measured window by the server process, the load generator, and the whole Redis server.
-	serverCPU, clientCPU, redisCPU time.Duration
+	serverCPU, clientCPU, redisCPU, postgresCPU time.Duration
 }
 
 func (r *roundResult) completed() int { return len(r.latencies) }
@@ -170,7 +171,7 @@ func (b *bench) round(ctx context.Context, t target, reqs []request, rate float6
 		})
 	}
 
-	cpu := newCPUProbe(t.proc, b.redisURL)
+	cpu := newCPUProbe(t.proc, b.redisURL, b.postmaster)
 	defer cpu.close()
 	sleepUntil(ctx, from)
 	before := cpu.read(rctx)
@@ -192,7 +193,8 @@ func (b *bench) round(ctx context.Context, t target, reqs []request, rate float6
 		r.merge(w.answers)
 	}
 	slices.Sort(r.latencies)
-	r.serverCPU, r.clientCPU, r.redisCPU = after.server-before.server, after.client-before.client, after.redis-before.redis
+	r.serverCPU, r.clientCPU = after.server-before.server, after.client-before.client
+	r.redisCPU, r.postgresCPU = after.redis-before.redis, after.postgres-before.postgres
 	return r, nil
 }
 

@@ -209,7 +209,7 @@ func run(ctx context.Context, o options) (err error) {
 	defer closeConns(nullConns)
 
 	r := &runner{opts: o, world: w, bin: bin, dir: dir, dbURL: db.url, redisURLs: redisURLs,
-		null: target{name: "null", proc: null, conns: nullConns, null: true}, bench: &bench{opts: o, redisURL: o.redisURL}}
+		null: target{name: "null", proc: null, conns: nullConns, null: true}, bench: &bench{opts: o, redisURL: o.redisURL, postmaster: db.postmaster}}
 	for _, name := range o.workloads {
 		if err := r.runWorkload(ctx, workloadByName(name)); err != nil {
 			return err

@@ -23,9 +23,9 @@ func (r *results) add(rr *roundResult) { r.rounds = append(r.rounds, rr) }
 
 // serverTotals merges one server's rounds: throughput over the summed windows, percentiles over every sample.
 type serverTotals struct {
-	requests                       int
-	elapsed                        time.Duration
-	serverCPU, clientCPU, redisCPU time.Duration
+	requests                                    int
+	elapsed                                     time.Duration
+	serverCPU, clientCPU, redisCPU, postgresCPU time.Duration
 	answers
 }
 
@@ -40,6 +40,7 @@ func (r *results) totals(server string) serverTotals {
 		t.serverCPU += rr.serverCPU
 		t.clientCPU += rr.clientCPU
 		t.redisCPU += rr.redisCPU
+		t.postgresCPU += rr.postgresCPU
 		t.merge(rr.answers)
 	}
 	slices.Sort(t.latencies)
@@ -58,14 +59,20 @@ type row struct {
 	redisPerCheck    float64 // µs of Redis CPU per Check, the null server's background subtracted
 }
 
+// beyondBackground is a shared server's CPU per Check of t (Redis's, Postgres's) beyond its background: the servers are
+// shared with whatever else runs on the machine, so what they spent per second during the null rounds, when nothing of
+// the benchmark used them, is subtracted.
+func beyondBackground(spent, nullSpent time.Duration, t, null serverTotals) float64 {
+	return max(perRequest(spent, t.requests)-perRequest(nullSpent, null.requests)*null.rps()/t.rps(), 0)
+}
+
 // print writes one workload's table and returns its rows.
 func (r *results) print(w io.Writer, label, load string, servers []string, extra map[string]string) []row {
 	fmt.Fprintf(w, "\n%s, %s: %d rounds of %s per server (after %s warm-up each)\n", label, load, r.roundsOf(servers[0]),
 		r.roundOf(servers[0]), r.warmup)
-	fmt.Fprintf(w, "%-17s %9s %8s %8s %8s %10s %10s %11s %7s %7s  %s\n", "server", "req/s", "p50", "p90", "p99",
-		"server µs", "loadgen µs", "redis µs/Ck", "ratio", "p99 ×", "outcomes")
+	fmt.Fprintf(w, "%-17s %9s %8s %8s %8s %10s %10s %11s %8s %7s %7s  %s\n", "server", "req/s", "p50", "p90", "p99",
+		"server µs", "loadgen µs", "redis µs/Ck", "pg µs/Ck", "ratio", "p99 ×", "outcomes")
 	null := r.totals(servers[0])
-	nullRedis := perRequest(null.redisCPU, null.requests)
 	var rows []row
 	for _, name := range servers {
 		t := r.totals(name)
@@ -76,10 +83,9 @@ func (r *results) print(w io.Writer, label, load string, servers []string, extra
 			p99: percentile(t.latencies, 0.99)}
 		x.ratio = t.rps() / null.rps()
 		x.p99Ratio = float64(x.p99) / float64(percentile(null.latencies, 0.99))
-		// Redis is shared with whatever else runs on the machine: what it spent during the null rounds is the background.
-		redis := perRequest(t.redisCPU, t.requests)
+		redis, postgres := perRequest(t.redisCPU, t.requests), perRequest(t.postgresCPU, t.requests)
 		if name != servers[0] {
-			redis = max(perRequest(t.redisCPU, t.requests)-nullRedis*null.rps()/t.rps(), 0)
+			redis, postgres = beyondBackground(t.redisCPU, null.redisCPU, t, null), beyondBackground(t.postgresCPU, null.postgresCPU, t, null)
 		}
 		x.redisPerCheck = redis
 		outcomes := fmt.Sprintf("allow %d", t.allows)
@@ -89,9 +95,9 @@ func (r *results) print(w io.Writer, label, load string, servers []string, extra
 		if e := extra[name]; e != "" {
 			outcomes += "; " + e
 		}
-		fmt.Fprintf(w, "%-17s %9.0f %8s %8s %8s %10.1f %10.1f %11.1f %7.2f %7.2f  %s\n", name, t.rps(), fmtDur(x.p50),
+		fmt.Fprintf(w, "%-17s %9.0f %8s %8s %8s %10.1f %10.1f %11.1f %8.1f %7.2f %7.2f  %s\n", name, t.rps(), fmtDur(x.p50),
 			fmtDur(percentile(t.latencies, 0.90)), fmtDur(x.p99), perRequest(t.serverCPU, t.requests),
-			perRequest(t.clientCPU, t.requests), redis, x.ratio, x.p99Ratio, outcomes)
+			perRequest(t.clientCPU, t.requests), redis, postgres, x.ratio, x.p99Ratio, outcomes)
 		rows = append(rows, x)
 	}
 	for _, name := range servers[1:] {
