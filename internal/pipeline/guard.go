@@ -104,6 +104,13 @@ func (b *localBudget) counted(key string) int {
 	return b.current(key, now).n
 }
 
+// worthSharedRead reports whether a lookup from key should read the count the replicas share: this replica already counts
+// something for it in this window (admitLookup), and not so much that its own count refuses the address anyway.
+func (b *localBudget) worthSharedRead(key string) bool {
+	n := b.counted(key)
+	return n > 0 && n < b.limit
+}
+
 // release gives a slot back: the lookup found a valid token, or could not be made.
 func (b *localBudget) release(h budgetHold) {
 	if h.key == "" {

@@ -284,7 +284,7 @@ func (p *Pipeline) readBudgetAhead(ctx context.Context, req *Request, c *caller)
 		return nil
 	}
 	key := p.ipBudgetKey(req)
-	if n := p.budget.counted(key); n == 0 || n >= p.opts.InvalidBearerPerIPPerMin {
+	if !p.budget.worthSharedRead(key) {
 		return nil
 	}
 	r := &budgetRead{key: key, done: make(chan struct{})}
